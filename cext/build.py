@@ -1,0 +1,41 @@
+"""cffi (API mode) builder for ``pyvirtiofsd._cext``.
+
+Every ``cext/*.h`` header contributes the declarations between its ``CFFI-BEGIN`` and
+``CFFI-END`` markers to the cdef, and every ``cext/*.c`` file is compiled in.  A new C
+module therefore needs no edit here: add ``foo.c`` and ``foo.h`` with markers.
+"""
+import os
+import pathlib
+import re
+
+from cffi import FFI
+
+HERE = pathlib.Path(__file__).resolve().parent
+MARKED = re.compile(r"/\* CFFI-BEGIN \*/(.*?)/\* CFFI-END \*/", re.S)
+
+
+def _rel(path: pathlib.Path) -> str:
+    # setuptools wants source paths relative to the project root when it can have them.
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+headers = sorted(HERE.glob("*.h"))
+sources = sorted(HERE.glob("*.c"))
+
+ffibuilder = FFI()
+ffibuilder.cdef("\n".join(m for h in headers for m in MARKED.findall(h.read_text())))
+ffibuilder.set_source(
+    "pyvirtiofsd._cext",
+    "\n".join(f'#include "{h.name}"' for h in headers),
+    sources=[_rel(s) for s in sources],
+    include_dirs=[str(HERE)],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                        "-fno-strict-aliasing"] + os.environ.get("PYVIRTIOFSD_CFLAGS", "").split(),
+    extra_link_args=os.environ.get("PYVIRTIOFSD_LDFLAGS", "").split(),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
