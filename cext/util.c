@@ -1,0 +1,2 @@
+#include "util.h"
+int pvfs_abi_version(void) { return 1; }
