@@ -1,0 +1,260 @@
+"""The device-agnostic vhost-user back-end: the protocol state machine of the main socket.
+
+``Backend.handle(msg)`` takes one decoded front-end message and returns the reply bytes
+(or None); ``Backend.serve(conn)`` is the socket loop around it.  A message that cannot
+be honoured is refused on that message (a failure ack with REPLY_ACK, a log line without);
+only a broken stream (bad header, truncated fds) or the front-end closing ends the
+session.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import structlog
+
+from .codec import (
+    Config,
+    CodecError,
+    Message,
+    ShmemConfig,
+    U64,
+    VringState,
+    decode_body,
+    encode_reply,
+)
+from .connection import Connection, ConnectionClosed
+from .device import BASE_PROTOCOL_FEATURES, VhostUserDevice
+from .memory import GuestMemory
+from .protocol import (
+    MAX_MEM_SLOTS,
+    FrontendReq as R,
+    ProtocolFeature as P,
+    VirtioFeature as V,
+)
+from .vring import Vring
+
+log = structlog.get_logger("pyvirtiofsd.vhost_user")
+
+
+class RequestRefused(Exception):
+    """The front-end asked for something we cannot do; the session goes on."""
+
+
+# Requests whose reply carries a body; REPLY_ACK never adds a second reply to these.
+_HAS_REPLY = {R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM,
+              R.GET_CONFIG, R.GET_MAX_MEM_SLOTS, R.GET_STATUS, R.GET_SHMEM_CONFIG,
+              R.GET_INFLIGHT_FD, R.SET_DEVICE_STATE_FD, R.CHECK_DEVICE_STATE}
+
+
+class Backend:
+    def __init__(self, device: VhostUserDevice, *, protocol_features: int | None = None):
+        self.device = device
+        self.offered_features = device.features | V.VHOST_USER_F_PROTOCOL_FEATURES
+        self.offered_protocol = (BASE_PROTOCOL_FEATURES | device.protocol_features
+                                 if protocol_features is None else protocol_features)
+        self.acked_features = 0
+        self.acked_protocol = 0
+        self.owner = False
+        self.memory = GuestMemory()
+        self.vrings = [Vring(i) for i in range(device.num_queues)]
+        self.backend_channel = None
+        self.status = 0
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _vring(self, index: int) -> Vring:
+        if not 0 <= index < len(self.vrings):
+            raise RequestRefused(f"no queue {index} (the device has {len(self.vrings)})")
+        return self.vrings[index]
+
+    @staticmethod
+    def _one_fd(msg: Message) -> int:
+        if len(msg.fds) != 1:
+            raise RequestRefused(f"expected one file descriptor, got {len(msg.fds)}")
+        return msg.fds.pop()
+
+    def _protocol(self, bit: int) -> bool:
+        return bool(self.acked_protocol & bit)
+
+    # -- the state machine --------------------------------------------------------------
+
+    def handle(self, msg: Message) -> bytes | None:
+        """Handle one message; return the reply to send, if any.  Closes fds it does not
+        keep, even when it refuses the message."""
+        name = msg.name()
+        try:
+            body = decode_body(msg)
+            reply = self._dispatch(msg, body)
+            ok = True
+        except (RequestRefused, CodecError, ValueError, OSError) as e:
+            log.warning("refused vhost-user request", request=name, reason=str(e))
+            reply, ok = None, False
+        finally:
+            for fd in msg.fds:
+                os.close(fd)
+            msg.fds.clear()
+        if msg.request in _HAS_REPLY:
+            if reply is None:
+                # A request that must be answered: answer it with its zero value rather
+                # than leaving the front-end waiting.
+                reply = b"" if msg.request == R.GET_CONFIG else U64(0).pack()
+            return encode_reply(msg.request, reply)
+        if msg.need_reply and self._protocol(P.REPLY_ACK):
+            return encode_reply(msg.request, U64(0 if ok else 1).pack())
+        return None
+
+    def _dispatch(self, msg: Message, body) -> bytes | None:  # noqa: C901 - one table
+        req = msg.request
+        if req == R.GET_FEATURES:
+            return U64(self.offered_features).pack()
+        if req == R.SET_FEATURES:
+            return self._set_features(body.value)
+        if req == R.GET_PROTOCOL_FEATURES:
+            return U64(self.offered_protocol).pack()
+        if req == R.SET_PROTOCOL_FEATURES:
+            if body.value & ~self.offered_protocol:
+                raise RequestRefused(f"protocol features {body.value:#x} were not offered")
+            self.acked_protocol = body.value
+            self.device.acked_protocol_features(body.value)
+            log.info("protocol features negotiated", protocol_features=hex(body.value))
+            return None
+        if req == R.SET_OWNER:
+            self.owner = True
+            return None
+        if req in (R.RESET_OWNER, R.RESET_DEVICE):
+            self.reset()
+            return None
+        if req == R.GET_QUEUE_NUM:
+            return U64(len(self.vrings)).pack()
+        if req == R.GET_MAX_MEM_SLOTS:
+            return U64(MAX_MEM_SLOTS).pack()
+        if req == R.SET_MEM_TABLE:
+            self.memory.set_table(body.regions, msg.fds)  # mapped; the fds are closed below
+            self._memory_changed()
+            return None
+        if req == R.ADD_MEM_REG:
+            fd = self._one_fd(msg)
+            try:
+                self.memory.add(body.region, fd)
+            finally:
+                os.close(fd)
+            self._memory_changed()
+            return None
+        if req == R.REM_MEM_REG:
+            self.memory.remove(body.region)
+            self._memory_changed()
+            return None
+        if req == R.SET_VRING_NUM:
+            self._vring(body.index).set_num(body.num)
+            return None
+        if req == R.SET_VRING_ADDR:
+            self._vring(body.index).set_addr(body.desc, body.used, body.avail)
+            return None
+        if req == R.SET_VRING_BASE:
+            self._vring(body.index).set_base(body.num)
+            return None
+        if req == R.GET_VRING_BASE:
+            vring = self._vring(body.index)
+            base = vring.stop()
+            self.device.queue_stopped(vring.index)
+            return VringState(body.index, base).pack()
+        if req == R.SET_VRING_KICK:
+            vring = self._vring(body.index)
+            fd = None if body.nofd else self._one_fd(msg)
+            vring.start(fd, self.device.handler(vring.index))
+            return None
+        if req == R.SET_VRING_CALL:
+            self._vring(body.index).set_call_fd(None if body.nofd else self._one_fd(msg))
+            return None
+        if req == R.SET_VRING_ERR:
+            self._vring(body.index).set_err_fd(None if body.nofd else self._one_fd(msg))
+            return None
+        if req == R.SET_VRING_ENABLE:
+            if not self.acked_features & V.VHOST_USER_F_PROTOCOL_FEATURES:
+                raise RequestRefused("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES")
+            self._vring(body.index).set_enabled(bool(body.num))
+            return None
+        if req == R.GET_CONFIG:
+            if not self._protocol(P.CONFIG):
+                raise RequestRefused("GET_CONFIG without VHOST_USER_PROTOCOL_F_CONFIG")
+            data = self.device.get_config(body.offset, body.size)
+            return Config(body.offset, len(data), body.flags, data).pack()
+        if req == R.SET_CONFIG:
+            self.device.set_config(body.offset, body.data)
+            return None
+        if req == R.SET_BACKEND_REQ_FD:
+            self._set_backend_channel(self._one_fd(msg))
+            return None
+        if req == R.GET_SHMEM_CONFIG:
+            return ShmemConfig(self.device.shmem_sizes()).pack()
+        if req == R.SET_STATUS:
+            self.status = body.value & 0xFF
+            return None
+        if req == R.GET_STATUS:
+            return U64(self.status).pack()
+        if req == R.SET_LOG_BASE or req == R.SET_LOG_FD:
+            raise RequestRefused("dirty logging (migration) is not supported")
+        raise RequestRefused(f"unsupported request {msg.name()}")
+
+    def _set_features(self, value: int) -> None:
+        if value & ~self.offered_features:
+            raise RequestRefused(f"features {value:#x} were not offered")
+        self.acked_features = value
+        for vring in self.vrings:
+            vring.set_event_idx(bool(value & V.VIRTIO_RING_F_EVENT_IDX))
+            if not value & V.VHOST_USER_F_PROTOCOL_FEATURES:
+                vring.set_enabled(True)  # without the protocol feature rings start enabled
+        self.device.acked_features(value)
+        log.info("features negotiated", features=hex(value))
+
+    def _memory_changed(self) -> None:
+        for vring in self.vrings:
+            vring.set_mem(self.memory.table)
+        self.device.memory_changed(self.memory)
+        log.debug("memory table changed",
+                  regions=[(hex(r.guest_phys_addr), r.memory_size) for r in self.memory.regions])
+
+    def _set_backend_channel(self, fd: int) -> None:
+        if self.backend_channel is not None:
+            self.device.set_backend_channel(None)
+            self.backend_channel.close()
+        self.backend_channel = Connection(socket.socket(fileno=fd))
+        self.device.set_backend_channel(self.backend_channel)
+
+    def reset(self) -> None:
+        """Stop every queue and forget the session's state (memory, features, channel)."""
+        for vring in self.vrings:
+            if vring.started:
+                vring.stop()
+                self.device.queue_stopped(vring.index)
+            vring.set_enabled(False)
+        self.device.reset()
+        self.acked_features = 0
+        self.status = 0
+        if self.backend_channel is not None:
+            self.device.set_backend_channel(None)
+            self.backend_channel.close()
+            self.backend_channel = None
+
+    def close(self) -> None:
+        self.reset()
+        for vring in self.vrings:
+            vring.close()
+        self.memory.close()
+
+    # -- the socket loop ----------------------------------------------------------------
+
+    def serve(self, conn: Connection) -> None:
+        """Serve one front-end until it disconnects (returns) or breaks the stream
+        (CodecError)."""
+        while True:
+            try:
+                msg = conn.recv()
+            except (ConnectionClosed, ConnectionResetError):
+                return
+            log.debug("vhost-user request", request=msg.name(), flags=hex(msg.flags),
+                      size=len(msg.payload), fds=len(msg.fds))
+            reply = self.handle(msg)
+            if reply is not None:
+                conn.send(reply)
