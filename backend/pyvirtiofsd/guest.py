@@ -1,0 +1,643 @@
+"""Boot a throwaway QEMU guest that mounts a virtio-fs share and runs one command.
+
+This is the test harness behind the end-to-end tests, the README demo and the guest benchmark. It
+plays no part in the daemon. Everything it needs is fetched or built on the host, under ``.cache/``,
+by :func:`prepare` (``python -m pyvirtiofsd.guest prepare``) — nothing is installed into the host:
+
+* kernel flavors: ``bookworm`` (Debian 12's ``linux-image-amd64``, 6.1.x, fetched with
+  ``apt-get download`` and unpacked with ``dpkg-deb -x``) and ``sid`` (the kernel inside the sid tree,
+  7.x, whose modules are ``.ko.xz``);
+* a tiny initramfs per kernel version: static busybox, an ``/init`` script, and just the modules that
+  kernel needs for virtio-pci, virtio-fs and 9p, in dependency order;
+* a Debian sid tree (``debootstrap``), whose QEMU 11.1 and Rust virtiofsd 1.14 run on this host
+  through sid's own dynamic loader (they need a newer glibc than Debian 12's).
+
+The guest mounts the host's ``/`` read-only over 9p, mounts the virtio-fs tag on a directory of it
+(``/mnt`` by default), chroots into it and runs the command, so host programs (python3, fio) run in
+the guest against the share. The console carries clear markers (:data:`START_MARKER`,
+:data:`EXIT_MARKER`, :data:`ERROR_MARKER`) that :class:`Guest` parses.
+
+Front-ends (the VMM side of the vhost-user socket):
+
+* ``qemu72``: the host's QEMU 7.2 with ``vhost-user-fs-pci``, configured through
+  ``qemu-configs/basic.cfg`` (``-readconfig``); the tag is a QEMU property.
+* ``qemu111``: sid's QEMU 11.1 with the generic ``vhost-user-test-device-pci`` (virtio-id 26). This
+  device reads the tag from the back-end (GET_CONFIG), so the back-end must be given ``--tag``; it is
+  also the one that exposes the back-end's shared-memory regions, i.e. where a ``-o dax`` mount can
+  work (``mount_options="dax=always"``).
+
+The back-end is not started here: callers start whatever daemon they test and pass its socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import hashlib
+import io
+import lzma
+import os
+import re
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path(os.environ.get("PYVIRTIOFSD_CACHE", REPO_ROOT / ".cache"))
+SID_DIR = CACHE_DIR / "sid"
+BASIC_CFG = REPO_ROOT / "qemu-configs" / "basic.cfg"
+HOST_QEMU = "qemu-system-x86_64"
+BUSYBOX = Path("/bin/busybox")  # from busybox-static: no shared libraries needed in the initramfs
+
+FLAVORS = ("bookworm", "sid")
+FRONTENDS = ("qemu72", "qemu111")
+
+# basic.cfg fixes RAM at 1 GiB (QEMU 7.2 cannot -set an [object]); both front-ends use the same.
+GUEST_RAM = "1G"
+# The kernel command line is at most 2048 bytes on x86; the command travels in it base64-encoded.
+MAX_CMDLINE = 2048
+
+START_MARKER = "PVFS-GUEST-START"
+EXIT_MARKER = "PVFS-GUEST-EXIT"
+ERROR_MARKER = "PVFS-GUEST-ERROR"
+
+# What the guest needs beyond a Debian kernel's built-ins: the virtio PCI transport, virtio-fs (pulls
+# fuse) and 9p over virtio (pulls 9pnet, netfs). Dependencies are added from each module's modinfo.
+WANTED_MODULES = ("virtio_pci", "virtiofs", "9pnet_virtio", "9p")
+
+SID_PACKAGES = "qemu-system-x86,virtiofsd,linux-image-amd64"
+SID_MIRROR = "http://deb.debian.org/debian"
+SID_COMPLETE = ".pyvirtiofsd-complete"
+
+
+class GuestError(RuntimeError):
+    """The guest did not run the command to the end. ``console`` holds everything QEMU printed."""
+
+    def __init__(self, message: str, console: str = ""):
+        tail = "\n".join(console.splitlines()[-40:])
+        super().__init__(f"{message}\n--- console (last lines) ---\n{tail}" if console else message)
+        self.console = console
+
+
+class GuestTimeout(GuestError):
+    """The guest ran past its timeout; QEMU was killed."""
+
+
+def _log(msg: str) -> None:
+    print(f"[guest] {msg}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """Run a host command, failing loudly with its output (setup steps must not fail silently)."""
+    kw.setdefault("check", True)
+    kw.setdefault("text", True)
+    kw.setdefault("capture_output", True)
+    try:
+        return subprocess.run(cmd, **kw)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({e.returncode}):\n{e.stdout}{e.stderr}") from e
+
+
+def _as_root(cmd: list[str]) -> list[str]:
+    return cmd if os.geteuid() == 0 else ["sudo", *cmd]
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernels
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """An unpacked kernel: its image and its ``lib/modules/VERSION`` directory."""
+
+    flavor: str
+    version: str  # uname -r
+    image: Path
+    modules: Path
+
+
+def _apt_lookup(package: str) -> tuple[str, str]:
+    """(name, candidate version) of the kernel image package that ``package`` depends on."""
+    for attempt in (1, 2):
+        deps = subprocess.run(["apt-cache", "depends", package], text=True, capture_output=True)
+        m = re.search(r"Depends: (linux-image-\S+)", deps.stdout)
+        if m:
+            pkg = m.group(1)
+            policy = _run(["apt-cache", "policy", pkg]).stdout
+            cand = re.search(r"Candidate: (\S+)", policy)
+            if cand and cand.group(1) != "(none)":
+                return pkg, cand.group(1)
+        if attempt == 1:  # a fresh machine may have no package lists yet
+            _log("apt-cache does not know the kernel package; running apt-get update")
+            _run(_as_root(["apt-get", "update"]))
+    raise RuntimeError(f"cannot find the kernel package behind {package} with apt-cache")
+
+
+def bookworm_kernel() -> Kernel:
+    """Debian 12's kernel, downloaded (not installed) and unpacked into ``.cache/kernels``."""
+    pkg, version = _apt_lookup("linux-image-amd64")
+    root = CACHE_DIR / "kernels" / f"{pkg}_{version}"
+    done = root / ".unpacked"
+    if not done.exists():
+        _log(f"fetching {pkg} {version}")
+        if root.exists():
+            shutil.rmtree(root)
+        dl = root / "deb"
+        dl.mkdir(parents=True)
+        _run(["apt-get", "download", f"{pkg}={version}"], cwd=dl)
+        (deb,) = dl.glob("*.deb")
+        _run(["dpkg-deb", "-x", str(deb), str(root / "tree")])
+        shutil.rmtree(dl)
+        done.touch()
+    return _kernel_in(root / "tree", "bookworm")
+
+
+def _kernel_in(tree: Path, flavor: str) -> Kernel:
+    """The single kernel of an unpacked Debian tree."""
+    trees = sorted((tree / "lib" / "modules").iterdir())
+    if len(trees) != 1:
+        raise RuntimeError(f"expected one kernel in {tree}/lib/modules, found {trees}")
+    version = trees[0].name
+    return Kernel(flavor, version, tree / "boot" / f"vmlinuz-{version}", trees[0])
+
+
+def sid_kernel() -> Kernel:
+    return _kernel_in(prepare_sid(), "sid")
+
+
+def kernel(flavor: str) -> Kernel:
+    if flavor == "bookworm":
+        return bookworm_kernel()
+    if flavor == "sid":
+        return sid_kernel()
+    raise ValueError(f"unknown kernel flavor {flavor!r} (expected one of {FLAVORS})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules: which .ko files, in which order
+
+
+def _read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".xz":  # sid ships .ko.xz; busybox insmod wants plain ELF
+        return lzma.decompress(data)
+    if path.suffix in (".zst", ".gz"):
+        raise RuntimeError(f"{path}: compressed modules other than .xz are not supported")
+    return data
+
+
+def modinfo(elf: bytes) -> dict[str, str]:
+    """The ``.modinfo`` section of a kernel module (ELF64 little-endian) as key → value.
+
+    ``depends=`` there is the list modpost computed from the module's undefined symbols — the same
+    information depmod writes into modules.dep, which Debian's kernel package does not ship (it is
+    generated at install time, and we do not install).
+    """
+    if elf[:6] != b"\x7fELF\x02\x01":
+        raise ValueError("not an ELF64 little-endian file")
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:
+        name, _type, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize)
+        return name, off, size
+
+    _, stroff, _ = section(shstrndx)
+    for i in range(shnum):
+        name, off, size = section(i)
+        if elf[stroff + name:elf.index(b"\0", stroff + name)] == b".modinfo":
+            info = {}
+            for entry in elf[off:off + size].split(b"\0"):
+                key, sep, value = entry.decode(errors="replace").partition("=")
+                if sep:
+                    info.setdefault(key, value)
+            return info
+    return {}
+
+
+def _module_name(path: Path) -> str:
+    return path.name.split(".ko")[0].replace("-", "_")
+
+
+def resolve_modules(kern: Kernel, wanted=WANTED_MODULES) -> list[Path]:
+    """Module files to insmod for ``wanted``, dependencies first; built-in modules are left out."""
+    builtin = {_module_name(Path(line.strip())) for line in
+               (kern.modules / "modules.builtin").read_text().splitlines() if line.strip()}
+    files = {_module_name(p): p for p in (kern.modules / "kernel").rglob("*.ko*")}
+    order: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        name = name.replace("-", "_")
+        if name in seen or name in builtin:
+            return
+        seen.add(name)
+        if name not in files:
+            raise RuntimeError(f"kernel {kern.version}: module {name} is neither built in nor shipped")
+        for dep in filter(None, modinfo(_read_module(files[name])).get("depends", "").split(",")):
+            visit(dep)
+        order.append(files[name])
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+# --------------------------------------------------------------------------------------------------
+# Initramfs
+
+# PID 1 of the guest (busybox ash). Parameters come from the kernel command line:
+#   pvfs.tag=TAG  pvfs.mnt=/mnt  pvfs.opts=MOUNT_OPTIONS  pvfs.cmd=BASE64(shell command)
+INIT_SCRIPT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+
+say() { echo "PVFS-GUEST: $*"; }
+fail() {
+    echo "PVFS-GUEST-ERROR $*"
+    dmesg | tail -n 20
+    poweroff -f
+}
+
+TAG=share MNT=/mnt OPTS= CMD=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        pvfs.tag=*) TAG="${arg#pvfs.tag=}" ;;
+        pvfs.mnt=*) MNT="${arg#pvfs.mnt=}" ;;
+        pvfs.opts=*) OPTS="${arg#pvfs.opts=}" ;;
+        pvfs.cmd=*) CMD="$(echo "${arg#pvfs.cmd=}" | base64 -d)" || fail "bad pvfs.cmd" ;;
+    esac
+done
+
+for m in $(cat /modules.load); do
+    insmod "/lib/modules/$m" || fail "insmod $m"
+done
+
+# The host's / (read-only 9p) becomes the command's root, so host programs run in the guest.
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /newroot \
+    || fail "mount of the host root (9p tag hostroot) failed"
+R=/newroot
+mount -t virtiofs ${OPTS:+-o "$OPTS"} "$TAG" "$R$MNT" || fail "mount -t virtiofs $TAG $MNT ${OPTS} failed"
+say "virtiofs tag $TAG mounted at $MNT ${OPTS:+(-o $OPTS)}"
+mount -t proc proc $R/proc
+mount -t sysfs sysfs $R/sys
+mount -t devtmpfs devtmpfs $R/dev
+mkdir -p $R/dev/pts $R/dev/shm
+mount -t devpts devpts $R/dev/pts
+mount -t tmpfs tmpfs $R/dev/shm
+mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+mount -t tmpfs tmpfs $R/run
+
+echo "PVFS-GUEST-START"
+chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/root LANG=C.UTF-8 TERM=dumb PVFS_MOUNT="$MNT" PVFS_CMD="$CMD" \
+    /bin/sh -c 'cd "$PVFS_MOUNT" && eval "$PVFS_CMD"'
+echo "PVFS-GUEST-EXIT $?"
+cd /
+sync
+umount "$R$MNT" || say "umount of $MNT failed"
+poweroff -f
+"""
+
+
+def _cpio_newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
+    """A newc cpio archive (the initramfs format) of (name, mode, data, rdev) entries."""
+    out = io.BytesIO()
+    for ino, (name, mode, data, rdev) in enumerate([*entries, ("TRAILER!!!", 0, b"", 0)], 1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev >> 8, rdev & 0xFF, len(encoded), 0)
+        out.write(b"070701" + b"".join(b"%08X" % f for f in fields) + encoded)
+        out.write(b"\0" * (-out.tell() % 4) + data)
+        out.write(b"\0" * (-out.tell() % 4))
+    return out.getvalue()
+
+
+def build_initramfs(kern: Kernel) -> Path:
+    """Build (or reuse) the initramfs for ``kern``; the cache key covers kernel, init and busybox."""
+    modules = resolve_modules(kern)
+    busybox = BUSYBOX.read_bytes()
+    key = hashlib.sha256()
+    for part in (kern.version.encode(), INIT_SCRIPT.encode(), busybox, *(str(m).encode() for m in modules)):
+        key.update(hashlib.sha256(part).digest())
+    out = CACHE_DIR / "initramfs" / f"{kern.flavor}-{kern.version}-{key.hexdigest()[:12]}.cpio"
+    if out.exists():
+        return out
+    dirs = ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"]
+    entries = [(d, 0o40755, b"", 0) for d in dirs]
+    entries.append(("dev/console", 0o20600, b"", (5 << 8) | 1))
+    entries.append(("bin/busybox", 0o100755, busybox, 0))
+    entries.append(("init", 0o100755, INIT_SCRIPT.encode(), 0))
+    names = []
+    for m in modules:
+        names.append(_module_name(m) + ".ko")
+        entries.append((f"lib/modules/{names[-1]}", 0o100644, _read_module(m), 0))
+    entries.append(("modules.load", 0o100644, "".join(n + "\n" for n in names).encode(), 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(_cpio_newc(entries))
+    tmp.rename(out)
+    _log(f"built {out.name}: modules {' '.join(names) or '(all built in)'}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The sid tree (QEMU 11.1, virtiofsd 1.14, a 7.x kernel)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return sorted((p for p in points if p.startswith(prefix)), reverse=True)
+
+
+def prepare_sid(directory: Path = SID_DIR) -> Path:
+    """Debootstrap Debian sid into ``directory`` once (a marker file records completion)."""
+    if (directory / SID_COMPLETE).exists():
+        return directory
+    if directory.exists():  # a half-done earlier attempt: debootstrap may have left /proc mounted
+        for point in _mounts_under(directory):
+            _run(_as_root(["umount", "-l", point]))
+        _run(_as_root(["rm", "-rf", "--one-file-system", str(directory)]))
+    _log(f"debootstrap sid into {directory} (about a minute, ~800 MB)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    _run(_as_root(["debootstrap", "--variant=minbase", f"--include={SID_PACKAGES}", "sid",
+                   str(directory), SID_MIRROR]))
+    version = check_sid_qemu(directory)
+    (directory / SID_COMPLETE).write_text(f"{version}\n")
+    _log(f"sid tree ready in {time.monotonic() - t0:.0f} s: {version}")
+    return directory
+
+
+def sid_command(binary: str, directory: Path = SID_DIR) -> list[str]:
+    """argv prefix that runs a sid binary (e.g. ``usr/libexec/virtiofsd``) on this host via sid's loader."""
+    libs = f"{directory}/lib/x86_64-linux-gnu:{directory}/usr/lib/x86_64-linux-gnu"
+    return [f"{directory}/lib64/ld-linux-x86-64.so.2", "--library-path", libs, f"{directory}/{binary}"]
+
+
+def sid_env(directory: Path = SID_DIR) -> dict[str, str]:
+    """Environment for sid's QEMU: load its own modules, never the host QEMU 7.2's (that aborts)."""
+    return {**os.environ, "QEMU_MODULE_DIR": f"{directory}/usr/lib/x86_64-linux-gnu/qemu"}
+
+
+def sid_qemu(directory: Path = SID_DIR) -> list[str]:
+    return [*sid_command("usr/bin/qemu-system-x86_64", directory),
+            "-L", f"{directory}/usr/share/qemu", "-L", f"{directory}/usr/share/seabios"]
+
+
+def check_sid_qemu(directory: Path = SID_DIR) -> str:
+    """Verify sid's QEMU runs here, is 11.1, and has the devices the qemu111 front-end uses."""
+    qemu, env = sid_qemu(directory), sid_env(directory)
+    version = _run([*qemu, "--version"], env=env).stdout.splitlines()[0]
+    if "version 11.1" not in version:
+        raise RuntimeError(f"sid QEMU is not 11.1: {version}")
+    for device in ("vhost-user-test-device-pci", "virtio-9p-pci"):
+        _run([*qemu, "-device", f"{device},help"], env=env)
+    return version
+
+
+# --------------------------------------------------------------------------------------------------
+# Assets
+
+
+@dataclass(frozen=True)
+class Assets:
+    kernel: Kernel
+    initrd: Path
+
+
+@functools.cache
+def prepare(flavor: str = "bookworm") -> Assets:
+    """Fetch/build (or reuse) everything a ``flavor`` guest needs; idempotent and cached."""
+    kern = kernel(flavor)
+    return Assets(kern, build_initramfs(kern))
+
+
+# --------------------------------------------------------------------------------------------------
+# Booting
+
+
+def kernel_cmdline(command: str, tag: str, mount_point: str, mount_options: str) -> str:
+    """The kernel command line carrying the init's parameters (see INIT_SCRIPT)."""
+    for name, value in (("tag", tag), ("mount_point", mount_point), ("mount_options", mount_options)):
+        if re.search(r"\s", value):
+            raise ValueError(f"{name} must not contain whitespace: {value!r}")
+    parts = ["console=ttyS0", "quiet", "panic=-1", f"pvfs.tag={tag}", f"pvfs.mnt={mount_point}",
+             f"pvfs.cmd={base64.b64encode(command.encode()).decode()}"]
+    if mount_options:
+        parts.append(f"pvfs.opts={mount_options}")
+    line = " ".join(parts)
+    if len(line) >= MAX_CMDLINE:
+        raise ValueError(f"command too long for the kernel command line ({len(line)} bytes); "
+                         "put it in a script on the host and run that")
+    return line
+
+
+def qemu_command(frontend: str, assets: Assets, socket: str | os.PathLike, tag: str, *,
+                 mount_point: str = "/mnt", mount_options: str = "", command: str = "true",
+                 smp: int = 2, queue_size: int | None = None) -> list[str]:
+    """The full QEMU argv for ``frontend`` (see the module docstring); the console goes to stdout."""
+    if frontend == "qemu72":
+        argv = [HOST_QEMU, "-readconfig", str(BASIC_CFG),
+                "-set", f"chardev.char0.path={socket}", "-set", f"device.vhost-fs.tag={tag}"]
+        if queue_size:
+            argv += ["-set", f"device.vhost-fs.queue-size={queue_size}"]
+    elif frontend == "qemu111":
+        device = "vhost-user-test-device-pci,chardev=char0,virtio-id=26,num_vqs=2,config_size=40"
+        argv = [*sid_qemu(),
+                "-object", f"memory-backend-memfd,id=mem,size={GUEST_RAM},share=on",
+                "-numa", "node,memdev=mem",
+                "-chardev", f"socket,id=char0,path={socket}",
+                "-device", device]
+        if queue_size:
+            raise ValueError("vhost-user-test-device-pci has no queue-size property")
+    else:
+        raise ValueError(f"unknown front-end {frontend!r} (expected one of {FRONTENDS})")
+    return argv + [
+        "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(smp), "-m", GUEST_RAM,
+        "-nodefaults", "-display", "none", "-no-reboot",
+        "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-kernel", str(assets.kernel.image), "-initrd", str(assets.initrd),
+        "-append", kernel_cmdline(command, tag, mount_point, mount_options),
+    ]
+
+
+@dataclass
+class GuestResult:
+    """What a finished guest run left: the command's exit status and everything on the console."""
+
+    exit_status: int
+    console: str
+    boot_seconds: float  # QEMU start → the command starts (kernel, modules, mounts)
+    total_seconds: float  # QEMU start → QEMU exit
+
+    @property
+    def output(self) -> str:
+        """The command's own output: the console between the start and exit markers."""
+        lines = self.console.splitlines()
+        start = next((i for i, l in enumerate(lines) if l.startswith(START_MARKER)), -1)
+        end = next((i for i, l in enumerate(lines) if l.startswith(EXIT_MARKER)), len(lines))
+        return "\n".join(lines[start + 1:end])
+
+    def check(self) -> "GuestResult":
+        if self.exit_status != 0:
+            raise GuestError(f"guest command exited with status {self.exit_status}", self.console)
+        return self
+
+
+@dataclass
+class Guest:
+    """One QEMU guest that mounts ``tag`` from the back-end on ``socket`` and runs ``command``.
+
+    ``command`` is a shell command line run by ``/bin/sh`` in the chroot of the host's root, with the
+    share mounted at ``mount_point`` (also the working directory). Use :meth:`start` + :meth:`wait`,
+    or :func:`boot` for both. ``echo`` copies the console to stderr live; ``console_path`` keeps a log.
+    """
+
+    command: str
+    socket: str | os.PathLike
+    tag: str = "share"
+    frontend: str = "qemu72"
+    flavor: str = "bookworm"
+    mount_point: str = "/mnt"
+    mount_options: str = ""
+    smp: int = 2
+    queue_size: int | None = None
+    echo: bool = False
+    console_path: str | os.PathLike | None = None
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _lines: list[str] = field(default_factory=list, repr=False)
+    _started_at: float = 0.0
+    _command_at: float | None = None
+
+    def start(self) -> "Guest":
+        assets = prepare(self.flavor)
+        argv = qemu_command(self.frontend, assets, self.socket, self.tag, mount_point=self.mount_point,
+                            mount_options=self.mount_options, command=self.command, smp=self.smp,
+                            queue_size=self.queue_size)
+        env = sid_env() if self.frontend == "qemu111" else None
+        self._started_at = time.monotonic()
+        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, env=env)
+        self._reader = threading.Thread(target=self._read_console, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read_console(self) -> None:
+        log = open(self.console_path, "w") if self.console_path else None
+        try:
+            for raw in self._proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
+                if line.startswith(START_MARKER) and self._command_at is None:
+                    self._command_at = time.monotonic()
+                self._lines.append(line)
+                if log:
+                    log.write(line + "\n")
+                    log.flush()
+                if self.echo:
+                    print(line, file=sys.stderr, flush=True)
+        finally:
+            if log:
+                log.close()
+
+    @property
+    def console(self) -> str:
+        return "\n".join(self._lines)
+
+    def kill(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def wait(self, timeout: float = 300) -> GuestResult:
+        """Wait for QEMU to exit; kill it after ``timeout`` seconds and raise :class:`GuestTimeout`."""
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self._reader.join(5)
+            raise GuestTimeout(f"guest still running after {timeout} s; QEMU killed", self.console)
+        self._reader.join(5)
+        total = time.monotonic() - self._started_at
+        console = self.console
+        for line in self._lines:
+            if line.startswith(ERROR_MARKER):
+                raise GuestError(f"guest init failed: {line[len(ERROR_MARKER):].strip()}", console)
+        exits = [l for l in self._lines if l.startswith(EXIT_MARKER)]
+        if not exits:
+            raise GuestError(f"guest ended without {EXIT_MARKER} (QEMU exit status "
+                             f"{self._proc.returncode})", console)
+        boot = (self._command_at or self._started_at) - self._started_at
+        return GuestResult(int(exits[-1].split()[1]), console, boot, total)
+
+    def __enter__(self) -> "Guest":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+def boot(command: str, socket: str | os.PathLike, *, timeout: float = 300, **options) -> GuestResult:
+    """Boot a guest, run ``command`` in it, and return its :class:`GuestResult` (see :class:`Guest`)."""
+    with Guest(command, socket, **options) as guest:
+        return guest.wait(timeout)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyvirtiofsd.guest", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("prepare", help="download/build the guest assets (idempotent)")
+    p.add_argument("--flavor", choices=[*FLAVORS, "all"], default="all")
+    r = sub.add_parser("run", help="boot a guest against a running back-end and run a command in it")
+    r.add_argument("--socket", required=True, help="the back-end's vhost-user socket")
+    r.add_argument("--tag", default="share")
+    r.add_argument("--frontend", choices=FRONTENDS, default="qemu72")
+    r.add_argument("--flavor", choices=FLAVORS, default="bookworm")
+    r.add_argument("--mount-point", default="/mnt", help="an existing directory of the host's / ")
+    r.add_argument("--mount-options", default="", help="virtiofs mount options, e.g. dax=always")
+    r.add_argument("--smp", type=int, default=2)
+    r.add_argument("--timeout", type=float, default=300)
+    r.add_argument("command", nargs="+", help="the command (after --) run in the guest by /bin/sh")
+    args = parser.parse_args(argv)
+
+    if args.action == "prepare":
+        for flavor in FLAVORS if args.flavor == "all" else (args.flavor,):
+            t0 = time.monotonic()
+            assets = prepare(flavor)
+            print(f"{flavor}: kernel {assets.kernel.version} ({assets.kernel.image}), "
+                  f"initrd {assets.initrd} [{time.monotonic() - t0:.1f} s]")
+        if args.flavor == "all":
+            print(check_sid_qemu())
+        return 0
+
+    command = args.command[0] if len(args.command) == 1 else shlex.join(args.command)
+    try:
+        result = boot(command, args.socket, tag=args.tag, frontend=args.frontend, flavor=args.flavor,
+                      mount_point=args.mount_point, mount_options=args.mount_options, smp=args.smp,
+                      timeout=args.timeout, echo=True)
+    except GuestError as e:
+        print(f"[guest] {str(e).splitlines()[0]}", file=sys.stderr)
+        return 125
+    print(f"[guest] exit status {result.exit_status}; boot {result.boot_seconds:.1f} s, "
+          f"total {result.total_seconds:.1f} s", file=sys.stderr)
+    return result.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
