@@ -50,9 +50,10 @@ _HAS_REPLY = {R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_Q
 class Backend:
     def __init__(self, device: VhostUserDevice, *, protocol_features: int | None = None):
         self.device = device
-        self.offered_features = device.features | V.VHOST_USER_F_PROTOCOL_FEATURES
-        self.offered_protocol = (BASE_PROTOCOL_FEATURES | device.protocol_features
-                                 if protocol_features is None else protocol_features)
+        # Plain ints: ~ on an IntFlag only inverts the bits the enum knows.
+        self.offered_features = int(device.features) | int(V.VHOST_USER_F_PROTOCOL_FEATURES)
+        self.offered_protocol = int(BASE_PROTOCOL_FEATURES | device.protocol_features
+                                    if protocol_features is None else protocol_features)
         self.acked_features = 0
         self.acked_protocol = 0
         self.owner = False
@@ -245,14 +246,17 @@ class Backend:
 
     # -- the socket loop ----------------------------------------------------------------
 
-    def serve(self, conn: Connection) -> None:
-        """Serve one front-end until it disconnects (returns) or breaks the stream
-        (CodecError)."""
+    def serve(self, conn: Connection) -> bool:
+        """Serve one front-end until it disconnects (True) or breaks the message stream
+        so that we cannot find the next message (False, logged)."""
         while True:
             try:
                 msg = conn.recv()
             except (ConnectionClosed, ConnectionResetError):
-                return
+                return True
+            except CodecError as e:
+                log.error("front-end broke the vhost-user stream; ending the session", reason=str(e))
+                return False
             log.debug("vhost-user request", request=msg.name(), flags=hex(msg.flags),
                       size=len(msg.payload), fds=len(msg.fds))
             reply = self.handle(msg)

@@ -302,8 +302,10 @@ class ShmemConfig:
     def unpack(cls, payload: bytes) -> ShmemConfig:
         if len(payload) < cls.FORMAT.size:
             raise CodecError(f"shmem config needs {cls.FORMAT.size} bytes")
-        values = cls.FORMAT.unpack_from(payload)
-        return cls(list(values[2:]))
+        sizes = list(cls.FORMAT.unpack_from(payload)[2:])
+        while sizes and not sizes[-1]:
+            sizes.pop()  # trailing unused ids
+        return cls(sizes)
 
     def pack(self) -> bytes:
         sizes = list(self.memory_sizes) + [0] * (256 - len(self.memory_sizes))

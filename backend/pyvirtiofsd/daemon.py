@@ -1,0 +1,122 @@
+"""Daemon lifecycle: listen on the vhost-user socket, serve one front-end, exit cleanly.
+
+Like virtiofsd, one daemon serves one front-end connection and exits 0 when the
+front-end disconnects (or on SIGTERM/SIGINT), removing the socket file it created.
+"""
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import signal
+import socket
+import stat
+
+import structlog
+
+from .vhost_user.backend import Backend
+from .vhost_user.connection import Connection
+
+log = structlog.get_logger("pyvirtiofsd")
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start (e.g. another daemon owns the socket)."""
+
+
+def _socket_in_use(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as e:
+        return e.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        s.close()
+
+
+def listen_unix(path: str, group: str | None = None) -> socket.socket:
+    """Bind a listening socket at ``path``.  A stale socket file (nobody listening) is
+    replaced; a live one is refused, as is any other kind of file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartupError(f"{path} exists and is not a socket")
+        if _socket_in_use(path):
+            raise StartupError(f"another process is listening on {path}")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(path)
+        if group is not None:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise StartupError(f"no such group: {group}") from None
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+        sock.listen(1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Terminate(Exception):
+    pass
+
+
+def _on_signal(signum, frame):
+    raise _Terminate(signal.Signals(signum).name)
+
+
+def run(backend: Backend, *, socket_path: str | None = None, listen_fd: int | None = None,
+        socket_group: str | None = None, on_listening=None) -> int:
+    """Serve one front-end connection.  Returns the process exit status."""
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    listener = None
+    created_path = None
+    conn = None
+    try:
+        if listen_fd is not None:
+            listener = socket.socket(fileno=listen_fd)
+        else:
+            listener = listen_unix(socket_path, socket_group)
+            created_path = socket_path
+        log.info("listening", socket=socket_path or f"fd:{listen_fd}")
+        if on_listening is not None:
+            on_listening()
+        sock, _ = listener.accept()
+        listener.close()
+        listener = None
+        conn = Connection(sock)
+        log.info("front-end connected")
+        clean = backend.serve(conn)
+        log.info("front-end disconnected")
+        return 0 if clean else 1
+    except _Terminate as e:
+        log.info("terminating", signal=str(e))
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            backend.close()
+        except Exception:
+            log.exception("error while shutting down")
+        if conn is not None:
+            conn.close()
+        if listener is not None:
+            listener.close()
+        if created_path is not None:
+            try:
+                os.unlink(created_path)
+            except FileNotFoundError:
+                pass
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -1,0 +1,203 @@
+"""The VMM's half of vhost-user: connect to a back-end's socket, negotiate, share guest
+RAM, set up virtqueues — what QEMU does for ``-device vhost-user-fs-pci`` — with no VM.
+
+Works with any vhost-user-fs back-end (ours, the C virtiofsd, the Rust virtiofsd).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from ..vhost_user.codec import (
+    CodecError,
+    Config,
+    Message,
+    ShmemConfig,
+    SingleMemRegion,
+    MemTable,
+    U64,
+    VringAddr,
+    VringFd,
+    VringState,
+    encode,
+)
+from ..vhost_user.connection import Connection
+from ..vhost_user.protocol import (
+    FLAG_NEED_REPLY,
+    VERSION,
+    FrontendReq as R,
+    ProtocolFeature as P,
+    VirtioFeature as V,
+)
+from .memory import Allocator, GuestRAM
+from .virtqueue import DriverQueue
+
+# Requests whose reply carries a body.
+_REPLIES = {R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM,
+            R.GET_CONFIG, R.GET_MAX_MEM_SLOTS, R.GET_STATUS, R.GET_SHMEM_CONFIG}
+
+
+class BackendError(RuntimeError):
+    """The back-end refused or broke a request."""
+
+
+def connect_unix(path: str, timeout: float = 10.0) -> socket.socket:
+    """Connect, retrying while the back-end is still starting up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            s.connect(path)
+            return s
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+class VhostUserFrontend:
+    """One front-end session.  ``connect()`` does the whole set-up; ``queues`` are then
+    running (started and enabled) and ready for :class:`~.fuse_client.FuseClient`."""
+
+    # Protocol features we use when the back-end offers them.
+    WANT_PROTOCOL = int(P.MQ | P.REPLY_ACK | P.CONFIG | P.CONFIGURE_MEM_SLOTS | P.RESET_DEVICE
+                        | P.BACKEND_REQ | P.BACKEND_SEND_FD)
+
+    def __init__(self, socket_path: str | None = None, *, sock: socket.socket | None = None,
+                 ram_size: int = 64 << 20, ram_layout: list[tuple[int, int, int]] | None = None,
+                 queue_size: int = 128, num_queues: int | None = None, event_idx: bool = True,
+                 want_protocol: int | None = None, use_mem_slots: bool = True,
+                 backend_channel: bool = False):
+        self.socket_path = socket_path
+        self._sock = sock
+        self.ram = GuestRAM(ram_size, ram_layout)
+        self.queue_size = queue_size
+        self.num_queues = num_queues
+        self.event_idx = event_idx
+        self.want_protocol = self.WANT_PROTOCOL if want_protocol is None else want_protocol
+        self.use_mem_slots = use_mem_slots
+        self.want_backend_channel = backend_channel
+        # Rings and buffers are allocated in the largest region.
+        gpa0, _, size0 = max(self.ram.layout, key=lambda r: r[2])
+        self.alloc = Allocator(gpa0, size0)
+        self.conn: Connection | None = None
+        self.features = 0
+        self.protocol_features = 0
+        self.queues: list[DriverQueue] = []
+        self.backend_sock: socket.socket | None = None  # our end of SET_BACKEND_REQ_FD
+
+    # -- messages -------------------------------------------------------------------------
+
+    def request(self, req: int, payload: bytes = b"", fds=(), need_reply: bool = False) -> bytes | None:
+        """Send one message; return the reply payload if the message has one (or asked
+        for an ack, in which case a non-zero ack raises BackendError)."""
+        ack = need_reply and bool(self.protocol_features & P.REPLY_ACK) and req not in _REPLIES
+        flags = VERSION | (FLAG_NEED_REPLY if ack else 0)
+        self.conn.send(encode(req, payload, flags), list(fds))
+        if req not in _REPLIES and not ack:
+            return None
+        reply = self.conn.recv()
+        for fd in reply.fds:
+            os.close(fd)
+        if reply.request != req or not reply.is_reply:
+            raise CodecError(f"reply to {Message(req).name()} came back as request {reply.request}")
+        if ack:
+            if U64.unpack(reply.payload).value != 0:
+                raise BackendError(f"back-end refused {Message(req).name()}")
+            return None
+        return reply.payload
+
+    def get_u64(self, req: int) -> int:
+        return U64.unpack(self.request(req)).value
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def connect(self) -> VhostUserFrontend:
+        sock = self._sock or connect_unix(self.socket_path)
+        self.conn = Connection(sock)
+        offered = self.get_u64(R.GET_FEATURES)
+        if offered & V.VHOST_USER_F_PROTOCOL_FEATURES:
+            proto = self.get_u64(R.GET_PROTOCOL_FEATURES) & self.want_protocol
+            self.request(R.SET_PROTOCOL_FEATURES, U64(proto).pack())
+            self.protocol_features = proto
+        if self.num_queues is None:
+            self.num_queues = (self.get_u64(R.GET_QUEUE_NUM) if self.protocol_features & P.MQ else 2)
+        self.request(R.SET_OWNER)
+        if self.want_backend_channel and self.protocol_features & P.BACKEND_REQ:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.request(R.SET_BACKEND_REQ_FD, fds=[theirs.fileno()], need_reply=True)
+            theirs.close()
+            self.backend_sock = ours
+        want = int(V.VIRTIO_F_VERSION_1 | V.VHOST_USER_F_PROTOCOL_FEATURES
+                   | V.VIRTIO_RING_F_INDIRECT_DESC | (V.VIRTIO_RING_F_EVENT_IDX if self.event_idx else 0))
+        self.features = offered & want
+        if not self.features & V.VIRTIO_RING_F_EVENT_IDX:
+            self.event_idx = False
+        self.request(R.SET_FEATURES, U64(self.features).pack())
+        self.share_memory()
+        for i in range(self.num_queues):
+            self.queues.append(self.setup_queue(i))
+        return self
+
+    def share_memory(self) -> None:
+        regions = self.ram.mem_regions()
+        if self.use_mem_slots and self.protocol_features & P.CONFIGURE_MEM_SLOTS:
+            self.get_u64(R.GET_MAX_MEM_SLOTS)
+            for r in regions:
+                self.request(R.ADD_MEM_REG, SingleMemRegion(r).pack(), [self.ram.fd], need_reply=True)
+        else:
+            self.request(R.SET_MEM_TABLE, MemTable(regions).pack(), [self.ram.fd] * len(regions),
+                         need_reply=True)
+
+    def setup_queue(self, index: int) -> DriverQueue:
+        q = DriverQueue(index, self.queue_size, self.ram, self.alloc, self.event_idx)
+        self.request(R.SET_VRING_NUM, VringState(index, self.queue_size).pack())
+        self.request(R.SET_VRING_BASE, VringState(index, 0).pack())
+        desc, used, avail = q.addr_uva()
+        self.request(R.SET_VRING_ADDR, VringAddr(index, 0, desc, used, avail, 0).pack())
+        self.request(R.SET_VRING_CALL, VringFd(index, False).pack(), [q.call_fd])
+        self.request(R.SET_VRING_KICK, VringFd(index, False).pack(), [q.kick_fd])
+        if self.features & V.VHOST_USER_F_PROTOCOL_FEATURES:
+            self.request(R.SET_VRING_ENABLE, VringState(index, 1).pack())
+        return q
+
+    def get_config(self, size: int = 40) -> bytes:
+        return Config.unpack(self.request(R.GET_CONFIG, Config(0, size, 0, bytes(size)).pack())).data
+
+    def get_shmem_config(self) -> list[int]:
+        return ShmemConfig.unpack(self.request(R.GET_SHMEM_CONFIG)).memory_sizes
+
+    def stop_queue(self, index: int) -> int:
+        if self.features & V.VHOST_USER_F_PROTOCOL_FEATURES:
+            self.request(R.SET_VRING_ENABLE, VringState(index, 0).pack())
+        return VringState.unpack(self.request(R.GET_VRING_BASE, VringState(index, 0).pack())).num
+
+    def send_raw(self, data: bytes, fds=()) -> None:
+        """Put arbitrary bytes on the socket (hostile-input tests)."""
+        self.conn.send(data, list(fds))
+
+    def recv_message(self) -> Message:
+        return self.conn.recv()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+            self.conn = None
+        for q in self.queues:
+            q.close()
+        self.queues = []
+        if self.backend_sock is not None:
+            self.backend_sock.close()
+            self.backend_sock = None
+        self.ram.close()
+
+    def __enter__(self) -> VhostUserFrontend:
+        return self.connect() if self.conn is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
