@@ -1,0 +1,455 @@
+"""The file-system interface a virtio-fs guest talks to, and its value types.
+
+:class:`pyvirtiofsd.server.Server` decodes FUSE requests and calls one :class:`FileSystem`
+method per operation; the method's return value becomes the reply.  To serve your own file
+system to a VM (in memory, from a zip archive, synthesised), subclass :class:`FileSystem`
+and override the operations you support.  Everything you leave alone answers ``ENOSYS``,
+which the guest kernel understands as "not implemented" (for several operations it then
+stops asking, e.g. FLUSH, FSYNC, xattrs).  :class:`pyvirtiofsd.passthrough.PassthroughFs`
+is the implementation that serves a host directory.
+
+Conventions, modelled on the Rust virtiofsd ``FileSystem`` trait:
+
+* Inodes are the ``nodeid`` numbers the guest knows; ``1`` (``FUSE_ROOT_ID``) is the root.
+  Every :class:`Entry` you return from ``lookup``/``mkdir``/``create``/... counts as one
+  *lookup* of that inode; the guest gives them back through ``forget``/``batch_forget``.
+* Handles (``fh``) are numbers you hand out from ``open``/``opendir``/``create``; the guest
+  passes them back to ``read``/``write``/``release``... ``0`` is a fine handle for a
+  stateless file system.
+* Names, link targets and xattr names/values are ``bytes``: FUSE carries no encoding.
+* Errors are ``OSError(errno)``; the errno goes to the guest as ``-errno``.  Any other
+  exception is a bug in the file system: the server logs it and answers ``EIO``.
+* Methods are called concurrently from several worker threads.
+
+The server, not the file system, owns protocol policy: the ``st_blksize`` the guest sees
+(always the guest page size, whatever :attr:`Attr.blksize` says), cache timeouts when an
+:class:`Entry` leaves them ``None``, read-only mode, and whether xattrs are enabled.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
+
+if TYPE_CHECKING:
+    from pyvirtiofsd.fuse.request import FuseRequest
+
+__all__ = [
+    "Attr", "Context", "DirEntry", "Entry", "FileRange", "FileSystem", "Opened", "SetAttr",
+    "StatFs", "Statx", "WriteData",
+]
+
+
+def _enosys() -> OSError:
+    return OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Who is asking: the caller's ids from ``fuse_in_header`` (and the umask the guest sent
+    with a create-type request, 0 when it sent none)."""
+
+    uid: int
+    gid: int
+    pid: int
+    umask: int = 0
+
+
+@dataclass(slots=True)
+class Attr:
+    """The fields of ``struct fuse_attr``.
+
+    Times are seconds plus nanoseconds, as on the wire; ``rdev`` is a host ``dev_t`` (what
+    :func:`os.makedev` builds).  ``blksize`` is informational only: the server always
+    reports the guest page size instead (see ``ServerOptions.guest_page_size``).
+    """
+
+    ino: int
+    size: int = 0
+    blocks: int = 0
+    atime: int = 0
+    mtime: int = 0
+    ctime: int = 0
+    atimensec: int = 0
+    mtimensec: int = 0
+    ctimensec: int = 0
+    mode: int = 0
+    nlink: int = 1
+    uid: int = 0
+    gid: int = 0
+    rdev: int = 0
+    blksize: int = 0
+    flags: int = 0
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> "Attr":
+        """Build from :func:`os.stat`/:func:`os.fstat` output."""
+        a_s, a_ns = divmod(st.st_atime_ns, 1_000_000_000)
+        m_s, m_ns = divmod(st.st_mtime_ns, 1_000_000_000)
+        c_s, c_ns = divmod(st.st_ctime_ns, 1_000_000_000)
+        return cls(
+            ino=st.st_ino, size=st.st_size, blocks=st.st_blocks,
+            atime=a_s, mtime=m_s, ctime=c_s, atimensec=a_ns, mtimensec=m_ns, ctimensec=c_ns,
+            mode=st.st_mode, nlink=st.st_nlink, uid=st.st_uid, gid=st.st_gid,
+            rdev=st.st_rdev, blksize=st.st_blksize,
+        )
+
+
+@dataclass(slots=True)
+class Statx:
+    """The fields of ``struct fuse_statx`` (the FUSE_STATX reply, protocol 7.39).
+
+    Times are ``(seconds, nanoseconds)``.  ``mask`` says which fields are valid (``STATX_*``
+    bits); the Linux guest ignores a reply without all of ``STATX_BASIC_STATS``.
+    """
+
+    mask: int
+    ino: int
+    mode: int
+    nlink: int = 1
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    blocks: int = 0
+    blksize: int = 0
+    attributes: int = 0
+    attributes_mask: int = 0
+    atime: tuple[int, int] = (0, 0)
+    btime: tuple[int, int] = (0, 0)
+    ctime: tuple[int, int] = (0, 0)
+    mtime: tuple[int, int] = (0, 0)
+    rdev_major: int = 0
+    rdev_minor: int = 0
+    dev_major: int = 0
+    dev_minor: int = 0
+
+    @classmethod
+    def from_attr(cls, attr: Attr) -> "Statx":
+        """What a file system without a ``statx`` of its own reports: the basic stats."""
+        return cls(
+            mask=0x7FF,  # STATX_BASIC_STATS
+            ino=attr.ino, mode=attr.mode, nlink=attr.nlink, uid=attr.uid, gid=attr.gid,
+            size=attr.size, blocks=attr.blocks, blksize=attr.blksize,
+            atime=(attr.atime, attr.atimensec), ctime=(attr.ctime, attr.ctimensec),
+            mtime=(attr.mtime, attr.mtimensec),
+            rdev_major=os.major(attr.rdev), rdev_minor=os.minor(attr.rdev),
+        )
+
+
+@dataclass(slots=True)
+class Entry:
+    """A name resolved to an inode: the ``fuse_entry_out`` of LOOKUP, MKDIR, CREATE...
+
+    ``entry_timeout``/``attr_timeout`` are seconds the guest may cache the name and the
+    attributes; ``None`` lets the server apply its cache policy (``ServerOptions.cache``).
+    """
+
+    nodeid: int
+    generation: int
+    attr: Attr
+    entry_timeout: float | None = None
+    attr_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One directory entry from :meth:`FileSystem.readdir`.
+
+    ``offset`` is the cookie the guest passes back to continue *after* this entry;
+    ``type`` is the ``DT_*`` value (``stat.S_IFMT(mode) >> 12``).
+    """
+
+    ino: int
+    offset: int
+    type: int
+    name: bytes
+
+
+@dataclass(slots=True)
+class FileRange:
+    """A read result meaning "take up to ``size`` bytes of ``fd`` at ``offset``".
+
+    The server moves the bytes straight from the fd into the reply (``preadv`` into guest
+    memory on a virtqueue), so they never become a Python object.  ``done``, when given, is
+    called once the transfer is over, also on failure: the place to drop a reference that
+    keeps ``fd`` open meanwhile.
+    """
+
+    fd: int
+    offset: int
+    size: int
+    done: Callable[[], None] | None = None
+
+
+@dataclass(slots=True)
+class Opened:
+    """What ``open``/``opendir``/``create``/``tmpfile`` return: the handle and the
+    ``FOPEN_*`` bits (the server adds the ones its cache policy asks for)."""
+
+    fh: int = 0
+    open_flags: int = 0
+
+
+@dataclass(slots=True)
+class SetAttr:
+    """The changes a SETATTR asks for; ``None`` (or ``False``) means "leave alone".
+
+    ``atime_now``/``mtime_now`` mean "set to the current time" (``UTIME_NOW``).
+    """
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime: tuple[int, int] | None = None
+    mtime: tuple[int, int] | None = None
+    atime_now: bool = False
+    mtime_now: bool = False
+    ctime: tuple[int, int] | None = None
+    kill_suidgid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    """The fields of ``struct fuse_kstatfs`` (STATFS reply)."""
+
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    bsize: int
+    namelen: int
+    frsize: int
+
+    @classmethod
+    def from_statvfs(cls, st: os.statvfs_result) -> "StatFs":
+        return cls(st.f_blocks, st.f_bfree, st.f_bavail, st.f_files, st.f_ffree,
+                   st.f_bsize, st.f_namemax, st.f_frsize)
+
+
+class WriteData:
+    """The payload of a WRITE request, still in the request (guest memory on a virtqueue).
+
+    An in-memory file system calls :meth:`read`; a file system backed by file descriptors
+    calls :meth:`to_fd`, which writes straight from the request without a Python copy.
+    """
+
+    __slots__ = ("_req", "_in_offset", "size")
+
+    def __init__(self, req: "FuseRequest", in_offset: int, size: int):
+        self._req = req
+        self._in_offset = in_offset
+        self.size = size
+        """Bytes of payload."""
+
+    def read(self) -> bytes:
+        """The whole payload as bytes."""
+        return self._req.read_in(self._in_offset, self.size)
+
+    def to_fd(self, fd: int, offset: int) -> int:
+        """``pwrite`` the payload to ``fd`` at ``offset``; returns bytes written."""
+        return self._req.in_to_fd(fd, self._in_offset, self.size, offset)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class FileSystem:
+    """Base class: one method per FUSE operation, each answering ``ENOSYS``.
+
+    Exceptions to "everything is ENOSYS": :meth:`init` accepts what the server proposes,
+    :meth:`destroy`/:meth:`forget` do nothing, :meth:`batch_forget` calls :meth:`forget`,
+    and :meth:`statx` is derived from :meth:`getattr` by the server when left alone.
+    If :meth:`open` (or :meth:`opendir`) is not overridden the server offers the guest
+    ``FUSE_NO_OPEN_SUPPORT`` (``FUSE_NO_OPENDIR_SUPPORT``), so a stateless file system
+    needs neither.
+    """
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def init(self, flags: int) -> int:
+        """A guest mounted us.  ``flags`` are the FUSE_INIT flags (64-bit, ``FUSE_*`` in
+        :mod:`pyvirtiofsd.fuse.abi`) the server is about to enable; return the subset to keep.
+        Note e.g. ``FUSE_WRITEBACK_CACHE``: with it the guest may READ files opened
+        write-only and computes O_APPEND offsets itself."""
+        return flags
+
+    def destroy(self) -> None:
+        """The session ended (FUSE_DESTROY, or a new INIT): drop every inode and handle."""
+
+    # --- names and inodes ---------------------------------------------------------------
+
+    def lookup(self, ctx: Context, parent: int, name: bytes) -> Entry:
+        """Resolve ``name`` in directory ``parent``; one lookup count on the result."""
+        raise _enosys()
+
+    def forget(self, ctx: Context, inode: int, nlookup: int) -> None:
+        """The guest dropped ``nlookup`` lookups of ``inode`` (no reply is sent)."""
+
+    def batch_forget(self, ctx: Context, requests: list[tuple[int, int]]) -> None:
+        """Several forgets: ``(inode, nlookup)`` pairs."""
+        for inode, nlookup in requests:
+            self.forget(ctx, inode, nlookup)
+
+    def getattr(self, ctx: Context, inode: int, fh: int | None) -> Attr | tuple[Attr, float]:
+        """Attributes of ``inode`` (``fh`` when the guest asked through an open file).
+        Return an :class:`Attr`, or ``(attr, timeout_seconds)`` to override cache policy."""
+        raise _enosys()
+
+    def setattr(self, ctx: Context, inode: int, changes: SetAttr,
+                fh: int | None) -> Attr | tuple[Attr, float]:
+        """Apply ``changes``; return the new attributes."""
+        raise _enosys()
+
+    def statx(self, ctx: Context, inode: int, fh: int | None, flags: int,
+              mask: int) -> Statx | tuple[Statx, float]:
+        """Extended attributes (btime...) for ``statx(2)`` in the guest.  ``flags`` are the
+        ``AT_STATX_*`` sync bits, ``mask`` the ``STATX_*`` fields wanted.  Optional: when
+        this answers ENOSYS the server answers from :meth:`getattr`."""
+        raise _enosys()
+
+    def readlink(self, ctx: Context, inode: int) -> bytes:
+        """The target of symlink ``inode``."""
+        raise _enosys()
+
+    def symlink(self, ctx: Context, linkname: bytes, parent: int, name: bytes) -> Entry:
+        """Create symlink ``name`` in ``parent`` pointing at ``linkname``."""
+        raise _enosys()
+
+    def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
+        """Create a file node (regular, FIFO, socket, device); ``rdev`` is a host dev_t.
+        ``mode`` already has the guest's umask applied (``ctx.umask`` is informational)."""
+        raise _enosys()
+
+    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int) -> Entry:
+        """Create directory ``name`` in ``parent``."""
+        raise _enosys()
+
+    def unlink(self, ctx: Context, parent: int, name: bytes) -> None:
+        raise _enosys()
+
+    def rmdir(self, ctx: Context, parent: int, name: bytes) -> None:
+        raise _enosys()
+
+    def rename(self, ctx: Context, olddir: int, oldname: bytes, newdir: int, newname: bytes,
+               flags: int) -> None:
+        """``renameat2``: ``flags`` may hold ``RENAME_NOREPLACE`` (1), ``RENAME_EXCHANGE``
+        (2), ``RENAME_WHITEOUT`` (4)."""
+        raise _enosys()
+
+    def link(self, ctx: Context, inode: int, newparent: int, newname: bytes) -> Entry:
+        """Hard-link ``inode`` as ``newname`` in ``newparent``."""
+        raise _enosys()
+
+    # --- files ----------------------------------------------------------------------------
+
+    def open(self, ctx: Context, inode: int, flags: int) -> Opened:
+        """Open ``inode`` with ``open(2)`` ``flags``; return a handle."""
+        raise _enosys()
+
+    def create(self, ctx: Context, parent: int, name: bytes, mode: int,
+               flags: int) -> tuple[Entry, Opened]:
+        """Create and open ``name`` in ``parent`` (atomic ``open(O_CREAT)``)."""
+        raise _enosys()
+
+    def tmpfile(self, ctx: Context, parent: int, mode: int, flags: int) -> tuple[Entry, Opened]:
+        """An unnamed file in directory ``parent`` (``O_TMPFILE``)."""
+        raise _enosys()
+
+    def read(self, ctx: Context, inode: int, fh: int, offset: int, size: int,
+             flags: int) -> bytes | FileRange:
+        """Up to ``size`` bytes at ``offset``.  Return bytes (short at end of file), or a
+        :class:`FileRange` to have the server read them from a file descriptor."""
+        raise _enosys()
+
+    def write(self, ctx: Context, inode: int, fh: int, offset: int, data: WriteData,
+              flags: int, kill_priv: bool) -> int:
+        """Write ``data`` at ``offset``; return bytes written.  ``kill_priv`` asks to drop
+        suid/sgid (only sent when HANDLE_KILLPRIV is negotiated)."""
+        raise _enosys()
+
+    def flush(self, ctx: Context, inode: int, fh: int, lock_owner: int) -> None:
+        """A descriptor of the open file was closed in the guest (``close(2)``)."""
+        raise _enosys()
+
+    def fsync(self, ctx: Context, inode: int, fh: int, datasync: bool) -> None:
+        raise _enosys()
+
+    def release(self, ctx: Context, inode: int, fh: int, flags: int, flush: bool,
+                lock_owner: int) -> None:
+        """The last reference to the open file went away: forget handle ``fh``."""
+        raise _enosys()
+
+    def fallocate(self, ctx: Context, inode: int, fh: int, mode: int, offset: int,
+                  length: int) -> None:
+        raise _enosys()
+
+    def lseek(self, ctx: Context, inode: int, fh: int, offset: int, whence: int) -> int:
+        """``SEEK_DATA``/``SEEK_HOLE`` (the guest handles SET/CUR/END itself)."""
+        raise _enosys()
+
+    def copy_file_range(self, ctx: Context, inode_in: int, fh_in: int, off_in: int,
+                        inode_out: int, fh_out: int, off_out: int, length: int,
+                        flags: int) -> int:
+        """Copy within the file system; return bytes copied."""
+        raise _enosys()
+
+    # --- directories ------------------------------------------------------------------------
+
+    def opendir(self, ctx: Context, inode: int, flags: int) -> Opened:
+        raise _enosys()
+
+    def readdir(self, ctx: Context, inode: int, fh: int, offset: int) -> Iterable[DirEntry]:
+        """Entries of the directory after cookie ``offset`` (0: from the start).
+
+        Return an iterable (a generator is ideal): the server takes entries until the
+        guest's buffer is full and then closes the generator, so produce them lazily and
+        release resources in a ``finally``.  Each entry's ``offset`` must let a later call
+        continue right after it.  For READDIRPLUS the server calls :meth:`lookup` on each
+        entry it sends (not on ``.`` and ``..``).
+        """
+        raise _enosys()
+
+    def releasedir(self, ctx: Context, inode: int, fh: int, flags: int) -> None:
+        raise _enosys()
+
+    def fsyncdir(self, ctx: Context, inode: int, fh: int, datasync: bool) -> None:
+        raise _enosys()
+
+    # --- the file system as a whole ----------------------------------------------------
+
+    def statfs(self, ctx: Context, inode: int) -> StatFs:
+        raise _enosys()
+
+    def syncfs(self, ctx: Context, inode: int) -> None:
+        raise _enosys()
+
+    def access(self, ctx: Context, inode: int, mask: int) -> None:
+        """Check ``access(2)`` ``mask`` for the caller in ``ctx``; raise EACCES if denied."""
+        raise _enosys()
+
+    # --- extended attributes -----------------------------------------------------------
+
+    def getxattr(self, ctx: Context, inode: int, name: bytes) -> bytes:
+        """The whole value (the server deals with the guest's size probing and ERANGE)."""
+        raise _enosys()
+
+    def listxattr(self, ctx: Context, inode: int) -> list[bytes]:
+        """The names (the server joins them with NULs)."""
+        raise _enosys()
+
+    def setxattr(self, ctx: Context, inode: int, name: bytes, value: bytes, flags: int) -> None:
+        """``flags``: ``XATTR_CREATE``/``XATTR_REPLACE``."""
+        raise _enosys()
+
+    def removexattr(self, ctx: Context, inode: int, name: bytes) -> None:
+        raise _enosys()
+
+
+def dirent_type(mode: int) -> int:
+    """The ``DT_*`` value of a ``st_mode`` (what :class:`DirEntry` ``type`` wants)."""
+    return stat_mod.S_IFMT(mode) >> 12
+
