@@ -1,0 +1,969 @@
+"""The FUSE server: one request in, one reply out, whatever the guest sent.
+
+:meth:`Server.handle` parses ``fuse_in_header``, decodes the arguments of the opcode, calls
+the matching :class:`~pyvirtiofsd.filesystem.FileSystem` method and writes the reply into
+the request's out area.  It never raises: a failing file-system call becomes ``-errno``, a
+bug in a file system becomes ``-EIO`` plus a logged error, a malformed request ``-EINVAL``.
+
+Protocol policy lives here so that every file system gets it for free:
+
+* **st_blksize.**  Every ``fuse_attr`` and ``fuse_statx`` the server sends carries
+  ``blksize == ServerOptions.guest_page_size``, exactly.  Guest kernels before 6.17 derive
+  ``i_blkbits`` from it and DAX writeback fails (WARN + EIO) whenever it differs from the
+  guest page size -- larger *or* smaller; a host tmpfs with ``huge=always`` says 2 MiB.
+  :class:`AttrPacker` is the only code that turns attributes into bytes, so no reply can
+  carry another value.
+* cache policy (entry/attr timeouts, ``FOPEN_*``), read-only mode, xattr on/off, INIT
+  negotiation, READDIRPLUS built from ``readdir`` + ``lookup``.
+
+Thread safety: ``handle`` may run concurrently on many threads.  Per-session state is an
+immutable :class:`Session` swapped atomically by INIT/DESTROY.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import structlog
+
+from pyvirtiofsd.filesystem import (
+    Attr, Context, Entry, FileRange, FileSystem, Opened, SetAttr, Statx, WriteData,
+)
+from pyvirtiofsd.fuse import abi
+from pyvirtiofsd.fuse.abi import Opcode
+from pyvirtiofsd.fuse.request import FuseRequest
+
+log = structlog.get_logger()
+
+FUSE_MAX_MINOR = 39
+"""The newest protocol minor this server speaks.
+
+7.39 is the newest minor whose additions we implement (FUSE_STATX).  Everything 7.40-7.45
+add is either opt-in through INIT flags we do not offer (PASSTHROUGH and its
+``backing_id``/``max_stack_depth``, HAS_RESEND, ALLOW_IDMAP, OVER_IO_URING,
+REQUEST_TIMEOUT) or a new opcode we would answer ENOSYS (COPY_FILE_RANGE_64); claiming a
+minor we have not read would promise semantics we never checked.  ``fuse_init_out`` is the
+same 64 bytes for every minor from 7.23, so nothing else changes with the choice."""
+
+_HDR = abi.fuse_in_header.size       # 40
+_OUT_HDR = abi.fuse_out_header.size  # 16
+
+
+class CachePolicy:
+    """``ServerOptions.cache`` values, as virtiofsd's ``--cache``."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+    TIMEOUTS = {AUTO: 1.0, ALWAYS: 86400.0, NEVER: 0.0}
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What the server does on behalf of every file system.
+
+    ``guest_page_size``: the guest's PAGE_SIZE; every blksize sent is exactly this.
+    ``readonly``: refuse every modifying operation with EROFS (and opens for writing).
+    ``xattr``: when False (the default, as virtiofsd), GET/SET/LIST/REMOVEXATTR answer ENOSYS
+    without reaching the file system, so the guest kernel stops asking and returns
+    EOPNOTSUPP to applications.
+    ``cache``: ``never`` → timeouts 0 and FOPEN_DIRECT_IO; ``auto`` → 1 s timeouts;
+    ``always`` → 1 day timeouts, FOPEN_KEEP_CACHE and FOPEN_CACHE_DIR (virtiofsd's meaning).
+    ``writeback``: offer FUSE_WRITEBACK_CACHE (guest-side write-back page cache).
+    ``readdirplus``: offer READDIRPLUS; ``None`` = on unless ``cache`` is ``never``.
+    ``allow_mmap``: offer DIRECT_IO_ALLOW_MMAP (shared mmap with ``cache=never``).
+    ``max_write``: largest WRITE payload (also sets ``max_pages``).
+    ``map_alignment``: ``None`` → never echo FUSE_MAP_ALIGNMENT; else log2 of the alignment
+    SETUPMAPPING offsets need (12 for 4 KiB host pages), sent when the guest offers it.
+    ``ops_log``: one info line per request (costs; off by default).
+    """
+
+    guest_page_size: int = 4096
+    readonly: bool = False
+    xattr: bool = False
+    cache: str = CachePolicy.AUTO
+    writeback: bool = False
+    readdirplus: bool | None = None
+    allow_mmap: bool = False
+    max_write: int = 1 << 20
+    map_alignment: int | None = None
+    ops_log: bool = False
+
+    def __post_init__(self) -> None:
+        p = self.guest_page_size
+        if p < 4096 or p > (1 << 21) or p & (p - 1):
+            raise ValueError(f"guest_page_size {p} is not a power of two in 4 KiB..2 MiB")
+        if self.cache not in CachePolicy.TIMEOUTS:
+            raise ValueError(f"cache must be one of {sorted(CachePolicy.TIMEOUTS)}")
+        if self.max_write < 4096:
+            raise ValueError("max_write below 4096")
+        if self.map_alignment is not None and not 0 <= self.map_alignment <= 21:
+            raise ValueError("map_alignment is log2 of an alignment, at most 21 (2 MiB)")
+
+    @property
+    def timeout(self) -> float:
+        return CachePolicy.TIMEOUTS[self.cache]
+
+    @property
+    def use_readdirplus(self) -> bool:
+        if self.readdirplus is None:
+            return self.cache != CachePolicy.NEVER
+        return self.readdirplus
+
+
+class DaxHandler(Protocol):
+    """What the device provides to serve FUSE_SETUPMAPPING/REMOVEMAPPING (virtio-fs DAX).
+
+    ``init_flags``: extra INIT flags to offer (e.g. ``FUSE_HAS_INODE_DAX``).
+    Errors are ``OSError(errno)`` as for file-system methods.
+    """
+
+    init_flags: int
+
+    def setupmapping(self, ctx: Context, nodeid: int, fh: int, foffset: int, length: int,
+                     flags: int, moffset: int) -> None: ...
+
+    def removemapping(self, ctx: Context, ranges: list[tuple[int, int]]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Session:
+    """What INIT negotiated; replaced whole, never mutated."""
+
+    minor: int
+    flags: int
+    max_write: int
+
+
+class AttrPacker:
+    """The one place attributes become wire bytes -- and get the blksize clamp.
+
+    ``blksize`` is always ``guest_page_size``: not ``min()`` (a smaller value trips the
+    guest's DAX ``i_blkbits != PAGE_SHIFT`` check just as well), not the host's value.
+    """
+
+    def __init__(self, guest_page_size: int):
+        self.blksize = guest_page_size
+
+    def fuse_attr(self, a: Attr) -> bytes:
+        return abi.fuse_attr.pack(
+            a.ino & _U64, a.size & _U64, a.blocks & _U64,
+            a.atime & _U64, a.mtime & _U64, a.ctime & _U64,
+            a.atimensec, a.mtimensec, a.ctimensec,
+            a.mode & _U32, a.nlink & _U32, a.uid & _U32, a.gid & _U32,
+            _encode_dev(a.rdev), self.blksize, a.flags & _U32)
+
+    def fuse_statx(self, s: Statx) -> bytes:
+        return abi.fuse_statx.pack(
+            s.mask & _U32, self.blksize, s.attributes & _U64, s.nlink & _U32,
+            s.uid & _U32, s.gid & _U32, s.mode & 0xFFFF, 0, s.ino & _U64, s.size & _U64,
+            s.blocks & _U64, s.attributes_mask & _U64,
+            s.atime[0], s.atime[1], 0, s.btime[0], s.btime[1], 0,
+            s.ctime[0], s.ctime[1], 0, s.mtime[0], s.mtime[1], 0,
+            s.rdev_major, s.rdev_minor, s.dev_major, s.dev_minor)
+
+
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+
+
+def _encode_dev(dev: int) -> int:
+    """A host dev_t as the 32-bit "new" encoding the guest decodes (``new_decode_dev``)."""
+    major, minor = os.major(dev), os.minor(dev)
+    return ((minor & 0xFF) | ((major & 0xFFF) << 8) | ((minor & ~0xFF) << 12)) & _U32
+
+
+def _decode_dev(dev: int) -> int:
+    """The guest's 32-bit ``new_encode_dev`` value as a host dev_t."""
+    return os.makedev((dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00))
+
+
+def _split_time(seconds: float) -> tuple[int, int]:
+    whole = int(seconds)
+    return whole, int((seconds - whole) * 1e9)
+
+
+class _NoReply:
+    """Marker: the opcode gets no FUSE reply (FORGET, BATCH_FORGET, INTERRUPT)."""
+
+
+NO_REPLY = _NoReply()
+
+
+@dataclass(frozen=True)
+class _Written:
+    """Marker: the handler already wrote ``size`` reply bytes after the out header."""
+
+    size: int
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class _Args:
+    """A cursor over a request's argument bytes that refuses to read past them."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def struct(self, ws: abi.WireStruct, size: int | None = None,
+               min_size: int | None = None) -> Any:
+        """Parse ``ws``, reading any missing tail as zeros.
+
+        ``size``: exactly this many bytes hold the struct (older minors sent shorter
+        versions of some structs, and a name may follow).  Otherwise the struct is the
+        last thing in the request and may be as short as ``min_size``.
+        """
+        avail = len(self.data) - self.pos
+        if size is None:
+            need, take = (ws.size if min_size is None else min_size), min(avail, ws.size)
+        else:
+            need = take = size
+        if avail < need:
+            raise _err(errno.EINVAL)
+        raw = self.data[self.pos:self.pos + take]
+        self.pos += take
+        if take < ws.size:
+            raw += bytes(ws.size - take)
+        return ws.parse(raw)
+
+    def cstring(self) -> bytes:
+        """A NUL-terminated string."""
+        end = self.data.find(b"\0", self.pos)
+        if end < 0:
+            raise _err(errno.EINVAL)
+        s = self.data[self.pos:end]
+        self.pos = end + 1
+        return s
+
+    def name(self, allow_dots: bool = False) -> bytes:
+        """A directory-entry name: one component, never empty, never containing '/'."""
+        name = self.cstring()
+        if not name or b"/" in name:
+            raise _err(errno.EINVAL)
+        if len(name) > abi.FUSE_NAME_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        if not allow_dots and name in (b".", b".."):
+            raise _err(errno.EINVAL)
+        return name
+
+    def take(self, n: int) -> bytes:
+        if len(self.data) - self.pos < n:
+            raise _err(errno.EINVAL)
+        s = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return s
+
+    def end(self) -> None:
+        """Nothing may follow (a name with an embedded NUL shows up as trailing bytes)."""
+        if self.pos != len(self.data):
+            raise _err(errno.EINVAL)
+
+
+_MODIFYING = frozenset({
+    Opcode.FUSE_SETATTR, Opcode.FUSE_SYMLINK, Opcode.FUSE_MKNOD, Opcode.FUSE_MKDIR,
+    Opcode.FUSE_UNLINK, Opcode.FUSE_RMDIR, Opcode.FUSE_RENAME, Opcode.FUSE_RENAME2,
+    Opcode.FUSE_LINK, Opcode.FUSE_WRITE, Opcode.FUSE_CREATE, Opcode.FUSE_FALLOCATE,
+    Opcode.FUSE_COPY_FILE_RANGE, Opcode.FUSE_SETXATTR, Opcode.FUSE_REMOVEXATTR,
+    Opcode.FUSE_TMPFILE,
+})
+_XATTR_OPS = frozenset({
+    Opcode.FUSE_GETXATTR, Opcode.FUSE_SETXATTR, Opcode.FUSE_LISTXATTR, Opcode.FUSE_REMOVEXATTR,
+})
+
+
+class Server:
+    """Serve ``fs`` to one guest.  See the module docstring.
+
+    ``dax``: the SETUPMAPPING/REMOVEMAPPING handler the device provides when it has a DAX
+    window; ``None`` answers both with ENOSYS.
+    """
+
+    def __init__(self, fs: FileSystem, options: ServerOptions | None = None,
+                 dax: DaxHandler | None = None):
+        self.fs = fs
+        self.options = options or ServerOptions()
+        self.dax = dax
+        self.attrs = AttrPacker(self.options.guest_page_size)
+        self._session: Session | None = None
+        self._lifecycle = threading.Lock()
+        self._handlers: dict[int, Callable[..., Any]] = {
+            Opcode.FUSE_LOOKUP: self._lookup,
+            Opcode.FUSE_FORGET: self._forget,
+            Opcode.FUSE_BATCH_FORGET: self._batch_forget,
+            Opcode.FUSE_GETATTR: self._getattr,
+            Opcode.FUSE_SETATTR: self._setattr,
+            Opcode.FUSE_STATX: self._statx,
+            Opcode.FUSE_READLINK: self._readlink,
+            Opcode.FUSE_SYMLINK: self._symlink,
+            Opcode.FUSE_MKNOD: self._mknod,
+            Opcode.FUSE_MKDIR: self._mkdir,
+            Opcode.FUSE_UNLINK: self._unlink,
+            Opcode.FUSE_RMDIR: self._rmdir,
+            Opcode.FUSE_RENAME: self._rename,
+            Opcode.FUSE_RENAME2: self._rename2,
+            Opcode.FUSE_LINK: self._link,
+            Opcode.FUSE_OPEN: self._open,
+            Opcode.FUSE_CREATE: self._create,
+            Opcode.FUSE_TMPFILE: self._tmpfile,
+            Opcode.FUSE_READ: self._read,
+            Opcode.FUSE_WRITE: self._write,
+            Opcode.FUSE_STATFS: self._statfs,
+            Opcode.FUSE_RELEASE: self._release,
+            Opcode.FUSE_FSYNC: self._fsync,
+            Opcode.FUSE_FLUSH: self._flush,
+            Opcode.FUSE_OPENDIR: self._opendir,
+            Opcode.FUSE_READDIR: self._readdir,
+            Opcode.FUSE_READDIRPLUS: self._readdirplus,
+            Opcode.FUSE_RELEASEDIR: self._releasedir,
+            Opcode.FUSE_FSYNCDIR: self._fsyncdir,
+            Opcode.FUSE_ACCESS: self._access,
+            Opcode.FUSE_SETXATTR: self._setxattr,
+            Opcode.FUSE_GETXATTR: self._getxattr,
+            Opcode.FUSE_LISTXATTR: self._listxattr,
+            Opcode.FUSE_REMOVEXATTR: self._removexattr,
+            Opcode.FUSE_INTERRUPT: self._interrupt,
+            Opcode.FUSE_DESTROY: self._destroy,
+            Opcode.FUSE_FALLOCATE: self._fallocate,
+            Opcode.FUSE_LSEEK: self._lseek,
+            Opcode.FUSE_COPY_FILE_RANGE: self._copy_file_range,
+            Opcode.FUSE_SYNCFS: self._syncfs,
+            Opcode.FUSE_SETUPMAPPING: self._setupmapping,
+            Opcode.FUSE_REMOVEMAPPING: self._removemapping,
+        }
+
+    # --- public ---------------------------------------------------------------------------
+
+    @property
+    def session(self) -> Session | None:
+        """The negotiated session, or ``None`` before INIT / after DESTROY."""
+        return self._session
+
+    def reset(self) -> None:
+        """End the session as DESTROY would (device reset, guest gone)."""
+        with self._lifecycle:
+            self._end_session("reset")
+
+    def handle(self, req: FuseRequest) -> None:
+        """Serve one request and complete it exactly once.  Never raises."""
+        unique = 0
+        try:
+            unique, result, error = self._dispatch(req)
+        except Exception:  # noqa: BLE001 - last line of defence: the guest must get an answer
+            log.error("fuse request handling failed", exc_info=True)
+            result, error = None, errno.EIO
+        self._finish(req, unique, result, error)
+
+    # --- framing --------------------------------------------------------------------------
+
+    def _dispatch(self, req: FuseRequest) -> tuple[int, Any, int]:
+        if req.in_len < _HDR:
+            head = req.read_in(0, _HDR)
+            unique = int.from_bytes(head[8:16], "little") if len(head) >= 16 else 0
+            log.warning("fuse request shorter than fuse_in_header", in_len=req.in_len)
+            return unique, None, errno.EINVAL
+        hdr = abi.fuse_in_header.parse(req.read_in(0, _HDR))
+        ext = hdr.total_extlen * 8
+        if hdr.len < _HDR or hdr.len > req.in_len or ext > hdr.len - _HDR:
+            log.warning("fuse request length mismatch", opcode=hdr.opcode, len=hdr.len,
+                        in_len=req.in_len, total_extlen=hdr.total_extlen)
+            return hdr.unique, None, errno.EINVAL
+        arglen = hdr.len - _HDR - ext   # extensions (none negotiated) are not arguments
+
+        if hdr.opcode == Opcode.FUSE_INIT:
+            return hdr.unique, *self._run(self._init, req, hdr, arglen)
+        session = self._session
+        if session is None:
+            if hdr.opcode in (Opcode.FUSE_FORGET, Opcode.FUSE_BATCH_FORGET):
+                return hdr.unique, NO_REPLY, 0
+            return hdr.unique, None, errno.EIO
+        handler = self._handlers.get(hdr.opcode)
+        if handler is None:
+            return hdr.unique, None, errno.ENOSYS
+        if self.options.readonly and hdr.opcode in _MODIFYING:
+            return hdr.unique, None, errno.EROFS
+        if not self.options.xattr and hdr.opcode in _XATTR_OPS:
+            return hdr.unique, None, errno.ENOSYS
+
+        t0 = time.perf_counter() if self.options.ops_log else 0.0
+        result, error = self._run(handler, req, hdr, arglen, session)
+        if self.options.ops_log:
+            log.info("fuse op", opcode=_opname(hdr.opcode), nodeid=hdr.nodeid, result=-error,
+                     us=int((time.perf_counter() - t0) * 1e6))
+        return hdr.unique, result, error
+
+    def _run(self, handler: Callable[..., Any], req: FuseRequest, hdr: Any, arglen: int,
+             *extra: Any) -> tuple[Any, int]:
+        """Call a handler; turn OSError into an errno and anything else into a logged EIO."""
+        try:
+            return handler(req, hdr, arglen, *extra), 0
+        except OSError as e:
+            code = e.errno if isinstance(e.errno, int) and 0 < e.errno < 4096 else errno.EIO
+            return None, code
+        except Exception:  # noqa: BLE001 - a file-system bug must not reach the guest as a hang
+            log.error("file system raised", opcode=_opname(hdr.opcode), nodeid=hdr.nodeid,
+                      exc_info=True)
+            return None, errno.EIO
+
+    def _finish(self, req: FuseRequest, unique: int, result: Any, error: int) -> None:
+        if result is NO_REPLY and not error:
+            req.complete(0)
+            return
+        try:
+            if error:
+                req.write_out(0, abi.fuse_out_header.pack(_OUT_HDR, -error, unique))
+                used = _OUT_HDR
+            else:
+                if isinstance(result, _Written):
+                    size = result.size
+                else:
+                    body = bytes(result or b"")
+                    size = len(body)
+                    if _OUT_HDR + size > req.out_len:
+                        log.warning("fuse reply does not fit the out area",
+                                    reply=_OUT_HDR + size, out_len=req.out_len)
+                        req.write_out(0, abi.fuse_out_header.pack(_OUT_HDR, -errno.EIO, unique))
+                        req.complete(_OUT_HDR)
+                        return
+                    if body:
+                        req.write_out(_OUT_HDR, body)
+                req.write_out(0, abi.fuse_out_header.pack(_OUT_HDR + size, 0, unique))
+                used = _OUT_HDR + size
+        except Exception:  # noqa: BLE001 - e.g. an out area too small even for the header
+            log.warning("cannot write fuse reply", out_len=req.out_len, exc_info=True)
+            used = 0
+        req.complete(used)
+
+    @staticmethod
+    def _args(req: FuseRequest, arglen: int) -> _Args:
+        return _Args(req.read_in(_HDR, arglen))
+
+    @staticmethod
+    def _ctx(hdr: Any, umask: int = 0) -> Context:
+        return Context(hdr.uid, hdr.gid, hdr.pid, umask)
+
+    # --- reply builders ---------------------------------------------------------------
+
+    def _entry_out(self, entry: Entry, session: Session) -> bytes:
+        t = self.options.timeout
+        ev, evn = _split_time(t if entry.entry_timeout is None else entry.entry_timeout)
+        av, avn = _split_time(t if entry.attr_timeout is None else entry.attr_timeout)
+        out = (abi.fuse_entry_out_head.pack(entry.nodeid, entry.generation, ev, av, evn, avn)
+               + self.attrs.fuse_attr(entry.attr))
+        return out if session.minor >= 9 else out[:abi.FUSE_COMPAT_ENTRY_OUT_SIZE]
+
+    def _attr_out(self, result: Attr | tuple[Attr, float], session: Session) -> bytes:
+        attr, timeout = result if isinstance(result, tuple) else (result, self.options.timeout)
+        av, avn = _split_time(timeout)
+        out = abi.fuse_attr_out_head.pack(av, avn, 0) + self.attrs.fuse_attr(attr)
+        return out if session.minor >= 9 else out[:abi.FUSE_COMPAT_ATTR_OUT_SIZE]
+
+    def _open_out(self, opened: Opened, is_dir: bool) -> bytes:
+        flags = opened.open_flags
+        cache = self.options.cache
+        if cache == CachePolicy.NEVER and not is_dir:
+            flags |= abi.FOPEN_DIRECT_IO
+        elif cache == CachePolicy.ALWAYS:
+            flags |= abi.FOPEN_CACHE_DIR if is_dir else abi.FOPEN_KEEP_CACHE
+        return abi.fuse_open_out.pack(opened.fh, flags, 0)
+
+    # --- INIT / DESTROY ---------------------------------------------------------------
+
+    def _wanted_flags(self) -> int:
+        """INIT flags this server would enable if the guest offers them."""
+        o = self.options
+        want = (abi.FUSE_ASYNC_READ | abi.FUSE_PARALLEL_DIROPS | abi.FUSE_BIG_WRITES
+                | abi.FUSE_AUTO_INVAL_DATA | abi.FUSE_ASYNC_DIO | abi.FUSE_ATOMIC_O_TRUNC
+                | abi.FUSE_MAX_PAGES | abi.FUSE_INIT_EXT)
+        if o.use_readdirplus:
+            want |= abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO
+        if o.writeback and not o.readonly:
+            want |= abi.FUSE_WRITEBACK_CACHE
+        if o.allow_mmap:
+            want |= abi.FUSE_DIRECT_IO_ALLOW_MMAP
+        if o.map_alignment is not None:
+            want |= abi.FUSE_MAP_ALIGNMENT
+        if type(self.fs).open is FileSystem.open:
+            want |= abi.FUSE_NO_OPEN_SUPPORT
+        if type(self.fs).opendir is FileSystem.opendir:
+            want |= abi.FUSE_NO_OPENDIR_SUPPORT
+        if self.dax is not None:
+            want |= getattr(self.dax, "init_flags", 0)
+        return want
+
+    def _init(self, req: FuseRequest, hdr: Any, arglen: int) -> bytes:
+        a = self._args(req, arglen)
+        ii = a.struct(abi.fuse_init_in, min_size=8)   # major/minor are all the oldest kernels sent
+        if ii.major > abi.FUSE_KERNEL_VERSION:
+            # FUSE rule: answer with our major; the kernel retries INIT with it.
+            log.info("fuse init: kernel major newer, answering ours", kernel_major=ii.major)
+            return abi.fuse_init_out.build(major=abi.FUSE_KERNEL_VERSION, minor=FUSE_MAX_MINOR)
+        if ii.major < abi.FUSE_KERNEL_VERSION:
+            log.warning("fuse init: unsupported major", major=ii.major, minor=ii.minor)
+            raise _err(errno.EPROTO)
+
+        minor = min(ii.minor, FUSE_MAX_MINOR)
+        offered = ii.flags
+        if ii.flags & abi.FUSE_INIT_EXT:
+            offered |= ii.flags2 << 32
+        enable = offered & self._wanted_flags()
+        o = self.options
+        with self._lifecycle:
+            if self._session is not None:
+                # A guest that rebooted without DESTROY mounts again: start afresh.
+                self._end_session("new INIT")
+            enable &= self.fs.init(enable)
+            session = Session(minor=minor, flags=enable, max_write=o.max_write)
+            self._session = session
+        split = abi.InitFlags.split(enable)
+        max_pages = min(0xFFFF, -(-o.max_write // o.guest_page_size))
+        out = abi.fuse_init_out.build(
+            major=abi.FUSE_KERNEL_VERSION, minor=minor, max_readahead=ii.max_readahead,
+            flags=split.flags, max_background=0xFFFF, congestion_threshold=0xBFFD,
+            max_write=o.max_write, time_gran=1, max_pages=max_pages,
+            map_alignment=(o.map_alignment or 0) if enable & abi.FUSE_MAP_ALIGNMENT else 0,
+            flags2=split.flags2)
+        log.info("fuse session started", minor=minor, flags=hex(enable),
+                 guest_flags=hex(offered), max_write=o.max_write,
+                 blksize=o.guest_page_size)
+        if minor < 5:
+            return out[:abi.FUSE_COMPAT_INIT_OUT_SIZE]
+        if minor < 23:
+            return out[:abi.FUSE_COMPAT_22_INIT_OUT_SIZE]
+        return out
+
+    def _end_session(self, why: str) -> None:
+        """Caller holds ``_lifecycle``."""
+        if self._session is None:
+            return
+        self._session = None
+        try:
+            self.fs.destroy()
+        except Exception:  # noqa: BLE001
+            log.error("file system destroy failed", exc_info=True)
+        log.info("fuse session ended", why=why)
+
+    def _destroy(self, req, hdr, arglen, session) -> bytes:
+        with self._lifecycle:
+            self._end_session("DESTROY")
+        return b""
+
+    # --- no-reply opcodes -------------------------------------------------------------
+
+    def _forget(self, req, hdr, arglen, session):
+        try:
+            fi = self._args(req, arglen).struct(abi.fuse_forget_in)
+            self.fs.forget(self._ctx(hdr), hdr.nodeid, fi.nlookup)
+        except Exception as e:  # noqa: BLE001 - no reply to carry an error
+            log.warning("forget failed", nodeid=hdr.nodeid, error=repr(e))
+        return NO_REPLY
+
+    def _batch_forget(self, req, hdr, arglen, session):
+        try:
+            a = self._args(req, arglen)
+            bi = a.struct(abi.fuse_batch_forget_in)
+            have = (len(a.data) - a.pos) // abi.fuse_forget_one.size
+            if have < bi.count:
+                log.warning("batch_forget truncated", count=bi.count, present=have)
+            pairs = [tuple(a.struct(abi.fuse_forget_one)) for _ in range(min(have, bi.count))]
+            if pairs:
+                self.fs.batch_forget(self._ctx(hdr), pairs)
+        except Exception as e:  # noqa: BLE001
+            log.warning("batch_forget failed", error=repr(e))
+        return NO_REPLY
+
+    def _interrupt(self, req, hdr, arglen, session):
+        # Requests are not cancellable once they reach the file system; the guest copes.
+        return NO_REPLY
+
+    # --- attributes ---------------------------------------------------------------------
+
+    def _lookup(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        name = a.name(allow_dots=True)
+        a.end()
+        return self._entry_out(self.fs.lookup(self._ctx(hdr), hdr.nodeid, name), session)
+
+    def _getattr(self, req, hdr, arglen, session) -> bytes:
+        gi = self._args(req, arglen).struct(abi.fuse_getattr_in, min_size=0)   # absent before 7.9
+        fh = gi.fh if gi.getattr_flags & abi.FUSE_GETATTR_FH else None
+        return self._attr_out(self.fs.getattr(self._ctx(hdr), hdr.nodeid, fh), session)
+
+    def _setattr(self, req, hdr, arglen, session) -> bytes:
+        si = self._args(req, arglen).struct(abi.fuse_setattr_in)
+        v = si.valid
+        changes = SetAttr(
+            mode=si.mode if v & abi.FATTR_MODE else None,
+            uid=si.uid if v & abi.FATTR_UID else None,
+            gid=si.gid if v & abi.FATTR_GID else None,
+            size=si.size if v & abi.FATTR_SIZE else None,
+            atime_now=bool(v & abi.FATTR_ATIME_NOW),
+            mtime_now=bool(v & abi.FATTR_MTIME_NOW),
+            atime=(_s64(si.atime), si.atimensec)
+            if v & abi.FATTR_ATIME and not v & abi.FATTR_ATIME_NOW else None,
+            mtime=(_s64(si.mtime), si.mtimensec)
+            if v & abi.FATTR_MTIME and not v & abi.FATTR_MTIME_NOW else None,
+            ctime=(_s64(si.ctime), si.ctimensec) if v & abi.FATTR_CTIME else None,
+            kill_suidgid=bool(v & abi.FATTR_KILL_SUIDGID),
+        )
+        fh = si.fh if v & abi.FATTR_FH else None
+        return self._attr_out(self.fs.setattr(self._ctx(hdr), hdr.nodeid, changes, fh), session)
+
+    def _statx(self, req, hdr, arglen, session) -> bytes:
+        sx = self._args(req, arglen).struct(abi.fuse_statx_in)
+        fh = sx.fh if sx.getattr_flags & abi.FUSE_GETATTR_FH else None
+        ctx = self._ctx(hdr)
+        try:
+            result: Any = self.fs.statx(ctx, hdr.nodeid, fh, sx.sx_flags, sx.sx_mask)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            got = self.fs.getattr(ctx, hdr.nodeid, fh)
+            attr, timeout = got if isinstance(got, tuple) else (got, self.options.timeout)
+            result = (Statx.from_attr(attr), timeout)
+        stx, timeout = result if isinstance(result, tuple) else (result, self.options.timeout)
+        av, avn = _split_time(timeout)
+        return abi.fuse_statx_out_head.pack(av, avn, 0, 0, 0) + self.attrs.fuse_statx(stx)
+
+    def _readlink(self, req, hdr, arglen, session) -> bytes:
+        return self.fs.readlink(self._ctx(hdr), hdr.nodeid)
+
+    # --- creating and removing names -----------------------------------------------------
+
+    def _symlink(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        name = a.name()
+        target = a.cstring()
+        a.end()
+        if not target:
+            raise _err(errno.EINVAL)
+        return self._entry_out(self.fs.symlink(self._ctx(hdr), target, hdr.nodeid, name), session)
+
+    def _mknod(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        mi = a.struct(abi.fuse_mknod_in,
+                      size=abi.FUSE_COMPAT_MKNOD_IN_SIZE if session.minor < 12 else None)
+        name = a.name()
+        a.end()
+        ctx = self._ctx(hdr, mi.umask)
+        entry = self.fs.mknod(ctx, hdr.nodeid, name, mi.mode, _decode_dev(mi.rdev))
+        return self._entry_out(entry, session)
+
+    def _mkdir(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        mi = a.struct(abi.fuse_mkdir_in)
+        name = a.name()
+        a.end()
+        entry = self.fs.mkdir(self._ctx(hdr, mi.umask), hdr.nodeid, name, mi.mode)
+        return self._entry_out(entry, session)
+
+    def _unlink(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        name = a.name()
+        a.end()
+        self.fs.unlink(self._ctx(hdr), hdr.nodeid, name)
+        return b""
+
+    def _rmdir(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        name = a.name()
+        a.end()
+        self.fs.rmdir(self._ctx(hdr), hdr.nodeid, name)
+        return b""
+
+    def _rename(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        ri = a.struct(abi.fuse_rename_in)
+        return self._do_rename(hdr, a, ri.newdir, 0)
+
+    def _rename2(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        ri = a.struct(abi.fuse_rename2_in)
+        return self._do_rename(hdr, a, ri.newdir, ri.flags)
+
+    def _do_rename(self, hdr, a: _Args, newdir: int, flags: int) -> bytes:
+        old = a.name()
+        new = a.name()
+        a.end()
+        self.fs.rename(self._ctx(hdr), hdr.nodeid, old, newdir, new, flags)
+        return b""
+
+    def _link(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        li = a.struct(abi.fuse_link_in)
+        name = a.name()
+        a.end()
+        return self._entry_out(self.fs.link(self._ctx(hdr), li.oldnodeid, hdr.nodeid, name),
+                               session)
+
+    # --- files --------------------------------------------------------------------------
+
+    def _open(self, req, hdr, arglen, session) -> bytes:
+        oi = self._args(req, arglen).struct(abi.fuse_open_in)
+        if self.options.readonly and _opens_for_writing(oi.flags):
+            raise _err(errno.EROFS)
+        return self._open_out(self.fs.open(self._ctx(hdr), hdr.nodeid, oi.flags), False)
+
+    def _create(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        # before 7.12 CREATE sent fuse_open_in (flags, mode): no umask
+        ci = a.struct(abi.fuse_create_in,
+                      size=abi.fuse_open_in.size if session.minor < 12 else None)
+        name = a.name()
+        a.end()
+        entry, opened = self.fs.create(self._ctx(hdr, ci.umask), hdr.nodeid, name, ci.mode,
+                                       ci.flags)
+        return self._entry_out(entry, session) + self._open_out(opened, False)
+
+    def _tmpfile(self, req, hdr, arglen, session) -> bytes:
+        ci = self._args(req, arglen).struct(abi.fuse_create_in)
+        entry, opened = self.fs.tmpfile(self._ctx(hdr, ci.umask), hdr.nodeid, ci.mode, ci.flags)
+        return self._entry_out(entry, session) + self._open_out(opened, False)
+
+    def _read(self, req, hdr, arglen, session):
+        ri = self._args(req, arglen).struct(abi.fuse_read_in, min_size=abi.FUSE_COMPAT_WRITE_IN_SIZE)
+        size = min(ri.size, req.out_len - _OUT_HDR)
+        if size < 0:
+            raise _err(errno.EINVAL)
+        result = self.fs.read(self._ctx(hdr), hdr.nodeid, ri.fh, ri.offset, size, ri.flags)
+        if isinstance(result, FileRange):
+            try:
+                n = req.out_from_fd(result.fd, _OUT_HDR, min(size, result.size), result.offset)
+            finally:
+                if result.done is not None:
+                    result.done()
+            return _Written(n)
+        return bytes(result[:size])
+
+    def _write(self, req, hdr, arglen, session) -> bytes:
+        in_size = abi.fuse_write_in.size if session.minor >= 9 else abi.FUSE_COMPAT_WRITE_IN_SIZE
+        a = self._args(req, min(arglen, in_size))
+        wi = a.struct(abi.fuse_write_in, size=in_size)
+        if wi.size > arglen - in_size:
+            raise _err(errno.EINVAL)
+        if wi.size > session.max_write:
+            log.warning("write larger than max_write", size=wi.size, max_write=session.max_write)
+        data = WriteData(req, _HDR + in_size, wi.size)
+        n = self.fs.write(self._ctx(hdr), hdr.nodeid, wi.fh, wi.offset, data, wi.flags,
+                          bool(wi.write_flags & abi.FUSE_WRITE_KILL_SUIDGID))
+        return abi.fuse_write_out.pack(n, 0)
+
+    def _statfs(self, req, hdr, arglen, session) -> bytes:
+        st = self.fs.statfs(self._ctx(hdr), hdr.nodeid)
+        out = abi.fuse_kstatfs.build(
+            blocks=st.blocks, bfree=st.bfree, bavail=st.bavail, files=st.files,
+            ffree=st.ffree, bsize=st.bsize, namelen=st.namelen, frsize=st.frsize)
+        return out if session.minor >= 4 else out[:abi.FUSE_COMPAT_STATFS_SIZE]
+
+    def _release(self, req, hdr, arglen, session) -> bytes:
+        ri = self._args(req, arglen).struct(abi.fuse_release_in, min_size=16)
+        self.fs.release(self._ctx(hdr), hdr.nodeid, ri.fh, ri.flags,
+                        bool(ri.release_flags & abi.FUSE_RELEASE_FLUSH), ri.lock_owner)
+        return b""
+
+    def _fsync(self, req, hdr, arglen, session) -> bytes:
+        fi = self._args(req, arglen).struct(abi.fuse_fsync_in)
+        self.fs.fsync(self._ctx(hdr), hdr.nodeid, fi.fh,
+                      bool(fi.fsync_flags & abi.FUSE_FSYNC_FDATASYNC))
+        return b""
+
+    def _flush(self, req, hdr, arglen, session) -> bytes:
+        fi = self._args(req, arglen).struct(abi.fuse_flush_in)
+        self.fs.flush(self._ctx(hdr), hdr.nodeid, fi.fh, fi.lock_owner)
+        return b""
+
+    def _fallocate(self, req, hdr, arglen, session) -> bytes:
+        fi = self._args(req, arglen).struct(abi.fuse_fallocate_in)
+        self.fs.fallocate(self._ctx(hdr), hdr.nodeid, fi.fh, fi.mode, fi.offset, fi.length)
+        return b""
+
+    def _lseek(self, req, hdr, arglen, session) -> bytes:
+        li = self._args(req, arglen).struct(abi.fuse_lseek_in)
+        off = self.fs.lseek(self._ctx(hdr), hdr.nodeid, li.fh, _s64(li.offset), li.whence)
+        return abi.fuse_lseek_out.pack(off)
+
+    def _copy_file_range(self, req, hdr, arglen, session) -> bytes:
+        ci = self._args(req, arglen).struct(abi.fuse_copy_file_range_in)
+        n = self.fs.copy_file_range(self._ctx(hdr), hdr.nodeid, ci.fh_in, ci.off_in,
+                                    ci.nodeid_out, ci.fh_out, ci.off_out, ci.len, ci.flags)
+        return abi.fuse_write_out.pack(min(n, _U32), 0)
+
+    # --- directories --------------------------------------------------------------------
+
+    def _opendir(self, req, hdr, arglen, session) -> bytes:
+        oi = self._args(req, arglen).struct(abi.fuse_open_in)
+        return self._open_out(self.fs.opendir(self._ctx(hdr), hdr.nodeid, oi.flags), True)
+
+    def _releasedir(self, req, hdr, arglen, session) -> bytes:
+        ri = self._args(req, arglen).struct(abi.fuse_release_in, min_size=16)
+        self.fs.releasedir(self._ctx(hdr), hdr.nodeid, ri.fh, ri.flags)
+        return b""
+
+    def _fsyncdir(self, req, hdr, arglen, session) -> bytes:
+        fi = self._args(req, arglen).struct(abi.fuse_fsync_in)
+        self.fs.fsyncdir(self._ctx(hdr), hdr.nodeid, fi.fh,
+                         bool(fi.fsync_flags & abi.FUSE_FSYNC_FDATASYNC))
+        return b""
+
+    def _readdir(self, req, hdr, arglen, session) -> bytes:
+        return self._pack_dir(req, hdr, arglen, session, plus=False)
+
+    def _readdirplus(self, req, hdr, arglen, session) -> bytes:
+        return self._pack_dir(req, hdr, arglen, session, plus=True)
+
+    def _pack_dir(self, req, hdr, arglen, session, plus: bool) -> bytes:
+        """Take entries from ``fs.readdir`` until the guest's buffer is full.
+
+        For READDIRPLUS each entry that fits is looked up through ``fs.lookup`` -- so every
+        file system gets READDIRPLUS from ``readdir`` + ``lookup`` -- and only after it is
+        known to fit, so an entry left out holds no lookup count the guest does not know
+        about.  ``.`` and ``..`` get nodeid 0 (the guest skips them, it would never forget
+        a lookup we made for them).
+        """
+        ri = self._args(req, arglen).struct(abi.fuse_read_in, min_size=abi.FUSE_COMPAT_WRITE_IN_SIZE)
+        limit = min(ri.size, req.out_len - _OUT_HDR)
+        ctx = self._ctx(hdr)
+        out = bytearray()
+        entries = self.fs.readdir(ctx, hdr.nodeid, ri.fh, ri.offset)
+        it = iter(entries)
+        try:
+            for d in it:
+                name = bytes(d.name)
+                if plus:
+                    if len(out) + abi.direntplus_size(len(name)) > limit:
+                        break
+                    if name in (b".", b".."):
+                        dots = Entry(0, 0, Attr(ino=d.ino, mode=d.type << 12), 0.0, 0.0)
+                        entry_out = self._entry_out(dots, session)
+                    else:
+                        try:
+                            entry = self.fs.lookup(ctx, hdr.nodeid, name)
+                        except OSError as e:
+                            if e.errno == errno.ENOENT:
+                                continue        # gone between readdir and lookup
+                            if out:
+                                break           # send what we have; the error comes next time
+                            raise
+                        entry_out = self._entry_out(entry, session)
+                    out += abi.pack_direntplus(entry_out, d.ino, d.offset, d.type, name)
+                else:
+                    if len(out) + abi.dirent_size(len(name)) > limit:
+                        break
+                    out += abi.pack_dirent(d.ino, d.offset, d.type, name)
+            else:
+                return bytes(out)
+            if not out:
+                raise _err(errno.EINVAL)   # not even one entry fits: no silent end-of-dir
+            return bytes(out)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    def _access(self, req, hdr, arglen, session) -> bytes:
+        ai = self._args(req, arglen).struct(abi.fuse_access_in)
+        self.fs.access(self._ctx(hdr), hdr.nodeid, ai.mask)
+        return b""
+
+    def _syncfs(self, req, hdr, arglen, session) -> bytes:
+        self._args(req, arglen).struct(abi.fuse_syncfs_in)
+        self.fs.syncfs(self._ctx(hdr), hdr.nodeid)
+        return b""
+
+    # --- extended attributes ------------------------------------------------------------
+
+    def _setxattr(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        # Without FUSE_SETXATTR_EXT (we never enable it) the struct is the 8-byte compat one.
+        ext = session.flags & abi.FUSE_SETXATTR_EXT
+        si = a.struct(abi.fuse_setxattr_in,
+                      size=None if ext else abi.FUSE_COMPAT_SETXATTR_IN_SIZE)
+        name = a.cstring()
+        value = a.take(si.size)
+        a.end()
+        if not name:
+            raise _err(errno.EINVAL)
+        self.fs.setxattr(self._ctx(hdr), hdr.nodeid, name, value, si.flags)
+        return b""
+
+    def _getxattr(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        gi = a.struct(abi.fuse_getxattr_in)
+        name = a.cstring()
+        a.end()
+        if not name:
+            raise _err(errno.EINVAL)
+        return _sized(self.fs.getxattr(self._ctx(hdr), hdr.nodeid, name), gi.size)
+
+    def _listxattr(self, req, hdr, arglen, session) -> bytes:
+        gi = self._args(req, arglen).struct(abi.fuse_getxattr_in)
+        names = self.fs.listxattr(self._ctx(hdr), hdr.nodeid)
+        return _sized(b"".join(bytes(n) + b"\0" for n in names), gi.size)
+
+    def _removexattr(self, req, hdr, arglen, session) -> bytes:
+        a = self._args(req, arglen)
+        name = a.cstring()
+        a.end()
+        if not name:
+            raise _err(errno.EINVAL)
+        self.fs.removexattr(self._ctx(hdr), hdr.nodeid, name)
+        return b""
+
+    # --- DAX ----------------------------------------------------------------------------
+
+    def _setupmapping(self, req, hdr, arglen, session) -> bytes:
+        if self.dax is None:
+            raise _err(errno.ENOSYS)
+        si = self._args(req, arglen).struct(abi.fuse_setupmapping_in)
+        if self.options.readonly and si.flags & abi.FUSE_SETUPMAPPING_FLAG_WRITE:
+            raise _err(errno.EROFS)
+        self.dax.setupmapping(self._ctx(hdr), hdr.nodeid, si.fh, si.foffset, si.len, si.flags,
+                              si.moffset)
+        return b""
+
+    def _removemapping(self, req, hdr, arglen, session) -> bytes:
+        if self.dax is None:
+            raise _err(errno.ENOSYS)
+        a = self._args(req, arglen)
+        ri = a.struct(abi.fuse_removemapping_in)
+        ranges = [tuple(a.struct(abi.fuse_removemapping_one)) for _ in range(ri.count)]
+        a.end()
+        self.dax.removemapping(self._ctx(hdr), ranges)
+        return b""
+
+
+def _sized(value: bytes, size: int) -> bytes:
+    """The xattr size protocol: size 0 asks for the length, too small is ERANGE."""
+    if size == 0:
+        return abi.fuse_getxattr_out.pack(len(value), 0)
+    if len(value) > size:
+        raise _err(errno.ERANGE)
+    return value
+
+
+def _s64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _opens_for_writing(flags: int) -> bool:
+    return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
+
+def _opname(opcode: int) -> str:
+    try:
+        return Opcode(opcode).name
+    except ValueError:
+        return str(opcode)
+
+
+__all__ = ["AttrPacker", "CachePolicy", "DaxHandler", "FUSE_MAX_MINOR", "Server",
+           "ServerOptions", "Session"]
