@@ -1,0 +1,69 @@
+"""Creating files as the guest user who asked.
+
+When the daemon runs as root, a file a guest user creates must be owned by that user, and
+the host's permission checks on the parent directory should be that user's.  virtiofsd
+does this by switching the *file-system* ids of the worker thread -- ``setfsuid`` /
+``setfsgid`` -- around create-type operations (mknod, mkdir, symlink, create, tmpfile).
+Those syscalls act on the calling thread only (glibc does not broadcast them to other
+threads, unlike ``setuid``), so concurrent workers can each act for a different guest user.
+They report failure only by not changing anything, which the C wrapper detects by asking
+again; a failure here refuses the operation rather than creating a root-owned file.
+
+The process umask is another trap: the guest kernel has already applied the caller's umask
+to the mode it sends, and the daemon's own umask must not strip more bits.  The umask is
+shared by all threads of a process unless a thread unshares its fs_struct, so each worker
+thread does that once (``unshare(CLONE_FS)``) and sets its own umask to 0.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import structlog
+
+from pyvirtiofsd.filesystem import Context
+from pyvirtiofsd.passthrough import syscalls
+
+log = structlog.get_logger()
+
+_thread = threading.local()
+
+
+def _ensure_thread_umask0() -> None:
+    if getattr(_thread, "umask0", False):
+        return
+    try:
+        syscalls.thread_umask0()
+    except OSError as e:
+        log.warning("cannot give worker thread its own umask; modes may lose bits",
+                    error=str(e))
+    _thread.umask0 = True
+
+
+class Credentials:
+    """Switches fsuid/fsgid to the caller's when (and only when) we are root."""
+
+    def __init__(self, switch_ids: bool | None = None):
+        self.switch_ids = os.geteuid() == 0 if switch_ids is None else switch_ids
+
+    @contextmanager
+    def caller(self, ctx: Context) -> Iterator[None]:
+        """Run the body with the file-system ids of ``ctx`` (and umask 0)."""
+        _ensure_thread_umask0()
+        if not self.switch_ids or (ctx.uid == 0 and ctx.gid == 0):
+            yield
+            return
+        old_gid = syscalls.setfsgid(ctx.gid)
+        try:
+            old_uid = syscalls.setfsuid(ctx.uid)
+        except OSError:
+            syscalls.setfsgid(old_gid)
+            log.warning("setfsuid refused", uid=ctx.uid)
+            raise
+        try:
+            yield
+        finally:
+            syscalls.setfsuid(old_uid)
+            syscalls.setfsgid(old_gid)

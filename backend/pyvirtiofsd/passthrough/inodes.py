@@ -1,0 +1,145 @@
+"""The inode table: nodeids the guest knows, each backed by an ``O_PATH`` fd.
+
+Every inode the guest has looked up is an ``O_PATH|O_NOFOLLOW`` descriptor, keyed by what
+identifies a file on the host -- ``(st_dev, st_ino, mnt_id)`` -- so two names (hard links,
+or the same file seen again) share one nodeid.  Each entry counts the lookups the guest
+holds (FORGET/BATCH_FORGET give them back); at zero the fd is closed.
+
+Nodeids are handed out from a counter and never reused within a session, so a stale nodeid
+from a confused guest finds nothing (EBADF) rather than somebody else's file.  The root is
+nodeid 1 (FUSE_ROOT_ID) and is never forgotten.
+
+Operations *borrow* an inode for their duration: a FORGET racing with an operation on the
+same inode cannot close the fd under it (and let the number be reused for another file).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import structlog
+
+from pyvirtiofsd.fuse.abi import FUSE_ROOT_ID
+
+log = structlog.get_logger()
+
+InodeKey = tuple[int, int, int]
+"""(st_dev, st_ino, mnt_id)"""
+
+
+@dataclass(eq=False, slots=True)
+class Inode:
+    nodeid: int
+    fd: int
+    key: InodeKey
+    mode: int
+    """``st_mode`` at lookup time; only the file type bits are relied upon."""
+    lookups: int
+    users: int = 0
+    dead: bool = False
+    """Forgotten while borrowed: close the fd when the last user returns it."""
+
+
+class InodeTable:
+    def __init__(self, root_fd: int, root_key: InodeKey, root_mode: int):
+        self._lock = threading.Lock()
+        self._by_id: dict[int, Inode] = {}
+        self._by_key: dict[InodeKey, Inode] = {}
+        self._next = FUSE_ROOT_ID + 1
+        self.root = Inode(FUSE_ROOT_ID, root_fd, root_key, root_mode, lookups=1)
+        self._by_id[FUSE_ROOT_ID] = self.root
+        self._by_key[root_key] = self.root
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    @contextmanager
+    def borrow(self, nodeid: int) -> Iterator[Inode]:
+        """The live inode ``nodeid`` for the duration of the ``with`` block; EBADF if the
+        guest names one we do not have."""
+        with self._lock:
+            inode = self._by_id.get(nodeid)
+            if inode is None:
+                raise OSError(errno.EBADF, "unknown nodeid", nodeid)
+            inode.users += 1
+        try:
+            yield inode
+        finally:
+            self._unborrow(inode)
+
+    def _unborrow(self, inode: Inode) -> None:
+        with self._lock:
+            inode.users -= 1
+            close = inode.dead and inode.users == 0
+        if close:
+            os.close(inode.fd)
+
+    def lookup_count(self, nodeid: int) -> int:
+        """Lookups the guest holds on ``nodeid`` (0 when unknown).  For tests and logs."""
+        with self._lock:
+            inode = self._by_id.get(nodeid)
+            return inode.lookups if inode is not None else 0
+
+    def add_lookup(self, fd: int, key: InodeKey, mode: int) -> Inode:
+        """Count one lookup of the file ``fd`` refers to.  Takes ownership of ``fd``: it
+        becomes the inode's fd, or is closed when the file already has a nodeid."""
+        with self._lock:
+            inode = self._by_key.get(key)
+            if inode is not None:
+                inode.lookups += 1
+            else:
+                inode = Inode(self._next, fd, key, mode, lookups=1)
+                self._next += 1
+                self._by_id[inode.nodeid] = inode
+                self._by_key[key] = inode
+                return inode
+        os.close(fd)
+        return inode
+
+    def add_existing(self, inode: Inode) -> None:
+        """One more lookup of an inode the caller has borrowed (LOOKUP of ``.``)."""
+        with self._lock:
+            inode.lookups += 1
+
+    def find(self, key: InodeKey) -> Inode | None:
+        with self._lock:
+            return self._by_key.get(key)
+
+    def forget(self, nodeid: int, nlookup: int) -> None:
+        """The guest gave back ``nlookup`` lookups.  Unknown nodeids are ignored (the
+        guest cannot be told: FORGET has no reply)."""
+        close = None
+        with self._lock:
+            inode = self._by_id.get(nodeid)
+            if inode is None or inode is self.root:
+                return
+            inode.lookups = max(0, inode.lookups - nlookup)
+            if inode.lookups == 0:
+                del self._by_id[nodeid]
+                if self._by_key.get(inode.key) is inode:
+                    del self._by_key[inode.key]
+                if inode.users == 0:
+                    close = inode.fd
+                else:
+                    inode.dead = True
+        if close is not None:
+            os.close(close)
+
+    def clear(self) -> None:
+        """Forget everything but the root (end of session)."""
+        with self._lock:
+            doomed = [i for i in self._by_id.values() if i is not self.root]
+            self._by_id = {FUSE_ROOT_ID: self.root}
+            self._by_key = {self.root.key: self.root}
+            to_close = []
+            for inode in doomed:
+                if inode.users == 0:
+                    to_close.append(inode.fd)
+                else:
+                    inode.dead = True
+        for fd in to_close:
+            os.close(fd)
