@@ -295,8 +295,10 @@ mount -t devtmpfs devtmpfs $R/dev
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs tmpfs $R/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp
 mount -t tmpfs tmpfs $R/run
+mkdir -p $R/run/host-tmp
+mount --bind $R/tmp $R/run/host-tmp  # the host's /tmp stays reachable under the guest's own /tmp
+mount -t tmpfs -o mode=1777 tmpfs $R/tmp
 
 echo "PVFS-GUEST-START"
 chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -425,7 +427,98 @@ def prepare(flavor: str = "bookworm") -> Assets:
 
 
 # --------------------------------------------------------------------------------------------------
+# Back-ends (the daemon under test, or a reference one), one per guest: they exit when QEMU hangs up
+
+BACKENDS = ("ours", "c-virtiofsd", "rust-virtiofsd")
+C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # QEMU 7.2's C virtiofsd (Debian 12 qemu-system-common)
+
+
+def backend_command(kind: str, socket: str | os.PathLike, shared_dir: str | os.PathLike,
+                    tag: str = "share") -> list[str]:
+    """argv of a back-end serving ``shared_dir`` on ``socket``, each with equivalent options.
+
+    The C virtiofsd has no ``--tag`` (it cannot answer GET_CONFIG), so it only works with qemu72.
+    """
+    if kind == "ours":
+        return [sys.executable, "-m", "pyvirtiofsd", "--socket-path", str(socket),
+                "--shared-dir", str(shared_dir), "--tag", tag]
+    if kind == "c-virtiofsd":
+        return [C_VIRTIOFSD, f"--socket-path={socket}", "-o", f"source={shared_dir}", "-o", "cache=auto"]
+    if kind == "rust-virtiofsd":
+        return [*sid_command("usr/libexec/virtiofsd"), f"--socket-path={socket}",
+                f"--shared-dir={shared_dir}", f"--tag={tag}", "--sandbox=none"]
+    raise ValueError(f"unknown back-end {kind!r} (expected one of {BACKENDS})")
+
+
+def _listening(path: str) -> bool:
+    """Is a unix socket listening on ``path``? (/proc/net/unix: flag __SO_ACCEPTCON = 0x10000)"""
+    with open("/proc/net/unix") as f:
+        next(f)
+        return any(len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000
+                   for fields in map(str.split, f))
+
+
+class Backend:
+    """A back-end process started from ``argv``; :meth:`start` returns once its socket listens.
+
+    Waiting for the listening state (not just the socket file) avoids QEMU's "connection refused"
+    between bind() and listen(); probing with connect() would use up the daemon's only client.
+    """
+
+    def __init__(self, argv: list[str], socket: str | os.PathLike, log_path: str | os.PathLike):
+        self.argv, self.socket, self.log_path = argv, os.path.abspath(socket), Path(log_path)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> "Backend":
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not _listening(self.socket):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"back-end exited with {self.proc.returncode} before listening on "
+                                   f"{self.socket}: {shlex.join(self.argv)}\n{self.log}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"back-end not listening on {self.socket} after {timeout} s\n{self.log}")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def __enter__(self) -> "Backend":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------------
 # Booting
+
+
+def guest_path(host_path: str | os.PathLike) -> str:
+    """Where a host path is seen by the guest's command: the host's / is its root, except that the
+    guest has its own /tmp and /run (the host's /tmp is under /run/host-tmp)."""
+    path = os.path.abspath(host_path)
+    if path == "/tmp" or path.startswith("/tmp/"):
+        return "/run/host-tmp" + path[len("/tmp"):]
+    if path == "/run" or path.startswith("/run/"):
+        raise ValueError(f"{path}: the host's /run is hidden in the guest")
+    return path
 
 
 def kernel_cmdline(command: str, tag: str, mount_point: str, mount_options: str) -> str:
