@@ -284,24 +284,32 @@ for m in $(cat /modules.load); do
 done
 
 # The host's / (read-only 9p) becomes the command's root, so host programs run in the guest.
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /newroot \
-    || fail "mount of the host root (9p tag hostroot) failed"
-R=/newroot
+# Without it (no -virtfs ...,mount_tag=hostroot) the command runs in the initramfs: busybox only.
+if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /newroot 2>/dev/null; then
+    R=/newroot
+else
+    say "no 9p tag hostroot: busybox only"
+    R=
+    mkdir -p "$MNT" /tmp
+fi
 mount -t virtiofs ${OPTS:+-o "$OPTS"} "$TAG" "$R$MNT" || fail "mount -t virtiofs $TAG $MNT ${OPTS} failed"
 say "virtiofs tag $TAG mounted at $MNT ${OPTS:+(-o $OPTS)}"
-mount -t proc proc $R/proc
-mount -t sysfs sysfs $R/sys
-mount -t devtmpfs devtmpfs $R/dev
-mkdir -p $R/dev/pts $R/dev/shm
-mount -t devpts devpts $R/dev/pts
-mount -t tmpfs tmpfs $R/dev/shm
-mount -t tmpfs tmpfs $R/run
-mkdir -p $R/run/host-tmp
-mount --bind $R/tmp $R/run/host-tmp  # the host's /tmp stays reachable under the guest's own /tmp
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+if [ -n "$R" ]; then
+    mount -t proc proc $R/proc
+    mount -t sysfs sysfs $R/sys
+    mount -t devtmpfs devtmpfs $R/dev
+    mkdir -p $R/dev/pts $R/dev/shm
+    mount -t devpts devpts $R/dev/pts
+    mount -t tmpfs tmpfs $R/dev/shm
+    mount -t tmpfs tmpfs $R/run
+    mkdir -p $R/run/host-tmp
+    mount --bind $R/tmp $R/run/host-tmp  # the host's /tmp stays reachable under the guest's own /tmp
+    mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+fi
+[ -n "$CMD" ] || { say "no pvfs.cmd: interactive shell, exit to power off"; CMD="exec /bin/sh -i"; }
 
 echo "PVFS-GUEST-START"
-chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+${R:+chroot $R} /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/root LANG=C.UTF-8 TERM=dumb PVFS_MOUNT="$MNT" PVFS_CMD="$CMD" \
     /bin/sh -c 'cd "$PVFS_MOUNT" && eval "$PVFS_CMD"'
 echo "PVFS-GUEST-EXIT $?"
@@ -334,10 +342,11 @@ def build_initramfs(kern: Kernel) -> Path:
     out = CACHE_DIR / "initramfs" / f"{kern.flavor}-{kern.version}-{key.hexdigest()[:12]}.cpio"
     if out.exists():
         return out
-    dirs = ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"]
+    dirs = ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules", "usr", "usr/bin"]
     entries = [(d, 0o40755, b"", 0) for d in dirs]
     entries.append(("dev/console", 0o20600, b"", (5 << 8) | 1))
     entries.append(("bin/busybox", 0o100755, busybox, 0))
+    entries.append(("usr/bin/env", 0o120777, b"/bin/busybox", 0))  # same env path as in the chroot
     entries.append(("init", 0o100755, INIT_SCRIPT.encode(), 0))
     names = []
     for m in modules:
@@ -345,6 +354,8 @@ def build_initramfs(kern: Kernel) -> Path:
         entries.append((f"lib/modules/{names[-1]}", 0o100644, _read_module(m), 0))
     entries.append(("modules.load", 0o100644, "".join(n + "\n" for n in names).encode(), 0))
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{kern.flavor}-{kern.version}-*.cpio"):
+        stale.unlink()
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(_cpio_newc(entries))
     tmp.rename(out)
@@ -523,6 +534,8 @@ def guest_path(host_path: str | os.PathLike) -> str:
 
 def kernel_cmdline(command: str, tag: str, mount_point: str, mount_options: str) -> str:
     """The kernel command line carrying the init's parameters (see INIT_SCRIPT)."""
+    if not command.strip():
+        raise ValueError("an empty command would start an interactive shell; give a command")
     for name, value in (("tag", tag), ("mount_point", mount_point), ("mount_options", mount_options)):
         if re.search(r"\s", value):
             raise ValueError(f"{name} must not contain whitespace: {value!r}")
@@ -547,6 +560,7 @@ def qemu_command(frontend: str, assets: Assets, socket: str | os.PathLike, tag: 
         if queue_size:
             argv += ["-set", f"device.vhost-fs.queue-size={queue_size}"]
     elif frontend == "qemu111":
+        prepare_sid()
         device = "vhost-user-test-device-pci,chardev=char0,virtio-id=26,num_vqs=2,config_size=40"
         argv = [*sid_qemu(),
                 "-object", f"memory-backend-memfd,id=mem,size={GUEST_RAM},share=on",
@@ -697,8 +711,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("prepare", help="download/build the guest assets (idempotent)")
     p.add_argument("--flavor", choices=[*FLAVORS, "all"], default="all")
-    r = sub.add_parser("run", help="boot a guest against a running back-end and run a command in it")
-    r.add_argument("--socket", required=True, help="the back-end's vhost-user socket")
+    r = sub.add_parser("run", help="boot a guest against a back-end and run a command in it",
+                       description="Either connect to a running back-end (--socket) or start one "
+                                   "(--backend with --shared-dir) for this one guest.")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--socket", help="the vhost-user socket of a running back-end")
+    which.add_argument("--backend", choices=BACKENDS, help="start this back-end for the guest")
+    r.add_argument("--shared-dir", help="with --backend: the directory to serve")
     r.add_argument("--tag", default="share")
     r.add_argument("--frontend", choices=FRONTENDS, default="qemu72")
     r.add_argument("--flavor", choices=FLAVORS, default="bookworm")
@@ -715,21 +734,44 @@ def main(argv: list[str] | None = None) -> int:
             assets = prepare(flavor)
             print(f"{flavor}: kernel {assets.kernel.version} ({assets.kernel.image}), "
                   f"initrd {assets.initrd} [{time.monotonic() - t0:.1f} s]")
-        if args.flavor == "all":
-            print(check_sid_qemu())
+        if args.flavor in ("all", "sid"):
+            print(f"sid: {check_sid_qemu()}")
         return 0
 
+    if args.backend and not args.shared_dir:
+        parser.error("--backend needs --shared-dir")
     command = args.command[0] if len(args.command) == 1 else shlex.join(args.command)
+    options = dict(tag=args.tag, frontend=args.frontend, flavor=args.flavor, mount_point=args.mount_point,
+                   mount_options=args.mount_options, smp=args.smp, timeout=args.timeout, echo=True)
     try:
-        result = boot(command, args.socket, tag=args.tag, frontend=args.frontend, flavor=args.flavor,
-                      mount_point=args.mount_point, mount_options=args.mount_options, smp=args.smp,
-                      timeout=args.timeout, echo=True)
-    except GuestError as e:
-        print(f"[guest] {str(e).splitlines()[0]}", file=sys.stderr)
+        if args.socket:
+            result = boot(command, args.socket, **options)
+        else:
+            result = _run_with_backend(command, args.backend, args.shared_dir, options)
+    except (GuestError, RuntimeError) as e:
+        print(f"[guest] {e}" if not isinstance(e, GuestError) else f"[guest] {str(e).splitlines()[0]}",
+              file=sys.stderr)
         return 125
     print(f"[guest] exit status {result.exit_status}; boot {result.boot_seconds:.1f} s, "
           f"total {result.total_seconds:.1f} s", file=sys.stderr)
     return result.exit_status
+
+
+def _run_with_backend(command: str, kind: str, shared_dir: str, options: dict) -> GuestResult:
+    """``run --backend``: a back-end in a temporary directory, for one guest, then stopped."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pyvirtiofsd-run-") as tmp:
+        socket = os.path.join(tmp, "vhost-user.sock")
+        argv = backend_command(kind, socket, os.path.abspath(shared_dir), options["tag"])
+        _log(f"back-end: {shlex.join(argv)}")
+        backend = Backend(argv, socket, os.path.join(tmp, "backend.log"))
+        with backend:
+            result = boot(command, socket, **options)
+        status = backend.proc.returncode
+        _log(f"back-end stopped (exit status {status}); the end of its log:")
+        print("\n".join(backend.log.splitlines()[-8:]), file=sys.stderr)
+        return result
 
 
 if __name__ == "__main__":
