@@ -362,7 +362,8 @@ class PassthroughFs(FileSystem):
     def create(self, ctx: Context, parent: int, name: bytes, mode: int,
                flags: int) -> tuple[Entry, Opened]:
         _check_name(name)
-        flags = self._open_flags(flags) | os.O_CREAT | os.O_NOFOLLOW
+        # O_NOFOLLOW: a symlink already sitting at ``name`` is refused (ELOOP), not followed
+        flags = self._open_flags(flags) | (flags & os.O_EXCL) | os.O_CREAT | os.O_NOFOLLOW
         with self.inodes.borrow(parent) as p:
             with self.credentials.caller(ctx):
                 fd = os.open(name, flags, mode & 0o7777, dir_fd=p.fd)
