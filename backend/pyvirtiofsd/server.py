@@ -361,7 +361,10 @@ class Server:
         except Exception:  # noqa: BLE001 - last line of defence: the guest must get an answer
             log.error("fuse request handling failed", exc_info=True)
             result, error = None, errno.EIO
-        self._finish(req, unique, result, error)
+        try:
+            self._finish(req, unique, result, error)
+        except Exception:  # noqa: BLE001 - a transport whose complete() fails: nothing to do
+            log.error("completing fuse request failed", unique=unique, exc_info=True)
 
     # --- framing --------------------------------------------------------------------------
 
@@ -453,13 +456,15 @@ class Server:
 
     # --- reply builders ---------------------------------------------------------------
 
-    def _entry_out(self, entry: Entry, session: Session) -> bytes:
+    def _entry_out(self, entry: Entry, session: Session, full: bool = False) -> bytes:
+        """``fuse_entry_out``; cut to the pre-7.9 size for old guests unless ``full``
+        (READDIRPLUS, 7.21+, always carries whole ones)."""
         t = self.options.timeout
         ev, evn = _split_time(t if entry.entry_timeout is None else entry.entry_timeout)
         av, avn = _split_time(t if entry.attr_timeout is None else entry.attr_timeout)
         out = (abi.fuse_entry_out_head.pack(entry.nodeid, entry.generation, ev, av, evn, avn)
                + self.attrs.fuse_attr(entry.attr))
-        return out if session.minor >= 9 else out[:abi.FUSE_COMPAT_ENTRY_OUT_SIZE]
+        return out if full or session.minor >= 9 else out[:abi.FUSE_COMPAT_ENTRY_OUT_SIZE]
 
     def _attr_out(self, result: Attr | tuple[Attr, float], session: Session) -> bytes:
         attr, timeout = result if isinstance(result, tuple) else (result, self.options.timeout)
@@ -521,7 +526,9 @@ class Server:
             if self._session is not None:
                 # A guest that rebooted without DESTROY mounts again: start afresh.
                 self._end_session("new INIT")
-            enable &= self.fs.init(enable)
+            kept = self.fs.init(enable)
+            if kept is not None:        # a file system that forgot to return keeps all
+                enable &= kept
             session = Session(minor=minor, flags=enable, max_write=o.max_write)
             self._session = session
         split = abi.InitFlags.split(enable)
@@ -843,7 +850,7 @@ class Server:
                         break
                     if name in (b".", b".."):
                         dots = Entry(0, 0, Attr(ino=d.ino, mode=d.type << 12), 0.0, 0.0)
-                        entry_out = self._entry_out(dots, session)
+                        entry_out = self._entry_out(dots, session, full=True)
                     else:
                         try:
                             entry = self.fs.lookup(ctx, hdr.nodeid, name)
@@ -853,7 +860,7 @@ class Server:
                             if out:
                                 break           # send what we have; the error comes next time
                             raise
-                        entry_out = self._entry_out(entry, session)
+                        entry_out = self._entry_out(entry, session, full=True)
                     out += abi.pack_direntplus(entry_out, d.ino, d.offset, d.type, name)
                 else:
                     if len(out) + abi.dirent_size(len(name)) > limit:

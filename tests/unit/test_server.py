@@ -737,3 +737,28 @@ def test_fuse_error_helper():
         c.lookup(1, "missing")
     assert ei.value.errno == errno.ENOENT
     assert parse_entry  # imported helper used by other tests
+
+
+def test_filesystem_init_returning_none_keeps_the_flags():
+    class Forgetful(MemFs):
+        def init(self, flags):
+            self.seen = flags
+    c, fs = mem_client(init=False, fs=Forgetful())
+    out = init_out(c.init())
+    assert out.flags & abi.FUSE_ASYNC_READ and abi.InitFlags(out.flags, out.flags2).value \
+        == fs.seen
+
+
+def test_readdirplus_entries_are_whole_even_for_old_minors():
+    c, _ = mem_client(init=False)
+    assert c.init(minor=8).ok          # a guest this old never sends READDIRPLUS; still sane
+    ents = parse_direntplus(c.readdir(1, 0, plus=True))
+    assert [d[3] for _, d in ents][:2] == [b".", b".."]
+
+
+def test_handle_survives_a_transport_whose_complete_fails():
+    class Exploding(BytesRequest):
+        def complete(self, used_len):
+            raise OSError(errno.EIO, "ring gone")
+    c, _ = mem_client()
+    c.server.handle(Exploding(request(Opcode.FUSE_GETATTR, 1, bytes(16))))   # no exception
