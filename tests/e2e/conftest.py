@@ -5,7 +5,8 @@ the tests then assert on its parsed results and on what the guest left on the ho
 
 Environment:
   PYVIRTIOFSD_E2E_BACKEND   ours (default) | c-virtiofsd | rust-virtiofsd
-  PYVIRTIOFSD_E2E_BACKEND_ARGS  extra back-end options, e.g. "--xattr" (Rust) or "-o xattr" (C)
+  PYVIRTIOFSD_E2E_BACKEND_ARGS  extra back-end options, e.g. "--cache never" (ours, Rust) or
+                            "-o cache=none" (C); the back-end always gets its xattr switch
   PYVIRTIOFSD_E2E_FRONTENDS comma list, default every front-end the back-end can serve
                             (qemu72,qemu111; the C virtiofsd cannot answer GET_CONFIG: qemu72 only)
   PYVIRTIOFSD_E2E_TIMEOUT   seconds per guest run (default 900)
@@ -105,7 +106,8 @@ def parse_lines(console: str) -> dict[str, list[dict]]:
 def run_guest(frontend: str, share: Path, workdir: Path, command: str) -> GuestRun:
     """Start the back-end on ``share``, boot one guest that runs ``command``, stop the back-end."""
     socket = workdir / "vhost-user.sock"
-    argv = guest.backend_command(backend_kind(), socket, share, TAG)
+    # Extended attributes on: guest_checks.py tests them (without it: ENOTSUP from every daemon).
+    argv = guest.backend_command(backend_kind(), socket, share, TAG, xattr=True)
     argv += shlex.split(os.environ.get("PYVIRTIOFSD_E2E_BACKEND_ARGS", ""))
     timeout = float(os.environ.get("PYVIRTIOFSD_E2E_TIMEOUT", "900"))
     backend = guest.Backend(argv, socket, workdir / "backend.log")
