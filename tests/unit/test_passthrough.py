@@ -712,3 +712,34 @@ def test_destroy_closes_all_fds(share):
     assert len(fs.inodes) == 1 and len(fs.handles) == 0
     fs.close()
     assert open_fds() == before
+
+
+UNPRIVILEGED = r"""
+import errno, os, sys
+from pyvirtiofsd.filesystem import Context
+from pyvirtiofsd.passthrough import PassthroughFs, syscalls
+fs = PassthroughFs(sys.argv[1], switch_credentials=True)   # opened while still root
+os.setgroups([]); os.setgid(1000); os.setuid(1000)
+try:
+    syscalls.setfsuid(0)
+    print("setfsuid: no error")
+except PermissionError:
+    print("setfsuid: EPERM")
+try:
+    fs.mkdir(Context(1234, 1234, 1), 1, b"victim", 0o755)
+    print("mkdir: created")
+except OSError as e:
+    print("mkdir:", errno.errorcode[e.errno])
+"""
+
+
+def test_failed_credential_switch_refuses_the_operation(share):
+    """setfsuid cannot report failure itself; the wrapper notices and the create is refused
+    instead of happening with the wrong owner."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", UNPRIVILEGED, str(share)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["setfsuid: EPERM", "mkdir: EPERM"]
+    assert os.listdir(share) == []
