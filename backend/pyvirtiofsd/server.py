@@ -276,6 +276,7 @@ _MODIFYING = frozenset({
     Opcode.FUSE_COPY_FILE_RANGE, Opcode.FUSE_SETXATTR, Opcode.FUSE_REMOVEXATTR,
     Opcode.FUSE_TMPFILE,
 })
+_NO_REPLY_OPS = frozenset({Opcode.FUSE_FORGET, Opcode.FUSE_BATCH_FORGET, Opcode.FUSE_INTERRUPT})
 _XATTR_OPS = frozenset({
     Opcode.FUSE_GETXATTR, Opcode.FUSE_SETXATTR, Opcode.FUSE_LISTXATTR, Opcode.FUSE_REMOVEXATTR,
 })
@@ -386,7 +387,7 @@ class Server:
             return hdr.unique, *self._run(self._init, req, hdr, arglen)
         session = self._session
         if session is None:
-            if hdr.opcode in (Opcode.FUSE_FORGET, Opcode.FUSE_BATCH_FORGET):
+            if hdr.opcode in _NO_REPLY_OPS:
                 return hdr.unique, NO_REPLY, 0
             return hdr.unique, None, errno.EIO
         handler = self._handlers.get(hdr.opcode)

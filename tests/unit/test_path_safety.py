@@ -5,13 +5,12 @@ import os
 import stat
 
 import pytest
-from fusewire import Client, FuseError, cstr
+from fusewire import cstr
 
 from pyvirtiofsd.filesystem import Context
 from pyvirtiofsd.fuse import abi
 from pyvirtiofsd.fuse.abi import Opcode
-from pyvirtiofsd.passthrough import PassthroughFs, syscalls
-from pyvirtiofsd.server import Server
+from pyvirtiofsd.passthrough import syscalls
 
 CTX = Context(0, 0, 1)
 
@@ -30,13 +29,6 @@ def resolver(request):
     syscalls.set_openat2_enabled(request.param == "openat2")
     yield request.param
     syscalls.set_openat2_enabled(True)
-
-
-def expect_errno(code, fn, *args):
-    with pytest.raises(FuseError) as ei:
-        fn(*args)
-    assert ei.value.errno == code
-    return ei.value
 
 
 def test_symlink_to_etc_passwd_is_never_followed(client, share, resolver):

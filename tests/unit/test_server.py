@@ -212,9 +212,11 @@ def test_requests_before_init_get_eio():
     assert c.call(Opcode.FUSE_DESTROY, 0).error == -errno.EIO
 
 
-def test_forget_before_init_gets_no_reply():
+def test_no_reply_opcodes_before_init_get_no_reply():
     c, _ = mem_client(init=False)
     assert c.forget(2, 1).used_len == 0
+    assert c.batch_forget([(2, 1)]).used_len == 0
+    assert c.call(Opcode.FUSE_INTERRUPT, 0, abi.fuse_interrupt_in.pack(1)).used_len == 0
 
 
 def test_destroy_resets_the_session():
