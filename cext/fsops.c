@@ -70,13 +70,7 @@ int64_t pvfs_fs_setfsgid(uint32_t gid)
     return previous;
 }
 
-int pvfs_fs_thread_umask0(void)
-{
-    if (unshare(CLONE_FS) != 0)
-        return -errno;
-    umask(0);
-    return 0;
-}
+int pvfs_fs_unshare_fs(void) { return unshare(CLONE_FS) != 0 ? -errno : 0; }
 
 int pvfs_fs_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
                       uint32_t flags)

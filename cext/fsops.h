@@ -55,8 +55,9 @@ void pvfs_fs_set_openat2_enabled(int enabled);
  * the change did not take (the syscalls themselves cannot report failure). */
 int64_t pvfs_fs_setfsuid(uint32_t uid);
 int64_t pvfs_fs_setfsgid(uint32_t gid);
-/* Give the calling thread its own fs_struct (cwd, root, umask) and set its umask to 0. */
-int pvfs_fs_thread_umask0(void);
+/* Give the calling thread its own fs_struct (cwd, root, umask): after this, umask(2) in
+ * this thread no longer changes the umask of the others. */
+int pvfs_fs_unshare_fs(void);
 
 int pvfs_fs_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
                       uint32_t flags);

@@ -743,3 +743,28 @@ def test_failed_credential_switch_refuses_the_operation(share):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["setfsuid: EPERM", "mkdir: EPERM"]
     assert os.listdir(share) == []
+
+
+def test_daemon_umask_is_not_applied_and_is_left_alone(client, share):
+    """The guest already applied its caller's umask; the daemon's must not strip more, and
+    serving a request must not change the umask of the thread (or process) serving it."""
+    saved = os.umask(0o077)          # the worker thread starts out sharing this one
+    seen = {}
+
+    def worker():
+        client.mkdir(1, "d", 0o777)
+        client.create(1, "f", 0o666, os.O_RDWR | os.O_CREAT)
+        client.mknod(1, "p", stat.S_IFIFO | 0o666)
+        seen["worker"] = os.umask(0o077)
+
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        seen["main"] = os.umask(0o077)
+    finally:
+        os.umask(saved)
+    assert seen == {"worker": 0o077, "main": 0o077}
+    assert stat.S_IMODE(os.stat(share / "d").st_mode) == 0o777
+    assert stat.S_IMODE(os.stat(share / "f").st_mode) == 0o666
+    assert stat.S_IMODE(os.lstat(share / "p").st_mode) == 0o666

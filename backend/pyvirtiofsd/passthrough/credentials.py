@@ -11,8 +11,8 @@ again; a failure here refuses the operation rather than creating a root-owned fi
 
 The process umask is another trap: the guest kernel has already applied the caller's umask
 to the mode it sends, and the daemon's own umask must not strip more bits.  The umask is
-shared by all threads of a process unless a thread unshares its fs_struct, so each worker
-thread does that once (``unshare(CLONE_FS)``) and sets its own umask to 0.
+shared by all threads of a process unless a thread unshares its fs_struct, so each thread
+does that once (``unshare(CLONE_FS)``) and then sets umask 0 just for the operation.
 """
 from __future__ import annotations
 
@@ -31,15 +31,31 @@ log = structlog.get_logger()
 _thread = threading.local()
 
 
-def _ensure_thread_umask0() -> None:
-    if getattr(_thread, "umask0", False):
+def _own_umask() -> bool:
+    """Make this thread's umask private (once per thread); False if the kernel refused."""
+    own = getattr(_thread, "own_umask", None)
+    if own is None:
+        try:
+            syscalls.unshare_fs()
+            own = True
+        except OSError as e:
+            log.warning("cannot give a worker thread its own umask; created files get the "
+                        "daemon's umask applied", error=str(e))
+            own = False
+        _thread.own_umask = own
+    return own
+
+
+@contextmanager
+def _umask0() -> Iterator[None]:
+    if not _own_umask():
+        yield
         return
+    old = os.umask(0)
     try:
-        syscalls.thread_umask0()
-    except OSError as e:
-        log.warning("cannot give worker thread its own umask; modes may lose bits",
-                    error=str(e))
-    _thread.umask0 = True
+        yield
+    finally:
+        os.umask(old)
 
 
 class Credentials:
@@ -51,10 +67,15 @@ class Credentials:
     @contextmanager
     def caller(self, ctx: Context) -> Iterator[None]:
         """Run the body with the file-system ids of ``ctx`` (and umask 0)."""
-        _ensure_thread_umask0()
-        if not self.switch_ids or (ctx.uid == 0 and ctx.gid == 0):
-            yield
-            return
+        with _umask0():
+            if not self.switch_ids or (ctx.uid == 0 and ctx.gid == 0):
+                yield
+            else:
+                with self._ids(ctx):
+                    yield
+
+    @contextmanager
+    def _ids(self, ctx: Context) -> Iterator[None]:
         old_gid = syscalls.setfsgid(ctx.gid)
         try:
             old_uid = syscalls.setfsuid(ctx.uid)

@@ -53,9 +53,9 @@ def setfsgid(gid: int) -> int:
     return _check(lib.pvfs_fs_setfsgid(gid))
 
 
-def thread_umask0() -> None:
-    """Give this thread a private fs_struct with umask 0."""
-    _check(lib.pvfs_fs_thread_umask0())
+def unshare_fs() -> None:
+    """Give this thread a private fs_struct, so its umask is its own."""
+    _check(lib.pvfs_fs_unshare_fs())
 
 
 def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) -> None:
