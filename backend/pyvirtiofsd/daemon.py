@@ -50,19 +50,29 @@ def listen_unix(path: str, group: str | None = None) -> socket.socket:
         if _socket_in_use(path):
             raise StartupError(f"another process is listening on {path}")
         os.unlink(path)
+    gid = None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise StartupError(f"no such group: {group}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    # Bind under a temporary name and rename into place, so the socket never appears at
+    # ``path`` before it has its group and mode and is listening.
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}")
     try:
-        sock.bind(path)
-        if group is not None:
-            try:
-                gid = grp.getgrnam(group).gr_gid
-            except KeyError:
-                raise StartupError(f"no such group: {group}") from None
-            os.chown(path, -1, gid)
-            os.chmod(path, 0o660)
+        sock.bind(tmp)
+        if gid is not None:
+            os.chown(tmp, -1, gid)
+            os.chmod(tmp, 0o660)
         sock.listen(1)
+        os.rename(tmp, path)
     except BaseException:
         sock.close()
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
     return sock
 

@@ -65,12 +65,15 @@ class GuestRAM:
         return memoryview(self.map)[off:off + size]
 
     def close(self) -> None:
+        if self.fd < 0:
+            return
         self._cbuf = None
         try:
             self.map.close()
         except BufferError:
             pass  # a view is still alive; the mapping goes with the last reference
         os.close(self.fd)
+        self.fd = -1
 
 
 class Allocator:
