@@ -57,22 +57,22 @@ def listen_unix(path: str, group: str | None = None) -> socket.socket:
         except KeyError:
             raise StartupError(f"no such group: {group}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    # Bind under a temporary name and rename into place, so the socket never appears at
-    # ``path`` before it has its group and mode and is listening.
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}")
+    # Bind with a umask that leaves the socket to its owner until --socket-group is applied,
+    # so nobody else can connect in between.  (Renaming a bound socket into place would do
+    # too, but /proc/net/unix keeps the old name, which tools that wait for us read.)
+    old_umask = os.umask(0o177) if gid is not None else None
     try:
-        sock.bind(tmp)
+        try:
+            sock.bind(path)
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
         if gid is not None:
-            os.chown(tmp, -1, gid)
-            os.chmod(tmp, 0o660)
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
         sock.listen(1)
-        os.rename(tmp, path)
     except BaseException:
         sock.close()
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return sock
 

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -127,6 +128,10 @@ def test_socket_group(tmp_path, shared, start_daemon):
 
     group = grp.getgrgid(os.getgid()).gr_name
     d = start_daemon("--socket-group", group)
+    for _ in range(500):
+        if "listening" in d.log():
+            break
+        time.sleep(0.01)
     st = os.stat(d.socket_path)
     assert st.st_gid == os.getgid() and st.st_mode & 0o777 == 0o660
 
