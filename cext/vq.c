@@ -249,8 +249,18 @@ static int add_buffer(struct pvfs_req *req, const struct pvfs_mem *mem, uint64_t
     int n = pvfs_mem_gpa_to_iov(mem, addr, len, &req->iov[used], PVFS_MAX_IOV - used);
     if (n == -E2BIG)
         return PVFS_CHAIN_TOO_MANY_IOV;
-    if (n < 0)
-        return PVFS_CHAIN_BAD_ADDR;
+    if (n < 0) {
+        /* Not in guest memory (e.g. a buffer inside a DAX window the front-end did not put
+         * in the table).  Keep a hole in its place so the request still has the shape the
+         * driver gave it: the data functions refuse to touch a hole (-EFAULT), so the
+         * request fails with a reply when its header and reply area are reachable. */
+        if (used == PVFS_MAX_IOV)
+            return PVFS_CHAIN_TOO_MANY_IOV;
+        req->iov[used].iov_base = NULL;
+        req->iov[used].iov_len = len;
+        n = 1;
+        req->holes = 1;
+    }
     if (writable)
         req->n_out += n;
     else
@@ -350,8 +360,11 @@ int pvfs_vq_pop(struct pvfs_vq *vq, struct pvfs_req **out)
     req->n_in = req->n_out = 0;
     req->mem = vq->mem;
     pvfs_mem_ref(req->mem);
+    req->holes = 0;
     req->err = (uint16_t)walk_chain(vq, req, head);
-    if (req->err) {
+    if (!req->err && req->holes)
+        req->err = PVFS_CHAIN_BAD_ADDR; /* soft: lengths and iovecs stay valid */
+    else if (req->err) {
         req->n_in = req->n_out = 0;
         req->in_len = req->out_len = 0;
         vq->bad_chains++;
@@ -461,10 +474,10 @@ int pvfs_wait_kick(int kick_fd, int stop_fd, int timeout_ms)
 
 /* Build in dst the iovecs covering [offset, offset+size) of src[0..n). Returns the count;
  * *got is the number of bytes covered (less than size if the area ends first). */
-static unsigned sub_iov(const struct iovec *src, unsigned n, uint64_t offset, uint64_t size,
-                        struct iovec *dst, uint64_t *got)
+static int sub_iov(const struct iovec *src, unsigned n, uint64_t offset, uint64_t size,
+                   struct iovec *dst, uint64_t *got)
 {
-    unsigned k = 0;
+    int k = 0;
     *got = 0;
     for (unsigned i = 0; i < n && size; i++) {
         uint64_t l = src[i].iov_len;
@@ -472,6 +485,8 @@ static unsigned sub_iov(const struct iovec *src, unsigned n, uint64_t offset, ui
             offset -= l;
             continue;
         }
+        if (!src[i].iov_base)
+            return -EFAULT; /* a hole: the buffer is not in guest memory */
         uint64_t chunk = l - offset;
         if (chunk > size)
             chunk = size;
@@ -490,8 +505,10 @@ static int64_t copy_iov(const struct iovec *iov, unsigned n, uint64_t offset, ui
 {
     struct iovec part[PVFS_MAX_IOV];
     uint64_t got;
-    unsigned k = sub_iov(iov, n, offset, size, part, &got);
-    for (unsigned i = 0; i < k; i++) {
+    int k = sub_iov(iov, n, offset, size, part, &got);
+    if (k < 0)
+        return k;
+    for (int i = 0; i < k; i++) {
         if (to_iov)
             memcpy(part[i].iov_base, buf, part[i].iov_len);
         else
@@ -545,16 +562,20 @@ int64_t pvfs_req_preadv(struct pvfs_req *req, int fd, uint64_t out_offset, uint6
 {
     struct iovec part[PVFS_MAX_IOV];
     uint64_t got;
-    unsigned k = sub_iov(req->iov + req->n_in, req->n_out, out_offset, size, part, &got);
-    return rw_loop(fd, part, k, file_offset, 0);
+    int k = sub_iov(req->iov + req->n_in, req->n_out, out_offset, size, part, &got);
+    if (k < 0)
+        return k;
+    return rw_loop(fd, part, (unsigned)k, file_offset, 0);
 }
 
 int64_t pvfs_req_pwritev(struct pvfs_req *req, int fd, uint64_t in_offset, uint64_t size, int64_t file_offset)
 {
     struct iovec part[PVFS_MAX_IOV];
     uint64_t got;
-    unsigned k = sub_iov(req->iov, req->n_in, in_offset, size, part, &got);
+    int k = sub_iov(req->iov, req->n_in, in_offset, size, part, &got);
+    if (k < 0)
+        return k;
     if (got < size)
         return -EINVAL;
-    return rw_loop(fd, part, k, file_offset, 1);
+    return rw_loop(fd, part, (unsigned)k, file_offset, 1);
 }

@@ -30,7 +30,8 @@ enum {
     PVFS_CHAIN_OK = 0,
     PVFS_CHAIN_BAD_NEXT = 1,       /* next index outside the table */
     PVFS_CHAIN_TOO_LONG = 2,       /* more descriptors than the table holds: a loop */
-    PVFS_CHAIN_BAD_ADDR = 3,       /* a buffer is not inside guest memory */
+    PVFS_CHAIN_BAD_ADDR = 3,       /* soft: a buffer is not in guest memory; the request
+                                      keeps its shape with a hole that data access refuses */
     PVFS_CHAIN_NESTED_INDIRECT = 4,
     PVFS_CHAIN_BAD_INDIRECT = 5,   /* bad table length, INDIRECT|NEXT, table not mapped */
     PVFS_CHAIN_READ_AFTER_WRITE = 6,
@@ -49,6 +50,7 @@ struct pvfs_req {
     uint32_t n_in;        /* iovecs 0..n_in-1 are readable */
     uint32_t n_out;       /* iovecs n_in..n_in+n_out-1 are writable */
     struct pvfs_mem *mem;              // C only: the table the iovecs point into (a reference)
+    int holes;                         // C only: some iovecs are holes (iov_base NULL)
     struct pvfs_req *next_free;        // C only
     struct iovec iov[PVFS_MAX_IOV];    // C only
     /*cffi: ...; */

@@ -171,14 +171,33 @@ def test_loop_is_an_error_on_that_request_only(rig):
     assert rig.pop()[1].err == 0
 
 
-def test_descriptor_outside_guest_memory(rig):
-    assert chain_error(rig, [(RAM + 0x100000, 16, 0, 0)]) == lib.PVFS_CHAIN_BAD_ADDR
-    # In the hole between the regions.
-    assert chain_error(rig, [(0xA0000 + 8, 16, 0, 0)]) == lib.PVFS_CHAIN_BAD_ADDR
-    # Straddling the end of the last region.
-    assert chain_error(rig, [(0xC0000 + RAM - 0xC0000 - 8, 16, 0, 0)]) == lib.PVFS_CHAIN_BAD_ADDR
-    # Address + length overflow 64 bits.
-    assert chain_error(rig, [(2**64 - 8, 16, 0, 0)]) == lib.PVFS_CHAIN_BAD_ADDR
+@pytest.mark.parametrize("addr", [
+    RAM + 0x100000,           # past the end of guest memory
+    0xA0000 + 8,              # in the hole between the regions
+    RAM - 8,                  # straddling the end of the last region
+    2**64 - 8,                # address + length overflow 64 bits
+])
+def test_buffer_outside_guest_memory_is_a_hole_that_refuses_access(rig, addr):
+    hdr = rig.buf(b"header")
+    out = rig.buf(16)
+    rig.drv.write_desc(0, hdr[0], hdr[1], VRING_DESC_F_NEXT, 1)
+    rig.drv.write_desc(1, addr, 16, VRING_DESC_F_NEXT, 2)
+    rig.drv.write_desc(2, out[0], out[1], VRING_DESC_F_WRITE, 0)
+    rig.drv.publish_head(0)
+    rc, req = rig.pop()
+    # The request keeps its shape: the reachable parts work, the hole refuses access.
+    assert req.err == lib.PVFS_CHAIN_BAD_ADDR and (req.in_len, req.out_len) == (22, 16)
+    r = RingRequest(req, 1)
+    assert r.read_in(0, 6) == b"header"
+    with pytest.raises(OSError) as e:
+        r.read_in(0, 7)
+    assert e.value.errno == 14
+    with pytest.raises(OSError):
+        r.in_to_fd(0, 6, 16, 0)   # never reaches the fd: no partial write
+    r.write_out(0, b"error reply")
+    r.complete(11)
+    assert rig.drv.get_used() == (0, 11)
+    assert rig.ram.read(out[0], 11) == b"error reply"
 
 
 def test_next_outside_table(rig):

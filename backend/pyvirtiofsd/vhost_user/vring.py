@@ -7,6 +7,7 @@ kick/call/err fds, enabled, started.
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -50,10 +51,15 @@ class RingRequest:
         size = max(0, min(size, self.in_len - offset))
         buf = bytearray(size)
         n = lib.pvfs_req_read_in(self._req, offset, ffi.from_buffer(buf), size)
+        if n < 0:
+            raise OSError(-n, "request buffer is not in guest memory")
         return bytes(buf[:n])
 
     def write_out(self, offset: int, data: bytes) -> None:
-        if lib.pvfs_req_write_out(self._req, offset, data, len(data)) < 0:
+        n = lib.pvfs_req_write_out(self._req, offset, data, len(data))
+        if n == -errno.EFAULT:
+            raise OSError(errno.EFAULT, "reply buffer is not in guest memory")
+        if n < 0:
             raise ValueError("reply does not fit the out area")
 
     def out_from_fd(self, fd: int, out_offset: int, size: int, file_offset: int) -> int:
@@ -220,7 +226,12 @@ class QueueThread(threading.Thread):
             rc = lib.pvfs_vq_pop(vq, req_p)
             if rc == 1:
                 req = req_p[0]
-                if req.err:
+                if req.err == lib.PVFS_CHAIN_BAD_ADDR:
+                    # The chain's shape is intact: let the handler answer it; every access
+                    # to the missing buffer fails with EFAULT.
+                    log.warning("descriptor chain points outside guest memory",
+                                queue=self.vring.index, head=req.head)
+                elif req.err:
                     log.warning("refused a descriptor chain", queue=self.vring.index,
                                 head=req.head, reason=CHAIN_ERRORS.get(req.err, req.err))
                     lib.pvfs_req_complete(req, 0)
