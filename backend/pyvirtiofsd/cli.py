@@ -27,6 +27,19 @@ def _page_size(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = int(num, 0) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 0 or value % (2 << 20):
+        raise argparse.ArgumentTypeError(f"{text} is not a multiple of 2 MiB")
+    return value
+
+
 def _nonneg(text: str) -> int:
     try:
         value = int(text)
@@ -63,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--guest-page-size", type=_page_size, default=4096, metavar="BYTES",
                     help="the guest's page size; every st_blksize the guest sees equals it "
                          "(power of two, 4096-65536, default 4096)")
+    dax = p.add_argument_group("DAX cache window")
+    dax.add_argument("--cache-size", type=_size, default=0, metavar="SIZE",
+                     help="size of the DAX cache window (shared-memory region 0), e.g. 1G; a "
+                          "multiple of 2 MiB, a power of two for QEMU; 0 (default): no window")
+    dax.add_argument("--shmem-bit", type=int, choices=(20, 21, 22), default=22,
+                     help="protocol feature bit of VHOST_USER_PROTOCOL_F_SHMEM (22 upstream "
+                          "QEMU 11.1 and crosvm; 21 alioth and rust-vmm <= 0.16)")
+    dax.add_argument("--dax-protocol", choices=("shmem", "legacy-fs"), default="shmem",
+                     help="backend-channel dialect: shmem (SHMEM_MAP/UNMAP) or legacy-fs "
+                          "(FS_MAP/FS_UNMAP of the old virtio-fs development branch)")
+    dax.add_argument("--dax-inode", choices=("aligned", "never"), default="aligned",
+                     help="which files a dax=inode guest maps: regular files whose size is a "
+                          "whole number of host pages (default), or none")
+    dax.add_argument("--test-host-page-size", type=_page_size, default=None,
+                     help=argparse.SUPPRESS)  # tests: pretend the host has 16/64 KiB pages
     dev = p.add_argument_group("device")
     dev.add_argument("--thread-pool-size", type=_nonneg, default=8, metavar="N",
                      help="worker threads for FUSE requests (0: serve on the queue thread)")
@@ -101,12 +129,20 @@ def build_backend(args: argparse.Namespace):
     from .vhost_user.backend import Backend
     from .virtiofs import VirtioFsDevice
 
-    options = ServerOptions(guest_page_size=args.guest_page_size, readonly=args.readonly,
-                            xattr=args.xattr, cache=args.cache)
     fs = PassthroughFs(args.shared_dir, readonly=args.readonly, xattr=args.xattr)
-    server = Server(fs, options)
+    dax = None
+    if args.cache_size:
+        from .dax import DaxWindow
+
+        dax = DaxWindow(fs, args.cache_size, page_size=args.test_host_page_size,
+                        inode_policy=args.dax_inode)
+    options = ServerOptions(guest_page_size=args.guest_page_size, readonly=args.readonly,
+                            xattr=args.xattr, cache=args.cache,
+                            map_alignment=dax.map_alignment if dax else None)
+    server = Server(fs, options, dax=dax)
     device = VirtioFsDevice(server, tag=args.tag, num_request_queues=args.num_request_queues,
-                            thread_pool_size=args.thread_pool_size)
+                            thread_pool_size=args.thread_pool_size, dax=dax,
+                            shmem_bit_number=args.shmem_bit, dax_protocol=args.dax_protocol)
     return Backend(device)
 
 

@@ -419,6 +419,18 @@ class FileSystem:
     def fsyncdir(self, ctx: Context, inode: int, fh: int, datasync: bool) -> None:
         raise _enosys()
 
+    # --- DAX ------------------------------------------------------------------------------
+
+    def open_for_mapping(self, ctx: Context, inode: int, fh: int | None,
+                         writable: bool) -> tuple[int, bool]:
+        """An fd the DAX window may ask the VMM to mmap (FUSE_SETUPMAPPING): a new fd the
+        caller owns, and whether it is open for writing.  ``fh`` is the handle the guest
+        named, or ``None`` (Linux sends fh = -1 and means the inode).  A ``writable``
+        mapping needs a handle (when named) and an fd that allow writing.  Open read-write
+        whenever you may: QEMU maps every fd writable, even for read-only mappings.  Only a
+        file system whose files are host files can support DAX."""
+        raise _enosys()
+
     # --- the file system as a whole ----------------------------------------------------
 
     def statfs(self, ctx: Context, inode: int) -> StatFs:

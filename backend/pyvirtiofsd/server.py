@@ -147,16 +147,20 @@ class AttrPacker:
     guest's DAX ``i_blkbits != PAGE_SHIFT`` check just as well), not the host's value.
     """
 
-    def __init__(self, guest_page_size: int):
+    def __init__(self, guest_page_size: int, dax_policy: Callable[[Attr], bool] | None = None):
         self.blksize = guest_page_size
+        self.dax_policy = dax_policy  # per-inode FUSE_ATTR_DAX (see dax.DaxWindow.inode_dax)
 
     def fuse_attr(self, a: Attr) -> bytes:
+        flags = a.flags
+        if self.dax_policy is not None and self.dax_policy(a):
+            flags |= abi.FUSE_ATTR_DAX
         return abi.fuse_attr.pack(
             a.ino & _U64, a.size & _U64, a.blocks & _U64,
             a.atime & _U64, a.mtime & _U64, a.ctime & _U64,
             a.atimensec, a.mtimensec, a.ctimensec,
             a.mode & _U32, a.nlink & _U32, a.uid & _U32, a.gid & _U32,
-            _encode_dev(a.rdev), self.blksize, a.flags & _U32)
+            _encode_dev(a.rdev), self.blksize, flags & _U32)
 
     def fuse_statx(self, s: Statx) -> bytes:
         return abi.fuse_statx.pack(
@@ -277,6 +281,12 @@ _MODIFYING = frozenset({
     Opcode.FUSE_TMPFILE,
 })
 _NO_REPLY_OPS = frozenset({Opcode.FUSE_FORGET, Opcode.FUSE_BATCH_FORGET, Opcode.FUSE_INTERRUPT})
+# Operations after which a file's DAX mappings are re-fitted to its size.
+_RESIZING = frozenset({
+    Opcode.FUSE_WRITE, Opcode.FUSE_SETATTR, Opcode.FUSE_FALLOCATE, Opcode.FUSE_GETATTR,
+    Opcode.FUSE_COPY_FILE_RANGE,
+})
+
 _XATTR_OPS = frozenset({
     Opcode.FUSE_GETXATTR, Opcode.FUSE_SETXATTR, Opcode.FUSE_LISTXATTR, Opcode.FUSE_REMOVEXATTR,
 })
@@ -294,7 +304,8 @@ class Server:
         self.fs = fs
         self.options = options or ServerOptions()
         self.dax = dax
-        self.attrs = AttrPacker(self.options.guest_page_size)
+        self.attrs = AttrPacker(self.options.guest_page_size,
+                                dax_policy=getattr(dax, "inode_dax", None))
         self._session: Session | None = None
         self._lifecycle = threading.Lock()
         self._handlers: dict[int, Callable[..., Any]] = {
@@ -400,6 +411,8 @@ class Server:
 
         t0 = time.perf_counter() if self.options.ops_log else 0.0
         result, error = self._run(handler, req, hdr, arglen, session)
+        if self.dax is not None and not error and hdr.opcode in _RESIZING:
+            self.dax.refresh(hdr.nodeid)  # DAX mappings follow the file's size
         if self.options.ops_log:
             log.info("fuse op", opcode=_opname(hdr.opcode), nodeid=hdr.nodeid, result=-error,
                      us=int((time.perf_counter() - t0) * 1e6))
@@ -554,6 +567,9 @@ class Server:
         if self._session is None:
             return
         self._session = None
+        if self.dax is not None:
+            # DESTROY: the guest is done with the window; a reset: the front-end dropped it.
+            self.dax.reset(unmap=why == "DESTROY")
         try:
             self.fs.destroy()
         except Exception:  # noqa: BLE001
@@ -571,6 +587,7 @@ class Server:
         try:
             fi = self._args(req, arglen).struct(abi.fuse_forget_in)
             self.fs.forget(self._ctx(hdr), hdr.nodeid, fi.nlookup)
+            self._dax_forgotten([hdr.nodeid])
         except Exception as e:  # noqa: BLE001 - no reply to carry an error
             log.warning("forget failed", nodeid=hdr.nodeid, error=repr(e))
         return NO_REPLY
@@ -585,9 +602,18 @@ class Server:
             pairs = [tuple(a.struct(abi.fuse_forget_one)) for _ in range(min(have, bi.count))]
             if pairs:
                 self.fs.batch_forget(self._ctx(hdr), pairs)
+                self._dax_forgotten([nodeid for nodeid, _ in pairs])
         except Exception as e:  # noqa: BLE001
             log.warning("batch_forget failed", error=repr(e))
         return NO_REPLY
+
+    def _dax_forgotten(self, nodeids: list[int]) -> None:
+        """A forgotten inode keeps no DAX mapping (the guest can no longer reach it)."""
+        if self.dax is None:
+            return
+        count = getattr(self.fs, "lookup_count", None)
+        for nodeid in nodeids:
+            self.dax.forgotten(nodeid, still_known=count is None or count(nodeid) > 0)
 
     def _interrupt(self, req, hdr, arglen, session):
         # Requests are not cancellable once they reach the file system; the guest copes.
@@ -776,6 +802,8 @@ class Server:
         ri = self._args(req, arglen).struct(abi.fuse_release_in, min_size=16)
         self.fs.release(self._ctx(hdr), hdr.nodeid, ri.fh, ri.flags,
                         bool(ri.release_flags & abi.FUSE_RELEASE_FLUSH), ri.lock_owner)
+        if self.dax is not None:
+            self.dax.released(hdr.nodeid, ri.fh)
         return b""
 
     def _fsync(self, req, hdr, arglen, session) -> bytes:

@@ -14,8 +14,9 @@ import threading
 import structlog
 
 from .fuse.request import FuseRequest
+from .vhost_user.backend_channel import BackendChannel
 from .vhost_user.device import VhostUserDevice
-from .vhost_user.protocol import ProtocolFeature as P
+from .vhost_user.protocol import SHMEM_BIT_DEFAULT, ProtocolFeature as P, shmem_bit
 
 log = structlog.get_logger("pyvirtiofsd.virtiofs")
 
@@ -63,7 +64,8 @@ class WorkerPool:
 
 class VirtioFsDevice(VhostUserDevice):
     def __init__(self, server, *, tag: str | None = None, num_request_queues: int = 1,
-                 thread_pool_size: int = 8):
+                 thread_pool_size: int = 8, dax=None, shmem_bit_number: int = SHMEM_BIT_DEFAULT,
+                 dax_protocol: str = "shmem"):
         if num_request_queues < 1:
             raise ValueError("at least one request queue")
         self.server = server
@@ -77,6 +79,33 @@ class VirtioFsDevice(VhostUserDevice):
             # line, but generic front-ends (vhost-user-test-device) read it from us.
             self.protocol_features |= int(P.CONFIG)
         self.pool = WorkerPool(thread_pool_size, server.handle) if thread_pool_size > 0 else None
+        # DAX: a cache window (shared-memory region 0) mapped through the backend channel.
+        self.dax = dax
+        self.dax_protocol = dax_protocol
+        self._shmem = shmem_bit(shmem_bit_number)
+        if dax is not None:
+            self.protocol_features |= int(P.REPLY_ACK)
+            if dax_protocol == "shmem":
+                self.protocol_features |= self._shmem
+        self._dax_usable = False
+
+    def acked_protocol_features(self, features: int) -> None:
+        need = int(P.BACKEND_REQ | P.BACKEND_SEND_FD | P.REPLY_ACK)
+        if self.dax_protocol == "shmem":
+            need |= self._shmem
+        self._dax_usable = self.dax is not None and features & need == need
+        if self.dax is not None and not self._dax_usable:
+            log.warning("the front-end cannot map a DAX window: SETUPMAPPING will fail",
+                        missing=hex(need & ~features))
+
+    def shmem_sizes(self) -> list[int]:
+        return [self.dax.size] if self.dax is not None else []
+
+    def set_backend_channel(self, channel) -> None:
+        if self.dax is None:
+            return
+        usable = channel is not None and self._dax_usable
+        self.dax.set_channel(BackendChannel(channel, self.dax_protocol) if usable else None)
 
     def get_config(self, offset: int, size: int) -> bytes:
         if self.tag is None:

@@ -18,6 +18,7 @@ Linux guest resolves ``..`` itself and never sends it; only NFS-export style cli
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import os
 import stat
@@ -446,6 +447,31 @@ class PassthroughFs(FileSystem):
 
     def releasedir(self, ctx: Context, inode: int, fh: int, flags: int) -> None:
         self.handles.remove(fh)
+
+    def open_for_mapping(self, ctx: Context, inode: int, fh: int | None,
+                         writable: bool) -> tuple[int, bool]:
+        if writable and self.readonly:
+            raise _err(errno.EROFS)
+        if fh is not None:
+            with self.handles.borrow(fh) as h:
+                if h.nodeid != inode:
+                    raise _err(errno.EBADF, "handle belongs to another inode")
+                if writable and fcntl.fcntl(h.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+                    raise _err(errno.EBADF, "writable mapping through a read-only handle")
+        with self.inodes.borrow(inode) as i:
+            if not stat.S_ISREG(i.mode):
+                raise _err(errno.EINVAL, "only regular files can be mapped")
+            if not self.readonly:
+                try:
+                    return self._reopen(i, os.O_RDWR | os.O_CLOEXEC), True
+                except OSError as e:
+                    if writable or e.errno not in (errno.EACCES, errno.EROFS, errno.ETXTBSY, errno.EPERM):
+                        raise
+            return self._reopen(i, os.O_RDONLY | os.O_CLOEXEC), False
+
+    def lookup_count(self, inode: int) -> int:
+        """How many lookups of ``inode`` the guest holds (0: it forgot it)."""
+        return self.inodes.lookup_count(inode)
 
     def fsyncdir(self, ctx: Context, inode: int, fh: int, datasync: bool) -> None:
         self.fsync(ctx, inode, fh, datasync)
