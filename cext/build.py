@@ -43,6 +43,7 @@ ffibuilder.set_source(
     "\n".join(f'#include "{h.name}"' for h in headers),
     sources=[_rel(s) for s in sources],
     include_dirs=[str(HERE)],
+    libraries=["seccomp"],  # seccomp_filter.c: libseccomp-dev (scripts/setup.sh)
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                         "-fno-strict-aliasing"] + os.environ.get("PYVIRTIOFSD_CFLAGS", "").split(),
     extra_link_args=os.environ.get("PYVIRTIOFSD_LDFLAGS", "").split(),

@@ -31,6 +31,7 @@ packages=(
     debootstrap                        # the Debian sid tree (QEMU 11.1, virtiofsd 1.14, 7.x kernel)
     python3 python3-venv               # the guest runs the host's /usr/bin/python3 (guest_checks.py)
     gcc python3-dev libffi-dev         # building the cffi extension
+    libseccomp-dev strace              # the seccomp filter (C extension); scripts/gen-seccomp.py
     zstd                               # unpacks the sid kernel for a direct (PVH) boot, ~3 s faster
     fio attr acl util-linux cpio xz-utils  # the guest benchmark; xattr/ACL tools; setpriv; debugging
 )
