@@ -151,6 +151,7 @@ class DaxWindow:
         with self._lock:
             channel = self._need_channel()
             f = self._file(ctx, nodeid, None if fh == NO_FH else fh, writable)
+            f.users += 1  # pinned: cutting the inode's old mappings must not close it
             try:
                 size = os.fstat(f.fd).st_size
                 if foffset >= size:
@@ -162,6 +163,7 @@ class DaxWindow:
                 self._insert(m)
                 self._map(m, f, size, channel)
             finally:
+                f.users -= 1
                 self._drop_file_if_unused(nodeid)
 
     def removemapping(self, ctx: Context, ranges: list[tuple[int, int]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 
 from ..vhost_user.codec import (
@@ -69,7 +70,9 @@ class VhostUserFrontend:
                  ram_size: int = 64 << 20, ram_layout: list[tuple[int, int, int]] | None = None,
                  queue_size: int = 128, num_queues: int | None = None, event_idx: bool = True,
                  want_protocol: int | None = None, use_mem_slots: bool = True,
-                 backend_channel: bool = False):
+                 backend_channel: bool = False, dax: bool = False, shmem_bit: int = 22,
+                 dax_protocol: str = "shmem", announce_window: bool = True,
+                 strict_eof: bool = True):
         self.socket_path = socket_path
         self._sock = sock
         self.ram = GuestRAM(ram_size, ram_layout)
@@ -87,6 +90,19 @@ class VhostUserFrontend:
         self.protocol_features = 0
         self.queues: list[DriverQueue] = []
         self.backend_sock: socket.socket | None = None  # our end of SET_BACKEND_REQ_FD
+        self._lock = threading.Lock()  # one request/reply at a time on the main socket
+        # DAX: a cache window served from the backend channel (see frontend/dax.py).
+        self.want_dax = dax
+        self.shmem_feature = 1 << shmem_bit
+        self.dax_protocol = dax_protocol
+        self.announce_window = announce_window
+        self.strict_eof = strict_eof
+        if dax:
+            self.want_backend_channel = True
+            if dax_protocol == "shmem":
+                self.want_protocol |= self.shmem_feature
+        self.window = None
+        self.channel_server = None
 
     # -- messages -------------------------------------------------------------------------
 
@@ -95,10 +111,11 @@ class VhostUserFrontend:
         for an ack, in which case a non-zero ack raises BackendError)."""
         ack = need_reply and bool(self.protocol_features & P.REPLY_ACK) and req not in _REPLIES
         flags = VERSION | (FLAG_NEED_REPLY if ack else 0)
-        self.conn.send(encode(req, payload, flags), list(fds))
-        if req not in _REPLIES and not ack:
-            return None
-        reply = self.conn.recv()
+        with self._lock:
+            self.conn.send(encode(req, payload, flags), list(fds))
+            if req not in _REPLIES and not ack:
+                return None
+            reply = self.conn.recv()
         for fd in reply.fds:
             os.close(fd)
         if reply.request != req or not reply.is_reply:
@@ -137,9 +154,32 @@ class VhostUserFrontend:
             self.event_idx = False
         self.request(R.SET_FEATURES, U64(self.features).pack())
         self.share_memory()
+        if self.want_dax:
+            self.start_window()
         for i in range(self.num_queues):
             self.queues.append(self.setup_queue(i))
         return self
+
+    def start_window(self) -> None:
+        """Create the cache window the back-end asked for and serve its channel."""
+        from .dax import BackendChannelServer, CacheWindow
+
+        if self.dax_protocol == "shmem":
+            if not self.protocol_features & self.shmem_feature:
+                raise BackendError("the back-end does not offer the SHMEM protocol feature")
+            sizes = self.get_shmem_config()
+            if not sizes or not sizes[0]:
+                raise BackendError("the back-end has no shared-memory region 0")
+            size = sizes[0]
+        else:
+            size = 1 << 30
+        if self.backend_sock is None:
+            raise BackendError("no backend channel (BACKEND_REQ not offered)")
+        self.window = CacheWindow(size)
+        self.channel_server = BackendChannelServer(
+            self, self.window, announce=self.announce_window
+            and bool(self.protocol_features & P.CONFIGURE_MEM_SLOTS), strict_eof=self.strict_eof)
+        self.channel_server.start()
 
     def share_memory(self) -> None:
         regions = self.ram.mem_regions()
@@ -191,9 +231,15 @@ class VhostUserFrontend:
         for q in self.queues:
             q.close()
         self.queues = []
+        if self.channel_server is not None:
+            self.channel_server.stop()
+            self.channel_server = None
         if self.backend_sock is not None:
             self.backend_sock.close()
             self.backend_sock = None
+        if self.window is not None:
+            self.window.close()
+            self.window = None
         self.ram.close()
 
     def __enter__(self) -> VhostUserFrontend:
