@@ -57,6 +57,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number of seconds, at least 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pyvirtiofsd", description="virtio-fs vhost-user device backend")
     sock = p.add_argument_group("socket")
@@ -99,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("logging")
     out.add_argument("--log-level", choices=("error", "warn", "info", "debug", "off"), default="info")
     out.add_argument("--log-format", choices=("console", "json"), default="console")
+    out.add_argument("--ops-log", metavar="FILE",
+                     help="append one JSON line per FUSE request to FILE (costs speed; "
+                          "summarize with pyvirtiofsd-ops FILE)")
+    out.add_argument("--stats", action="store_true",
+                     help="collect per-opcode statistics; SIGUSR1 logs them (costs speed)")
+    out.add_argument("--stats-interval", type=_seconds, default=0.0, metavar="SECONDS",
+                     help="log per-opcode statistics every SECONDS (default 0: never)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user capabilities JSON and exit")
     p.add_argument("-V", "--version", action="version", version=f"pyvirtiofsd {__version__}")
@@ -123,11 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_backend(args: argparse.Namespace):
     """The object graph a daemon runs: passthrough file system, FUSE server, virtio-fs
-    device, vhost-user back-end."""
+    device, vhost-user back-end (:func:`pyvirtiofsd.api.build_backend`, which
+    ``pyvirtiofsd.serve`` uses too)."""
+    from .api import build_backend as build
     from .passthrough import PassthroughFs
-    from .server import Server, ServerOptions
-    from .vhost_user.backend import Backend
-    from .virtiofs import VirtioFsDevice
+    from .server import ServerOptions
 
     fs = PassthroughFs(args.shared_dir, readonly=args.readonly, xattr=args.xattr)
     dax = None
@@ -139,11 +156,10 @@ def build_backend(args: argparse.Namespace):
     options = ServerOptions(guest_page_size=args.guest_page_size, readonly=args.readonly,
                             xattr=args.xattr, cache=args.cache,
                             map_alignment=dax.map_alignment if dax else None)
-    server = Server(fs, options, dax=dax)
-    device = VirtioFsDevice(server, tag=args.tag, num_request_queues=args.num_request_queues,
-                            thread_pool_size=args.thread_pool_size, dax=dax,
-                            shmem_bit_number=args.shmem_bit, dax_protocol=args.dax_protocol)
-    return Backend(device)
+    return build(fs, options, tag=args.tag, num_request_queues=args.num_request_queues,
+                 thread_pool_size=args.thread_pool_size, ops_log=args.ops_log,
+                 stats=args.stats or args.stats_interval > 0, dax=dax,
+                 shmem_bit_number=args.shmem_bit, dax_protocol=args.dax_protocol)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,13 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_capabilities:
         print(json.dumps(CAPABILITIES))
         return 0
-    from . import daemon, logs
+    from . import api, daemon, logs
 
     logs.configure(args.log_level, args.log_format)
     try:
         backend = build_backend(args)
-        return daemon.run(backend, socket_path=args.socket_path, listen_fd=args.fd,
-                          socket_group=args.socket_group)
+        return api.run(backend, socket_path=args.socket_path, fd=args.fd,
+                       socket_group=args.socket_group, stats_interval=args.stats_interval)
     except daemon.StartupError as e:
         print(f"pyvirtiofsd: error: {e}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 Like virtiofsd, one daemon serves one front-end connection and exits 0 when the
 front-end disconnects (or on SIGTERM/SIGINT), removing the socket file it created.
+SIGUSR1 logs the statistics collected so far (or that none are); it never stops the daemon.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import stat
 
 import structlog
 
+from .stats import Stats, StatsReporter
 from .vhost_user.backend import Backend
 from .vhost_user.connection import Connection
 
@@ -86,9 +88,16 @@ def _on_signal(signum, frame):
 
 
 def run(backend: Backend, *, socket_path: str | None = None, listen_fd: int | None = None,
-        socket_group: str | None = None, on_listening=None) -> int:
-    """Serve one front-end connection.  Returns the process exit status."""
+        socket_group: str | None = None, on_listening=None, stats: Stats | None = None,
+        stats_interval: float = 0.0) -> int:
+    """Serve one front-end connection.  Returns the process exit status.
+
+    ``stats``: statistics to report every ``stats_interval`` seconds (0: never), on SIGUSR1
+    and at exit."""
+    reporter = StatsReporter(stats, stats_interval if stats is not None else 0.0)
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: reporter.request())
+    reporter.start()
     listener = None
     created_path = None
     conn = None
@@ -115,10 +124,12 @@ def run(backend: Backend, *, socket_path: str | None = None, listen_fd: int | No
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         try:
             backend.close()
         except Exception:
             log.exception("error while shutting down")
+        reporter.stop()
         if conn is not None:
             conn.close()
         if listener is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -36,6 +35,7 @@ from pyvirtiofsd.filesystem import (
 from pyvirtiofsd.fuse import abi
 from pyvirtiofsd.fuse.abi import Opcode
 from pyvirtiofsd.fuse.request import FuseRequest
+from pyvirtiofsd.opslog import OpsRecorder
 
 log = structlog.get_logger()
 
@@ -80,7 +80,8 @@ class ServerOptions:
     ``max_write``: largest WRITE payload (also sets ``max_pages``).
     ``map_alignment``: ``None`` → never echo FUSE_MAP_ALIGNMENT; else log2 of the alignment
     SETUPMAPPING offsets need (12 for 4 KiB host pages), sent when the guest offers it.
-    ``ops_log``: one info line per request (costs; off by default).
+    ``ops_log``: one structlog ``fuse op`` event per request (costs; off by default).  For an
+    ops-log file and statistics pass ``Server(ops=OpsRecorder(...))`` instead.
     """
 
     guest_page_size: int = 4096
@@ -297,12 +298,17 @@ class Server:
 
     ``dax``: the SETUPMAPPING/REMOVEMAPPING handler the device provides when it has a DAX
     window; ``None`` answers both with ENOSYS.
+    ``ops``: an :class:`~pyvirtiofsd.opslog.OpsRecorder` that sees every request (ops log,
+    statistics); ``None`` costs one test per request.
     """
 
     def __init__(self, fs: FileSystem, options: ServerOptions | None = None,
-                 dax: DaxHandler | None = None):
+                 dax: DaxHandler | None = None, ops: OpsRecorder | None = None):
         self.fs = fs
         self.options = options or ServerOptions()
+        if ops is None and self.options.ops_log:
+            ops = OpsRecorder(events=True)
+        self.ops = ops
         self.dax = dax
         self.attrs = AttrPacker(self.options.guest_page_size,
                                 dax_policy=getattr(dax, "inode_dax", None))
@@ -367,6 +373,8 @@ class Server:
 
     def handle(self, req: FuseRequest) -> None:
         """Serve one request and complete it exactly once.  Never raises."""
+        if self.ops is not None:   # ops log / statistics: the request records its completion
+            req = self.ops.wrap(req)
         unique = 0
         try:
             unique, result, error = self._dispatch(req)
@@ -409,13 +417,9 @@ class Server:
         if not self.options.xattr and hdr.opcode in _XATTR_OPS:
             return hdr.unique, None, errno.ENOSYS
 
-        t0 = time.perf_counter() if self.options.ops_log else 0.0
         result, error = self._run(handler, req, hdr, arglen, session)
         if self.dax is not None and not error and hdr.opcode in _RESIZING:
             self.dax.refresh(hdr.nodeid)  # DAX mappings follow the file's size
-        if self.options.ops_log:
-            log.info("fuse op", opcode=_opname(hdr.opcode), nodeid=hdr.nodeid, result=-error,
-                     us=int((time.perf_counter() - t0) * 1e6))
         return hdr.unique, result, error
 
     def _run(self, handler: Callable[..., Any], req: FuseRequest, hdr: Any, arglen: int,
