@@ -129,6 +129,11 @@ class Kernel:
     image: Path
     modules: Path
 
+    @functools.cached_property
+    def key(self) -> str:
+        """Names this exact kernel in cache file names (a rebuilt package may keep its version)."""
+        return f"{self.flavor}-{self.version}-{hashlib.sha256(self.image.read_bytes()).hexdigest()[:10]}"
+
 
 def _apt_lookup(package: str) -> tuple[str, str]:
     """(name, candidate version) of the kernel image package that ``package`` depends on."""
@@ -196,13 +201,13 @@ def pvh_image(kern: Kernel) -> Path:
     (bookworm; Python's lzma) or zstd (sid; the zstd tool). Kernels without CONFIG_PVH, or a
     payload we cannot decompress, keep the bzImage.
     """
-    out = CACHE_DIR / "vmlinux" / f"{kern.flavor}-{kern.version}"
+    out = CACHE_DIR / "vmlinux" / kern.key
     if out.exists():
         return out
     config = kern.image.parent / f"config-{kern.version}"
-    if not config.exists() or "CONFIG_PVH=y" not in config.read_text():
-        return kern.image
     bz = kern.image.read_bytes()
+    if bz[0x202:0x206] != b"HdrS" or not config.exists() or "CONFIG_PVH=y" not in config.read_text():
+        return kern.image
     setup_sects = bz[0x1F1] or 4
     offset, length = struct.unpack_from("<II", bz, 0x248)
     payload = bz[(setup_sects + 1) * 512 + offset:][:length]
@@ -215,10 +220,18 @@ def pvh_image(kern: Kernel) -> Path:
         elf = subprocess.run(["zstd", "-dcq"], input=stream, capture_output=True, check=True).stdout
     if len(elf) != size or not elf.startswith(b"\x7fELF"):
         return kern.image
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".tmp").write_bytes(elf)
-    out.with_suffix(".tmp").rename(out)
+    _replace_cached(out, elf)
     return out
+
+
+def _replace_cached(out: Path, data: bytes) -> None:
+    """Write a cache file atomically, dropping older builds for the same flavor."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{out.name.split('-')[0]}-*"):
+        stale.unlink()
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.rename(out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,7 +391,7 @@ def build_initramfs(kern: Kernel) -> Path:
     modules = resolve_modules(kern)
     busybox = BUSYBOX.read_bytes()
     key = hashlib.sha256()
-    for part in (kern.version.encode(), INIT_SCRIPT.encode(), busybox, *(str(m).encode() for m in modules)):
+    for part in (kern.key.encode(), INIT_SCRIPT.encode(), busybox, *(str(m).encode() for m in modules)):
         key.update(hashlib.sha256(part).digest())
     out = CACHE_DIR / "initramfs" / f"{kern.flavor}-{kern.version}-{key.hexdigest()[:12]}.cpio"
     if out.exists():
@@ -394,12 +407,7 @@ def build_initramfs(kern: Kernel) -> Path:
         names.append(_module_name(m) + ".ko")
         entries.append((f"lib/modules/{names[-1]}", 0o100644, _read_module(m), 0))
     entries.append(("modules.load", 0o100644, "".join(n + "\n" for n in names).encode(), 0))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f"{kern.flavor}-{kern.version}-*.cpio"):
-        stale.unlink()
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(_cpio_newc(entries))
-    tmp.rename(out)
+    _replace_cached(out, _cpio_newc(entries))
     _log(f"built {out.name}: modules {' '.join(names) or '(all built in)'}")
     return out
 
