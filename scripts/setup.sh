@@ -6,7 +6,7 @@
 #
 # 1. Debian packages (apt-get, as root or through sudo): QEMU 7.2 + the C virtiofsd, static busybox
 #    for the guest initramfs, debootstrap for the sid tree, the host python3 the guest runs, fio.
-# 2. .venv with `pip install -e '.[test]'` (again only when pyproject.toml/setup.py changed).
+# 2. .venv with `pip install -e '.[test,plot]'` (again only when pyproject.toml/setup.py changed).
 # 3. Guest assets under .cache/: `python -m pyvirtiofsd.guest prepare --flavor FLAVOR` (Debian 12
 #    kernel, Debian sid tree with QEMU 11.1 + virtiofsd 1.14 + a 7.x kernel, initramfs images).
 set -euo pipefail
@@ -34,6 +34,8 @@ packages=(
     libseccomp-dev strace              # the seccomp filter (C extension); scripts/gen-seccomp.py
     zstd                               # unpacks the sid kernel for a direct (PVH) boot, ~3 s faster
     fio attr acl util-linux cpio xz-utils  # the guest benchmark; xattr/ACL tools; setpriv; debugging
+    systemd libvirt-clients libxml2-utils  # qemu-configs/ checks: systemd-analyze verify,
+                                           # systemd-socket-activate, virt-xml-validate (xmllint)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -53,10 +55,10 @@ fi
 stamp=.venv/.pyvirtiofsd-installed
 want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import pyvirtiofsd" 2>/dev/null; then
-    echo "setup: pip install -e '.[test]'"
+    echo "setup: pip install -e '.[test,plot]'"
     .venv/bin/python -m pip install -q --upgrade pip
     # build.lock: the same lock scripts/build-ext.sh takes, so two builds never overwrite each other.
-    flock build.lock .venv/bin/python -m pip install -q -e '.[test]'
+    flock build.lock .venv/bin/python -m pip install -q -e '.[test,plot]'
     echo "$want" > "$stamp"
 fi
 
