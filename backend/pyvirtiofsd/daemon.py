@@ -2,7 +2,8 @@
 
 Like virtiofsd, one daemon serves one front-end connection and exits 0 when the
 front-end disconnects (or on SIGTERM/SIGINT), removing the socket file it created.
-SIGUSR1 logs the statistics collected so far (or that none are); it never stops the daemon.
+SIGUSR1 logs the statistics collected so far (ignored when none are); it never stops
+the daemon.
 """
 from __future__ import annotations
 
@@ -94,10 +95,14 @@ def run(backend: Backend, *, socket_path: str | None = None, listen_fd: int | No
 
     ``stats``: statistics to report every ``stats_interval`` seconds (0: never), on SIGUSR1
     and at exit."""
-    reporter = StatsReporter(stats, stats_interval if stats is not None else 0.0)
+    reporter = StatsReporter(stats, stats_interval) if stats is not None else None
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda signum, frame: reporter.request())
-    reporter.start()
+    # Without statistics SIGUSR1 is ignored: its default action would end the daemon.
+    old[signal.SIGUSR1] = signal.signal(
+        signal.SIGUSR1, signal.SIG_IGN if reporter is None else
+        (lambda signum, frame: reporter.request()))
+    if reporter is not None:
+        reporter.start()
     listener = None
     created_path = None
     conn = None
@@ -129,7 +134,8 @@ def run(backend: Backend, *, socket_path: str | None = None, listen_fd: int | No
             backend.close()
         except Exception:
             log.exception("error while shutting down")
-        reporter.stop()
+        if reporter is not None:
+            reporter.stop()
         if conn is not None:
             conn.close()
         if listener is not None:

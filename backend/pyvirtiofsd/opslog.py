@@ -227,8 +227,11 @@ class OpsRecorder:
 
     @classmethod
     def open(cls, path: str, *, stats: Stats | None = None) -> OpsRecorder:
-        """Append to the ops log at ``path`` (line-buffered: ``tail -f`` sees each op)."""
-        return cls(open(path, "a", buffering=1, encoding="ascii"), stats=stats, path=path)
+        """Append to the ops log at ``path`` (line-buffered: ``tail -f`` sees each op).
+
+        UTF-8 (records are ASCII anyway) because its codec is always loaded: inside the
+        sandbox the standard library may no longer be importable."""
+        return cls(open(path, "a", buffering=1, encoding="utf-8"), stats=stats, path=path)
 
     def wrap(self, req: Any) -> RecordedRequest:
         return RecordedRequest(req, self)
