@@ -1,0 +1,140 @@
+"""The back-ends a benchmark compares: how to start each, and one front-end session on it.
+
+A back-end is a command template with ``{socket}`` and ``{dir}``; three are built in (ours,
+QEMU 7.2's C virtiofsd, the Rust virtiofsd 1.14 from the sid tree), each with the options
+that make them serve alike (cache=auto, no xattrs, no sandbox where root is not needed).
+Each back-end serves one front-end connection, so a :class:`Session` is one process and
+one :class:`~pyvirtiofsd.frontend.VhostUserFrontend` that stays connected for the whole
+run: every row runs on the same connection, the way a guest would use it.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+from .. import guest
+from ..frontend import FuseClient, VhostUserFrontend
+from ..fuse import abi
+
+# What a Linux guest offers in FUSE_INIT (the flags that matter to these rows).
+KERNEL_INIT_FLAGS = (abi.FUSE_ASYNC_READ | abi.FUSE_BIG_WRITES | abi.FUSE_DO_READDIRPLUS
+                     | abi.FUSE_READDIRPLUS_AUTO | abi.FUSE_PARALLEL_DIROPS | abi.FUSE_MAX_PAGES
+                     | abi.FUSE_ASYNC_DIO | abi.FUSE_AUTO_INVAL_DATA | abi.FUSE_ATOMIC_O_TRUNC)
+DAX_INIT_FLAGS = abi.FUSE_MAP_ALIGNMENT | abi.FUSE_HAS_INODE_DAX
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A back-end to benchmark: ``argv`` is a template (``{socket}``, ``{dir}``)."""
+
+    name: str
+    argv: tuple[str, ...]
+    dax: bool = False          # connect with a DAX window (needs a back-end that offers one)
+
+    def command(self, socket: str, directory: str) -> list[str]:
+        return [a.format(socket=socket, dir=directory) for a in self.argv]
+
+
+def _sandbox_none() -> tuple[str, ...]:
+    """``--sandbox none`` when our daemon has a sandbox switch: the Rust virtiofsd runs with
+    ``--sandbox=none`` too (it needs no root then), so both serve from the same view."""
+    from ..cli import build_parser
+
+    known = {o for a in build_parser()._actions for o in a.option_strings}
+    return ("--sandbox", "none") if "--sandbox" in known else ()
+
+
+def ours(*extra: str, name: str = "ours", dax: bool = False) -> Peer:
+    return Peer(name, (sys.executable, "-m", "pyvirtiofsd", "--socket-path", "{socket}",
+                       "--shared-dir", "{dir}", *_sandbox_none(), *extra), dax=dax)
+
+
+def c_virtiofsd() -> Peer:
+    return Peer("c-virtiofsd", (guest.C_VIRTIOFSD, "--socket-path={socket}", "-o", "source={dir}",
+                                "-o", "cache=auto"))
+
+
+def rust_virtiofsd() -> Peer:
+    return Peer("rust-virtiofsd", (*guest.sid_command("usr/libexec/virtiofsd"),
+                                   "--socket-path={socket}", "--shared-dir={dir}",
+                                   "--cache=auto", "--sandbox=none"))
+
+
+BUILTIN = {"ours": ours, "c-virtiofsd": c_virtiofsd, "rust-virtiofsd": rust_virtiofsd}
+
+
+def parse_peer(text: str) -> Peer:
+    """``NAME`` of a built-in back-end, or ``NAME=COMMAND TEMPLATE`` (shell words with
+    ``{socket}`` and ``{dir}``)."""
+    if "=" not in text:
+        if text not in BUILTIN:
+            raise ValueError(f"unknown back-end {text!r}: one of {sorted(BUILTIN)} or NAME=COMMAND")
+        return BUILTIN[text]()
+    name, command = text.split("=", 1)
+    argv = tuple(shlex.split(command))
+    if not name or not argv or not any("{socket}" in a for a in argv):
+        raise ValueError(f"back-end {text!r}: NAME=COMMAND with {{socket}} in the command")
+    return Peer(name, argv)
+
+
+def missing(peer: Peer) -> str | None:
+    """Why ``peer`` cannot run here (its program is absent), or None."""
+    for a in peer.argv:
+        if a.startswith("/") and "{" not in a and ":" not in a and not os.path.exists(a):
+            return f"{a} does not exist"
+    return None
+
+
+@dataclass
+class Session:
+    """One running back-end and our front-end connected to it (after FUSE_INIT)."""
+
+    peer: Peer
+    directory: str
+    workdir: str
+    ram_size: int = 160 << 20
+    queue_size: int = 128
+    backend: guest.Backend | None = None
+    fe: VhostUserFrontend | None = None
+    client: FuseClient | None = None
+    start_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def start(self) -> "Session":
+        import time
+
+        sock = os.path.join(self.workdir, f"{self.peer.name}.sock")
+        log = os.path.join(self.workdir, f"{self.peer.name}.log")
+        self.backend = guest.Backend(self.peer.command(sock, self.directory), sock, log)
+        t0 = time.monotonic()
+        self.backend.start()
+        self.start_seconds = time.monotonic() - t0
+        self.fe = VhostUserFrontend(sock, ram_size=self.ram_size, queue_size=self.queue_size,
+                                    dax=self.peer.dax).connect()
+        self.client = FuseClient(self.fe)
+        flags = KERNEL_INIT_FLAGS | (DAX_INIT_FLAGS if self.peer.dax else 0)
+        self.client.init(flags=flags)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.backend.proc.pid
+
+    def alive(self) -> bool:
+        return self.backend is not None and self.backend.proc.poll() is None
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.destroy()
+            except Exception:  # noqa: BLE001 - a back-end that died mid-run: just stop it
+                pass
+        if self.fe is not None:
+            self.fe.close()
+        if self.backend is not None:
+            self.backend.stop()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.backend.log.splitlines()[-lines:]) if self.backend else ""
