@@ -80,6 +80,25 @@ def listen_unix(path: str, group: str | None = None) -> socket.socket:
     return sock
 
 
+def adopt_listener(fd: int) -> socket.socket:
+    """The listening socket a supervisor handed us as ``fd`` (systemd socket activation
+    passes fd 3, libvirt its own number).  Anything else is a startup error, not a
+    traceback."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:
+        raise StartupError(f"--fd {fd}: not a usable socket ({e.strerror})") from None
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()       # not ours to close
+        raise StartupError(f"--fd {fd}: not a listening unix stream socket")
+    sock.setblocking(True)  # accept() waits, whatever flags the supervisor left on it
+    return sock
+
+
 class _Terminate(Exception):
     pass
 
@@ -108,7 +127,7 @@ def run(backend: Backend, *, socket_path: str | None = None, listen_fd: int | No
     conn = None
     try:
         if listen_fd is not None:
-            listener = socket.socket(fileno=listen_fd)
+            listener = adopt_listener(listen_fd)
         else:
             listener = listen_unix(socket_path, socket_group)
             created_path = socket_path
