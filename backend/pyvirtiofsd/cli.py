@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="collect per-opcode statistics; SIGUSR1 logs them (costs speed)")
     out.add_argument("--stats-interval", type=_seconds, default=0.0, metavar="SECONDS",
                      help="log per-opcode statistics every SECONDS (default 0: never)")
+    compat = p.add_argument_group("virtiofsd's older syntax (what libvirt passes)")
+    compat.add_argument("-o", dest="legacy_options", action="append", default=[],
+                        metavar="OPT[,OPT...]",
+                        help="source=DIR, cache=none|auto|always, xattr, no_xattr, "
+                             "sandbox=namespace|chroot, log_level=LEVEL; flock, no_flock, "
+                             "posix_lock, no_posix_lock are accepted and ignored")
+    compat.add_argument("-d", dest="legacy_debug", action="store_true",
+                        help="the same as --log-level debug")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user capabilities JSON and exit")
     p.add_argument("-V", "--version", action="version", version=f"pyvirtiofsd {__version__}")
@@ -127,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.print_capabilities:
         return args
+    _apply_legacy_options(p, args)
     if (args.socket_path is None) == (args.fd is None):
         p.error("exactly one of --socket-path and --fd is required")
     if args.shared_dir is None:
@@ -136,6 +145,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tag is not None and not 1 <= len(args.tag.encode()) <= 36:
         p.error("--tag must be 1 to 36 bytes")
     return args
+
+
+_LEGACY_IGNORED = frozenset({"flock", "no_flock", "posix_lock", "no_posix_lock"})
+_LEGACY_CACHE = {"none": "never", "never": "never", "auto": "auto", "always": "always"}
+_LEGACY_LOG = {"err": "error", "warn": "warn", "info": "info", "debug": "debug"}
+
+
+def _split_legacy(text: str) -> list[str]:
+    """``-o`` items: commas separate, a doubled comma is a comma (libvirt escapes paths so)."""
+    items, cur, i = [], "", 0
+    while i < len(text):
+        if text[i] == ",":
+            if text[i + 1:i + 2] == ",":
+                cur += ","
+                i += 2
+                continue
+            items.append(cur)
+            cur = ""
+        else:
+            cur += text[i]
+        i += 1
+    return [item for item in [*items, cur] if item]
+
+
+def _apply_legacy_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fold virtiofsd's ``-o source=DIR,cache=...,xattr`` and ``-d`` into the options.
+
+    libvirt starts the ``<binary>`` of a virtiofs ``<filesystem>`` as
+    ``BINARY --fd=N -o source=DIR[,cache=MODE][,sandbox=MODE][,xattr] [--thread-pool-size=N]``,
+    the C virtiofsd's syntax; this lets pyvirtiofsd be that binary."""
+    if args.legacy_debug:
+        args.log_level = "debug"
+    for group in args.legacy_options:
+        for item in _split_legacy(group):
+            key, has_value, value = item.partition("=")
+            if key == "source" and has_value:
+                if args.shared_dir is not None and args.shared_dir != value:
+                    p.error("-o source= and --shared-dir name different directories")
+                args.shared_dir = value
+            elif key == "cache" and value in _LEGACY_CACHE:
+                args.cache = _LEGACY_CACHE[value]
+            elif key in ("xattr", "no_xattr") and not has_value:
+                args.xattr = key == "xattr"
+            elif key == "sandbox" and value in ("namespace", "chroot"):
+                if hasattr(args, "sandbox"):
+                    args.sandbox = value
+            elif key == "log_level" and value in _LEGACY_LOG:
+                args.log_level = _LEGACY_LOG[value]
+            elif key in _LEGACY_IGNORED and not has_value:
+                pass    # no remote locks: the guest keeps POSIX and flock locks to itself
+            else:
+                p.error(f"-o {item}: not an option pyvirtiofsd understands")
 
 
 def build_backend(args: argparse.Namespace):
