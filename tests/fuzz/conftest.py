@@ -16,7 +16,6 @@ purposes:
 """
 from __future__ import annotations
 
-import collections
 import json
 import os
 import subprocess
@@ -24,6 +23,8 @@ import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from fuzzstats import CASES
 
 EXAMPLES = int(os.environ.get("PYVIRTIOFSD_FUZZ_EXAMPLES", "40"))
 
@@ -33,14 +34,6 @@ settings.register_profile(
                            HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
     database=None, report_multiple_bugs=False)
 settings.load_profile("pyvirtiofsd-fuzz")
-
-CASES: collections.Counter = collections.Counter()
-
-
-def count_case(name: str) -> None:
-    """Count one fuzz case run (the figures of the report)."""
-    CASES[name] += 1
-
 
 def pytest_sessionfinish(session, exitstatus):
     path = os.environ.get("PYVIRTIOFSD_FUZZ_REPORT")

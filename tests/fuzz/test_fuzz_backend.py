@@ -20,7 +20,7 @@ import struct
 
 from hypothesis import given, strategies as st
 
-from conftest import count_case
+from fuzzstats import count_case
 from pyvirtiofsd.frontend.memory import GuestRAM
 from pyvirtiofsd.passthrough import PassthroughFs
 from pyvirtiofsd.server import Server, ServerOptions

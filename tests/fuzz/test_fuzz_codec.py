@@ -6,7 +6,7 @@ import struct
 
 from hypothesis import given, strategies as st
 
-from conftest import count_case
+from fuzzstats import count_case
 from pyvirtiofsd.vhost_user import codec
 from pyvirtiofsd.vhost_user.protocol import HEADER_SIZE, MAX_PAYLOAD, FrontendReq
 

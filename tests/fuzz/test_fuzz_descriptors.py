@@ -23,7 +23,7 @@ import tempfile
 
 from hypothesis import event, given, strategies as st
 
-from conftest import count_case
+from fuzzstats import count_case
 from pyvirtiofsd._cext import ffi, lib
 from pyvirtiofsd.frontend.memory import Allocator, GuestRAM
 from pyvirtiofsd.frontend.virtqueue import DriverQueue

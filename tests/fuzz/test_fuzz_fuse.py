@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, strategies as st
 from structlog.testing import capture_logs
 
-from conftest import count_case
+from fuzzstats import count_case
 from fusegen import requests
 from pyvirtiofsd.frontend import FuseClient, VhostUserFrontend
 from pyvirtiofsd.fuse import abi
