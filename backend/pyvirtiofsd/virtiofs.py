@@ -4,15 +4,24 @@ queue layout, config space, and how FUSE requests reach the server.
 Queue 0 is hiprio (FORGET, BATCH_FORGET, INTERRUPT: served inline, they never block);
 queues 1..n are request queues whose requests go to a pool of worker threads, so one slow
 FSYNC does not hold up a GETATTR behind it.
+
+The hot path: when the file system is a :class:`~pyvirtiofsd.passthrough.PassthroughFs`
+(whose handles live in a C table too) and nothing needs to see every request (no ops log,
+no statistics), each request queue is served by ``hot_threads`` threads running the C loop
+of cext/hotpath.c, which answers READ and WRITE itself -- a preadv/pwritev between the file
+and guest memory -- and gives everything else to the worker pool.  See :class:`HotPath` for
+when WRITE stays in Python.
 """
 from __future__ import annotations
 
+import os
 import queue
 import struct
 import threading
 
 import structlog
 
+from ._cext import ffi, lib
 from .fuse.request import FuseRequest
 from .vhost_user.backend_channel import BackendChannel
 from .vhost_user.device import VhostUserDevice
@@ -62,10 +71,76 @@ class WorkerPool:
             t.join(timeout=5)
 
 
+class HotPath:
+    """The C serving context of the request queues, and what it may serve.
+
+    READ is served in C whenever the file system is a plain ``PassthroughFs`` (a subclass
+    that overrides ``read`` keeps it).  WRITE too, except: on a read-only server or file
+    system (Python answers EROFS); with a DAX window (the server re-fits a file's
+    mappings after every WRITE); when ``write`` is overridden.  Nothing is served in C
+    while an ops recorder is on (every request must be recorded) or before INIT: the
+    context follows the server's session (:meth:`sync`).  ``PYVIRTIOFSD_HOTPATH=0`` in the
+    environment switches it off (for comparisons).
+    """
+
+    def __init__(self, server, dax, threads: int):
+        from .passthrough.fs import PassthroughFs
+
+        self.server = server
+        self.threads = threads
+        self.ctx = None
+        self._session = None
+        fs = server.fs
+        table = getattr(getattr(fs, "handles", None), "c_table", None)
+        ops = 0
+        if (table is not None and isinstance(fs, PassthroughFs) and server.ops is None
+                and os.environ.get("PYVIRTIOFSD_HOTPATH", "1") != "0"):
+            if type(fs).read is PassthroughFs.read:
+                ops |= lib.PVFS_HOT_READ
+            if (type(fs).write is PassthroughFs.write and dax is None
+                    and not server.options.readonly and not fs.readonly):
+                ops |= lib.PVFS_HOT_WRITE
+        self.ops = ops
+        if ops:
+            self.ctx = ffi.gc(lib.pvfs_hot_new(table), lib.pvfs_hot_free)
+            lib.pvfs_hot_set_ops(self.ctx, ops)
+
+    def sync(self) -> None:
+        """Tell C about the server's session when INIT/DESTROY/reset changed it."""
+        s = self.server.session
+        if s is not self._session and self.ctx is not None:
+            self._session = s
+            if s is None:
+                lib.pvfs_hot_set_session(self.ctx, 0, 0, 0)
+            else:
+                lib.pvfs_hot_set_session(self.ctx, 1, s.minor, s.max_write)
+
+    def stats(self) -> dict[str, int]:
+        if self.ctx is None:
+            return {}
+        names = ("reads", "writes", "passed", "bytes")
+        return {n: lib.pvfs_hot_stat(self.ctx, i) for i, n in enumerate(names)}
+
+
+class _QueueHandler:
+    """What a request queue runs: ``hot``/``threads`` for the C loop, and the call that
+    takes the requests it passes up."""
+
+    __slots__ = ("hot", "threads", "_submit")
+
+    def __init__(self, submit, hot, threads: int):
+        self._submit = submit
+        self.hot = hot
+        self.threads = threads
+
+    def __call__(self, req: FuseRequest) -> None:
+        self._submit(req)
+
+
 class VirtioFsDevice(VhostUserDevice):
     def __init__(self, server, *, tag: str | None = None, num_request_queues: int = 1,
                  thread_pool_size: int = 8, dax=None, shmem_bit_number: int = SHMEM_BIT_DEFAULT,
-                 dax_protocol: str = "shmem"):
+                 dax_protocol: str = "shmem", hot_threads: int = 2):
         if num_request_queues < 1:
             raise ValueError("at least one request queue")
         self.server = server
@@ -78,7 +153,8 @@ class VirtioFsDevice(VhostUserDevice):
             # Only with a tag: QEMU's vhost-user-fs-pci takes the tag from its own command
             # line, but generic front-ends (vhost-user-test-device) read it from us.
             self.protocol_features |= int(P.CONFIG)
-        self.pool = WorkerPool(thread_pool_size, server.handle) if thread_pool_size > 0 else None
+        self.hotpath = HotPath(server, dax, hot_threads)
+        self.pool = WorkerPool(thread_pool_size, self._serve) if thread_pool_size > 0 else None
         # DAX: a cache window (shared-memory region 0) mapped through the backend channel.
         self.dax = dax
         self.dax_protocol = dax_protocol
@@ -115,15 +191,27 @@ class VirtioFsDevice(VhostUserDevice):
             raise ValueError(f"config read {offset}+{size} outside the {len(space)}-byte space")
         return space[offset:offset + size].ljust(size, b"\0")
 
+    def _serve(self, req: FuseRequest) -> None:
+        """Serve a request in Python; INIT and DESTROY change what C may serve."""
+        self.server.handle(req)
+        self.hotpath.sync()
+
     def handler(self, queue_index: int):
-        if queue_index == HIPRIO_QUEUE or self.pool is None:
-            return self.server.handle
-        return self.pool.submit
+        if queue_index == HIPRIO_QUEUE:
+            return self._serve
+        submit = self._serve if self.pool is None else self.pool.submit
+        if self.hotpath.ctx is None:
+            return submit
+        return _QueueHandler(submit, self.hotpath.ctx, self.hotpath.threads)
 
     def reset(self) -> None:
         reset = getattr(self.server, "reset", None)
         if reset is not None:
             reset()
+        self.hotpath.sync()
+        stats = self.hotpath.stats()
+        if stats.get("reads") or stats.get("writes"):
+            log.info("hot path totals", **stats)
 
     def close(self) -> None:
         if self.pool is not None:

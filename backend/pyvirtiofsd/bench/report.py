@@ -47,10 +47,9 @@ def aggregate(runs: list[CellRun]) -> Cell:
     rates = [r.ops_per_s for r in runs]
     med = statistics.median(rates) if rates else 0.0
     lat = sorted(x for r in runs for x in r.latencies_ns)
-    mid = sorted(runs, key=lambda r: r.ops_per_s)[len(runs) // 2] if runs else None
     return Cell(
         ops_per_s=med,
-        mb_per_s=mid.mb_per_s if mid else 0.0,
+        mb_per_s=statistics.median(r.mb_per_s for r in runs) if runs else 0.0,
         p50_us=_percentile(lat, 0.50),
         p99_us=_percentile(lat, 0.99),
         spread=(max(rates) - min(rates)) / med if med and len(rates) > 1 else 0.0,

@@ -4,6 +4,12 @@ the requests popped from it.
 The ring mechanics (chain walking, bounds checks, used ring, EVENT_IDX) are in C
 (cext/vq.c); this module keeps the state the protocol talks about: size, base, addresses,
 kick/call/err fds, enabled, started.
+
+A handler may carry a C serving context (``handler.hot``, a ``struct pvfs_hot *``, see
+cext/hotpath.h) and a thread count (``handler.threads``): the queue is then served by that
+many threads, each running the C loop (:c:func:`pvfs_hot_run`) with the GIL released,
+which answers what it can (READ/WRITE) without Python and returns the rest to the thread,
+which hands it to ``handler``.
 """
 from __future__ import annotations
 
@@ -96,7 +102,7 @@ class Vring:
         self.err_fd: int | None = None
         self.enabled = False
         self.started = False
-        self._thread: QueueThread | None = None
+        self._threads: list[QueueThread] = []
 
     # -- configuration ------------------------------------------------------------------
 
@@ -137,15 +143,21 @@ class Vring:
         if lib.pvfs_vq_start(self.vq) < 0:
             raise ValueError(f"queue {self.index} started before its rings were mapped")
         self.started = True
-        self._thread = QueueThread(self, handler)
-        self._thread.start()
+        count = max(1, int(getattr(handler, "threads", 1))) if getattr(handler, "hot", None) else 1
+        if count > 1 and kick_fd is not None:
+            # Several threads wait on one kick eventfd: the ones that lose the race to read
+            # it must not block in read().
+            os.set_blocking(kick_fd, False)
+        self._threads = [QueueThread(self, handler, i) for i in range(count)]
+        for t in self._threads:
+            t.start()
 
     def stop(self, drain_timeout: float = 5.0) -> int:
         """Stop serving (GET_VRING_BASE): no guest memory access once this returns.
         Waits up to drain_timeout for requests in flight; later completions are dropped."""
-        if self._thread is not None:
-            self._thread.stop()
-            self._thread = None
+        for t in self._threads:
+            t.stop()
+        self._threads = []
         deadline = time.monotonic() + drain_timeout
         while self.started and lib.pvfs_vq_inflight(self.vq) and time.monotonic() < deadline:
             time.sleep(0.001)
@@ -161,8 +173,8 @@ class Vring:
 
     def set_enabled(self, on: bool) -> None:
         self.enabled = on
-        if self._thread is not None:
-            self._thread.wake()
+        for t in self._threads:
+            t.wake()
 
     def close(self) -> None:
         self.stop(drain_timeout=1.0)
@@ -176,14 +188,17 @@ class Vring:
 
 class QueueThread(threading.Thread):
     """Waits for kicks and hands every available chain to the handler.  Chains the C side
-    refused are logged and returned to the driver here; the handler sees only good ones."""
+    refused are logged and returned to the driver here; the handler sees only good ones.
+    With a C serving context (``handler.hot``) the waiting and the READ/WRITE requests stay
+    in C and only the rest comes up to Python."""
 
     POLL_MS = 1  # for a ring without a kick fd (VHOST_USER_VRING_NOFD_MASK): poll
 
-    def __init__(self, vring: Vring, handler: Handler):
-        super().__init__(name=f"vq{vring.index}", daemon=True)
+    def __init__(self, vring: Vring, handler: Handler, number: int = 0):
+        super().__init__(name=f"vq{vring.index}" + (f".{number}" if number else ""), daemon=True)
         self.vring = vring
         self.handler = handler
+        self.hot = getattr(handler, "hot", None)
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._stopping = False
 
@@ -207,9 +222,20 @@ class QueueThread(threading.Thread):
         timeout = -1 if kick >= 0 else self.POLL_MS
         # Buffers may have been made available before the ring started: look once first.
         while not self._stopping:
-            if vring.enabled:
-                self._drain(vq, req_p)
-            rc = lib.pvfs_wait_kick(kick, self._stop_fd, timeout if vring.enabled else -1)
+            if vring.enabled and self.hot is not None:
+                rc = lib.pvfs_hot_run(self.hot, vq, kick, self._stop_fd, timeout, req_p)
+                if rc == 1:
+                    self._handle(req_p[0])
+                    continue
+                if rc < 0:
+                    self._failed(rc)
+                    if self._stopping:
+                        return
+                    continue
+            else:
+                if vring.enabled:
+                    self._drain(vq, req_p)
+                rc = lib.pvfs_wait_kick(kick, self._stop_fd, timeout if vring.enabled else -1)
             if self._stopping:
                 return
             if rc == 2:
@@ -217,9 +243,36 @@ class QueueThread(threading.Thread):
                     os.eventfd_read(self._stop_fd)
                 except BlockingIOError:
                     pass
+            elif rc == -errno.EINTR:
+                continue  # a signal (SIGUSR1: statistics) is no reason to stop serving
             elif rc < 0:
                 log.error("waiting for kicks failed", queue=vring.index, error=os.strerror(-rc))
                 return
+
+    def _failed(self, rc: int) -> None:
+        """The C loop returned an error: a broken queue, a stopped one, or a failed wait."""
+        if lib.pvfs_vq_is_broken(self.vring.vq):
+            log.error("virtqueue is broken: the driver published an impossible index; "
+                      "not touching it until it is set up again", queue=self.vring.index)
+            self._stopping = True
+        elif rc != -errno.EIO:
+            log.error("waiting for kicks failed", queue=self.vring.index, error=os.strerror(-rc))
+            self._stopping = True
+        else:
+            # Stopped under us (GET_VRING_BASE): wait for the stop or a restart's wake.
+            lib.pvfs_wait_kick(self._stop_fd, -1, -1)
+
+    def _handle(self, req) -> None:
+        """A chain popped by C that Python serves (or refuses, if C found it malformed)."""
+        if req.err == lib.PVFS_CHAIN_BAD_ADDR:
+            log.warning("descriptor chain points outside guest memory",
+                        queue=self.vring.index, head=req.head)
+        elif req.err:
+            log.warning("refused a descriptor chain", queue=self.vring.index,
+                        head=req.head, reason=CHAIN_ERRORS.get(req.err, req.err))
+            lib.pvfs_req_complete(req, 0)
+            return
+        self.handler(RingRequest(req, self.vring.index))
 
     def _drain(self, vq, req_p) -> None:
         while not self._stopping:

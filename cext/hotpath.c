@@ -1,0 +1,377 @@
+/* READ/WRITE served in C (see hotpath.h). */
+#define _GNU_SOURCE
+#include "hotpath.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- the handle table --------------------------------------------------------------- */
+
+struct pvfs_fh {
+    uint64_t fh;
+    int fd;
+    int append;        /* O_APPEND on the fd: the file position decides, Python's business */
+    unsigned refs;     /* the owner's + one per C user; atomic */
+};
+
+#define EMPTY ((struct pvfs_fh *)0)
+#define GONE ((struct pvfs_fh *)1)   /* a removed slot (open addressing) */
+
+struct pvfs_fhtab {
+    pthread_mutex_t lock;
+    struct pvfs_fh **slots;
+    unsigned cap;      /* power of two */
+    unsigned count;    /* live entries */
+    unsigned used;     /* live + GONE slots */
+    unsigned refs;     /* atomic */
+};
+
+static unsigned slot_of(uint64_t fh, unsigned cap)
+{
+    fh *= 0x9E3779B97F4A7C15ull;
+    return (unsigned)(fh >> 32) & (cap - 1);
+}
+
+struct pvfs_fhtab *pvfs_fhtab_new(void)
+{
+    struct pvfs_fhtab *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->cap = 64;
+    t->slots = calloc(t->cap, sizeof(*t->slots));
+    if (!t->slots) {
+        free(t);
+        return NULL;
+    }
+    pthread_mutex_init(&t->lock, NULL);
+    t->refs = 1;
+    return t;
+}
+
+static void fh_put(struct pvfs_fh *e)
+{
+    if (__atomic_sub_fetch(&e->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        close(e->fd);
+        free(e);
+    }
+}
+
+void pvfs_fhtab_unref(struct pvfs_fhtab *t)
+{
+    if (!t || __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL))
+        return;
+    /* Entries still here belong to their owners (pvfs_fh_close frees them). */
+    free(t->slots);
+    pthread_mutex_destroy(&t->lock);
+    free(t);
+}
+
+/* Rehash into a table of cap slots.  Called with the lock held. */
+static int rehash(struct pvfs_fhtab *t, unsigned cap)
+{
+    struct pvfs_fh **slots = calloc(cap, sizeof(*slots));
+    if (!slots)
+        return -ENOMEM;
+    for (unsigned i = 0; i < t->cap; i++) {
+        struct pvfs_fh *e = t->slots[i];
+        if (e == EMPTY || e == GONE)
+            continue;
+        unsigned j = slot_of(e->fh, cap);
+        while (slots[j])
+            j = (j + 1) & (cap - 1);
+        slots[j] = e;
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->cap = cap;
+    t->used = t->count;
+    return 0;
+}
+
+/* The slot holding fh, or -1.  Called with the lock held. */
+static int find(const struct pvfs_fhtab *t, uint64_t fh)
+{
+    unsigned j = slot_of(fh, t->cap);
+    for (unsigned n = 0; n < t->cap; n++, j = (j + 1) & (t->cap - 1)) {
+        struct pvfs_fh *e = t->slots[j];
+        if (e == EMPTY)
+            return -1;
+        if (e != GONE && e->fh == fh)
+            return (int)j;
+    }
+    return -1;
+}
+
+struct pvfs_fh *pvfs_fhtab_add(struct pvfs_fhtab *t, uint64_t fh, int fd)
+{
+    if (fh == 0 || fh == UINT64_MAX || fd < 0)
+        return NULL;
+    int fl = fcntl(fd, F_GETFL);
+    struct pvfs_fh *e = malloc(sizeof(*e));
+    if (!e)
+        return NULL;
+    e->fh = fh;
+    e->fd = fd;
+    e->append = fl < 0 || (fl & O_APPEND);
+    e->refs = 1;
+    pthread_mutex_lock(&t->lock);
+    if (find(t, fh) >= 0 ||
+        ((t->used + 1) * 2 > t->cap && rehash(t, t->count * 4 > t->cap ? t->cap * 2 : t->cap) < 0)) {
+        pthread_mutex_unlock(&t->lock);
+        free(e);
+        return NULL;
+    }
+    unsigned j = slot_of(fh, t->cap);
+    while (t->slots[j] != EMPTY && t->slots[j] != GONE)
+        j = (j + 1) & (t->cap - 1);
+    if (t->slots[j] == EMPTY)
+        t->used++;
+    t->slots[j] = e;
+    t->count++;
+    pthread_mutex_unlock(&t->lock);
+    return e;
+}
+
+void pvfs_fhtab_remove(struct pvfs_fhtab *t, uint64_t fh)
+{
+    pthread_mutex_lock(&t->lock);
+    int j = find(t, fh);
+    if (j >= 0) {
+        t->slots[j] = GONE;
+        t->count--;
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+void pvfs_fh_close(struct pvfs_fh *e)
+{
+    if (e)
+        fh_put(e);
+}
+
+unsigned pvfs_fhtab_count(struct pvfs_fhtab *t)
+{
+    pthread_mutex_lock(&t->lock);
+    unsigned n = t->count;
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}
+
+/* Borrow fh's entry for one READ/WRITE (NULL: not in the table). */
+static struct pvfs_fh *fh_get(struct pvfs_fhtab *t, uint64_t fh)
+{
+    struct pvfs_fh *e = NULL;
+    pthread_mutex_lock(&t->lock);
+    int j = find(t, fh);
+    if (j >= 0) {
+        e = t->slots[j];
+        __atomic_add_fetch(&e->refs, 1, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return e;
+}
+
+/* ---- serving ------------------------------------------------------------------------- */
+
+/* FUSE wire format (little-endian; the same layouts as fuse/abi.py). */
+enum { FUSE_READ = 15, FUSE_WRITE = 16 };
+#define FUSE_WRITE_KILL_SUIDGID (1u << 2)
+#define IN_HDR 40
+#define OUT_HDR 16
+#define RW_IN 40     /* fuse_read_in / fuse_write_in (7.9+) */
+
+struct pvfs_hot {
+    struct pvfs_fhtab *t;
+    unsigned ops;        /* atomic */
+    uint64_t session;    /* atomic: on << 63 | minor << 32 | max_write */
+    uint64_t stat[4];    /* atomic */
+};
+
+struct pvfs_hot *pvfs_hot_new(struct pvfs_fhtab *t)
+{
+    struct pvfs_hot *h = calloc(1, sizeof(*h));
+    if (!h)
+        return NULL;
+    __atomic_add_fetch(&t->refs, 1, __ATOMIC_RELAXED);
+    h->t = t;
+    return h;
+}
+
+void pvfs_hot_free(struct pvfs_hot *h)
+{
+    if (h) {
+        pvfs_fhtab_unref(h->t);
+        free(h);
+    }
+}
+
+void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops) { __atomic_store_n(&h->ops, ops, __ATOMIC_RELEASE); }
+unsigned pvfs_hot_get_ops(struct pvfs_hot *h) { return __atomic_load_n(&h->ops, __ATOMIC_ACQUIRE); }
+
+void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write)
+{
+    /* One word, so a reader sees one session or the other, never a mix. */
+    uint64_t v = on ? (1ull << 63) | ((uint64_t)(minor & 0x7fffffff) << 32) | max_write : 0;
+    __atomic_store_n(&h->session, v, __ATOMIC_RELEASE);
+}
+
+uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which)
+{
+    if (which < 0 || which > 3)
+        return 0;
+    return __atomic_load_n(&h->stat[which], __ATOMIC_RELAXED);
+}
+
+static void count(struct pvfs_hot *h, int which, uint64_t n)
+{
+    __atomic_fetch_add(&h->stat[which], n, __ATOMIC_RELAXED);
+}
+
+static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
+static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
+
+/* Reply with a header (and body) and complete the request. */
+static void reply(struct pvfs_req *req, uint64_t unique, int error, const void *body, uint32_t body_len,
+                  uint32_t data_len)
+{
+    uint8_t out[OUT_HDR + 8];
+    uint32_t len = OUT_HDR + (error ? 0 : body_len + data_len);
+    uint32_t l = htole32(len);
+    int32_t e = (int32_t)htole32((uint32_t)-error);
+    uint64_t u = htole64(unique);
+    memcpy(out, &l, 4);
+    memcpy(out + 4, &e, 4);
+    memcpy(out + 8, &u, 8);
+    uint32_t n = OUT_HDR;
+    if (!error && body_len) {
+        memcpy(out + OUT_HDR, body, body_len);
+        n += body_len;
+    }
+    /* The reply area was checked to be large enough and hole-free before any I/O. */
+    if (pvfs_req_write_out(req, 0, out, n) < 0)
+        len = 0;
+    pvfs_req_complete(req, len);
+}
+
+/* Serve req if it is an ordinary READ/WRITE on a known handle: 1 if it was completed,
+ * 0 if Python must have it (nothing was written to it then). */
+static int try_serve(struct pvfs_hot *h, struct pvfs_req *req)
+{
+    unsigned ops = __atomic_load_n(&h->ops, __ATOMIC_ACQUIRE);
+    if (!ops || req->err || req->in_len < IN_HDR + RW_IN || req->out_len < OUT_HDR)
+        return 0;
+    uint8_t a[IN_HDR + RW_IN];
+    if (pvfs_req_read_in(req, 0, a, sizeof(a)) != (int64_t)sizeof(a))
+        return 0;
+    uint32_t len = get32(a), opcode = get32(a + 4);
+    uint64_t unique = get64(a + 8);
+    uint16_t extlen;
+    memcpy(&extlen, a + 36, 2);
+    if ((opcode != FUSE_READ || !(ops & PVFS_HOT_READ)) &&
+        (opcode != FUSE_WRITE || !(ops & PVFS_HOT_WRITE)))
+        return 0;
+    uint64_t session = __atomic_load_n(&h->session, __ATOMIC_ACQUIRE);
+    if (!(session >> 63))
+        return 0;                                   /* before INIT: Python answers EIO */
+    uint32_t minor = (uint32_t)(session >> 32) & 0x7fffffff, max_write = (uint32_t)session;
+    if (len < IN_HDR + RW_IN || len > req->in_len || extlen || minor < 9)
+        return 0;                                   /* malformed or old: Python explains */
+    const uint8_t *rw = a + IN_HDR;
+    uint64_t fh = get64(rw), offset = get64(rw + 8);
+    uint32_t size = get32(rw + 16), rw_flags = get32(rw + 20);
+    if (offset > INT64_MAX)
+        return 0;
+
+    if (opcode == FUSE_READ) {
+        uint32_t room = req->out_len - OUT_HDR;
+        if (size > room)
+            size = room;
+        struct pvfs_fh *e = fh_get(h->t, fh);
+        if (!e)
+            return 0;                               /* unknown fh: Python says EBADF */
+        int64_t n = pvfs_req_preadv(req, e->fd, OUT_HDR, size, (int64_t)offset);
+        fh_put(e);
+        if (n < 0)
+            reply(req, unique, (int)n, NULL, 0, 0);
+        else {
+            reply(req, unique, 0, NULL, 0, (uint32_t)n);
+            count(h, PVFS_HOT_STAT_BYTES, (uint64_t)n);
+        }
+        count(h, PVFS_HOT_STAT_READS, 1);
+        return 1;
+    }
+
+    /* WRITE: the payload follows fuse_write_in and must be all there. */
+    if (size > len - IN_HDR - RW_IN || size > max_write || (rw_flags & FUSE_WRITE_KILL_SUIDGID) ||
+        req->out_len < OUT_HDR + 8)
+        return 0;
+    struct pvfs_fh *e = fh_get(h->t, fh);
+    if (!e)
+        return 0;
+    if (e->append) {
+        fh_put(e);
+        return 0;
+    }
+    int64_t n = pvfs_req_pwritev(req, e->fd, IN_HDR + RW_IN, size, (int64_t)offset);
+    fh_put(e);
+    if (n < 0)
+        reply(req, unique, (int)n, NULL, 0, 0);
+    else {
+        uint32_t wo[2] = {htole32((uint32_t)n), 0};   /* fuse_write_out */
+        reply(req, unique, 0, wo, sizeof(wo), 0);
+        count(h, PVFS_HOT_STAT_BYTES, (uint64_t)n);
+    }
+    count(h, PVFS_HOT_STAT_WRITES, 1);
+    return 1;
+}
+
+int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out)
+{
+    for (;;) {
+        struct pvfs_req *req;
+        int rc = pvfs_vq_pop(vq, &req);
+        if (rc < 0)
+            return rc;
+        if (rc == 0) {
+            if (!pvfs_vq_enable_notify(vq))
+                return 0;
+            continue;
+        }
+        if (try_serve(h, req))
+            continue;
+        count(h, PVFS_HOT_STAT_PASSED, 1);
+        *out = req;
+        return 1;
+    }
+}
+
+/* No kick fd (VHOST_USER_VRING_NOFD_MASK): poll the ring every timeout_ms; 2 on a stop. */
+static int wait_stop(int stop_fd, int timeout_ms)
+{
+    struct pollfd p = {.fd = stop_fd, .events = POLLIN};
+    int n = poll(&p, 1, timeout_ms);
+    if (n < 0)
+        return -errno;
+    return n ? 2 : 0;
+}
+
+int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, int kick_fd, int stop_fd,
+                 int timeout_ms, struct pvfs_req **out)
+{
+    for (;;) {
+        int rc = pvfs_hot_serve(h, vq, out);
+        if (rc)
+            return rc;
+        rc = kick_fd >= 0 ? pvfs_wait_kick(kick_fd, stop_fd, timeout_ms) : wait_stop(stop_fd, timeout_ms);
+        if (rc == -EINTR)
+            continue;   /* a signal (SIGUSR1 asks for statistics) is no reason to stop */
+        if (rc == 2 || rc < 0)
+            return rc;
+    }
+}

@@ -1,0 +1,79 @@
+/* The hot path: FUSE READ and WRITE served in C, straight between a file and guest memory,
+ * without entering Python.
+ *
+ * Two pieces:
+ *
+ * - A handle table (fh -> fd) that the passthrough file system fills as it opens files
+ *   (passthrough/handles.py) and empties on RELEASE.  An entry is reference counted: the
+ *   Python owner holds one reference, and every C READ/WRITE holds one while it moves data,
+ *   so a RELEASE racing with a READ never closes the fd under it (nor lets the number be
+ *   reused by another open): the fd is closed by whichever of them lets go last.
+ *
+ * - A serving loop (pvfs_hot_run) for a request queue: it waits for kicks, pops chains,
+ *   and serves READ/WRITE itself when it is safe to -- the session is initialised, the
+ *   opcode is enabled, the request is well-formed and ordinary, the fh is in the table --
+ *   writing fuse_out_header (+ fuse_write_out) and pushing the used entry.  Everything else
+ *   (other opcodes, anything unusual, every error the Python server would have to explain)
+ *   is handed back to the caller untouched, who gives it to the Python server.  So the C
+ *   path never answers differently from Python: it answers only the cases where Python's
+ *   answer is a plain preadv/pwritev.
+ *
+ * Several threads may run the loop on one queue (pops are serialised by the queue lock);
+ * the loop takes no lock of its own on the hot path besides the handle table's, and does
+ * not allocate.
+ */
+#ifndef PVFS_HOTPATH_H
+#define PVFS_HOTPATH_H
+
+#include <stdint.h>
+#include "vq.h"
+
+/* CFFI-BEGIN */
+struct pvfs_fhtab;
+struct pvfs_fh;
+
+struct pvfs_fhtab *pvfs_fhtab_new(void);
+/* Drop a reference to the table (the owner's, or a serving context's). */
+void pvfs_fhtab_unref(struct pvfs_fhtab *t);
+/* Register fh -> fd; the entry takes over closing fd (see pvfs_fh_close).  NULL if fh is
+ * 0 or ~0 (reserved), already present, or memory is short: the caller keeps the fd. */
+struct pvfs_fh *pvfs_fhtab_add(struct pvfs_fhtab *t, uint64_t fh, int fd);
+/* C lookups of fh fail from now on (RELEASE).  The entry and its fd stay valid. */
+void pvfs_fhtab_remove(struct pvfs_fhtab *t, uint64_t fh);
+/* The owner is done with the entry: its fd is closed now, or by the last C user. */
+void pvfs_fh_close(struct pvfs_fh *e);
+unsigned pvfs_fhtab_count(struct pvfs_fhtab *t);
+
+/* Opcodes the loop may serve. */
+#define PVFS_HOT_READ 1
+#define PVFS_HOT_WRITE 2
+
+enum {
+    PVFS_HOT_STAT_READS = 0,      /* READs served in C */
+    PVFS_HOT_STAT_WRITES = 1,     /* WRITEs served in C */
+    PVFS_HOT_STAT_PASSED = 2,     /* requests handed to Python */
+    PVFS_HOT_STAT_BYTES = 3,      /* bytes read + written in C */
+};
+
+struct pvfs_hot;
+/* A serving context over a handle table (which it keeps a reference to). */
+struct pvfs_hot *pvfs_hot_new(struct pvfs_fhtab *t);
+void pvfs_hot_free(struct pvfs_hot *h);
+/* Which opcodes (PVFS_HOT_*) the loop serves; 0 hands everything to Python. */
+void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops);
+unsigned pvfs_hot_get_ops(struct pvfs_hot *h);
+/* The FUSE session as INIT negotiated it: nothing is served in C while it is off. */
+void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write);
+uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which);
+
+/* Serve what the ring holds.  Returns 1 with *out set to a request for Python, 0 when the
+ * ring is empty (notifications re-enabled), -EIO if the queue is broken or stopped. */
+int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out);
+/* The queue thread's loop: serve, wait for a kick (kick_fd, -1: poll every timeout_ms),
+ * serve...  Returns 1 with *out set (a request for Python), 2 when stop_fd became
+ * readable (not consumed), or a negative errno (-EIO: queue broken or stopped). */
+int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, int kick_fd, int stop_fd,
+                 int timeout_ms, struct pvfs_req **out);
+/* CFFI-END */
+
+#endif

@@ -1,0 +1,350 @@
+"""The C hot path (cext/hotpath.c): READ and WRITE served without Python, and every case
+where it must leave the request to the Python server so that the answer stays the same.
+
+The device runs in this process on a real directory and a socketpair, so the hot path's
+counters (served in C / passed to Python) can be read; the front-end is ours, through real
+virtqueues in shared memory.
+"""
+import errno
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from pyvirtiofsd._cext import ffi, lib
+from pyvirtiofsd.filesystem import FileRange
+from pyvirtiofsd.frontend import FuseClient, VhostUserFrontend
+from pyvirtiofsd.fuse import abi
+from pyvirtiofsd.fuse.abi import Opcode
+from pyvirtiofsd.opslog import OpsRecorder
+from pyvirtiofsd.passthrough import PassthroughFs
+from pyvirtiofsd.server import Server, ServerOptions
+from pyvirtiofsd.stats import Stats
+from pyvirtiofsd.vhost_user.backend import Backend
+from pyvirtiofsd.vhost_user.connection import Connection
+from pyvirtiofsd.virtiofs import VirtioFsDevice
+
+ROOT = abi.FUSE_ROOT_ID
+MiB = 1 << 20
+
+
+class Rig:
+    """A device serving ``directory`` in this process, and a front-end connected to it."""
+
+    def __init__(self, directory, *, fs=None, options=None, dax=None, ops=None, init=True,
+                 hot_threads=2, **fe_kw):
+        self.fs = fs or PassthroughFs(directory)
+        self.server = Server(self.fs, options or ServerOptions(), dax=dax, ops=ops)
+        self.device = VirtioFsDevice(self.server, thread_pool_size=4, dax=dax,
+                                     hot_threads=hot_threads)
+        self.backend = Backend(self.device)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.thread = threading.Thread(target=self.backend.serve, args=(Connection(theirs),),
+                                       daemon=True)
+        self.thread.start()
+        self.fe = VhostUserFrontend(sock=ours, **fe_kw).connect()
+        self.client = FuseClient(self.fe)
+        if init:
+            self.client.init(**({"flags": abi.FUSE_MAP_ALIGNMENT | abi.FUSE_HAS_INODE_DAX}
+                                if dax is not None else {}))
+
+    def stats(self):
+        return self.device.hotpath.stats()
+
+    def close(self):
+        self.fe.close()
+        self.thread.join(10)
+        self.backend.close()
+        self.device.close()
+        self.fs.close()
+
+
+@pytest.fixture
+def rig_factory(tmp_path):
+    made = []
+
+    def make(**kw):
+        r = Rig(kw.pop("directory", tmp_path), **kw)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def create(client, name=b"f", flags=os.O_RDWR):
+    entry, _, opened = client.create(ROOT, name, flags=flags)
+    return entry.nodeid, opened.fh
+
+
+def test_read_and_write_are_served_in_c(rig_factory, tmp_path):
+    rig = rig_factory()
+    c = rig.client
+    node, fh = create(c)
+    before = rig.stats()
+    payload = os.urandom(MiB)
+    assert c.write(node, fh, 4096, payload) == MiB
+    assert (tmp_path / "f").read_bytes()[4096:] == payload
+    assert c.read(node, fh, 4096, MiB) == payload
+    assert c.read(node, fh, 4096 + MiB - 10, 4096) == payload[-10:]   # short at EOF
+    assert c.read(node, fh, 10 * MiB, 4096) == b""                    # past EOF
+    after = rig.stats()
+    assert after["writes"] - before["writes"] == 1
+    assert after["reads"] - before["reads"] == 3
+    assert after["passed"] == before["passed"]        # nothing of these went to Python
+    assert after["bytes"] - before["bytes"] == 2 * MiB + 10
+
+
+@pytest.mark.parametrize("shape", [dict(segment=4096), dict(segment=512, indirect=True),
+                                   dict(indirect=True)])
+def test_every_chain_shape_in_c(rig_factory, tmp_path, shape):
+    rig = rig_factory()
+    node, fh = create(rig.client)
+    client = FuseClient(rig.fe, **shape)
+    payload = os.urandom(300_000)
+    assert client.write(node, fh, 1000, payload) == len(payload)
+    assert client.read(node, fh, 1000, len(payload)) == payload
+    assert rig.stats()["reads"] >= 1 and rig.stats()["writes"] >= 1
+
+
+def test_read_before_init_is_eio_and_not_served_in_c(rig_factory, tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 100)
+    rig = rig_factory(init=False)
+    # Pretend a handle exists in C: a READ before INIT still gets Python's EIO.
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    fh = rig.fs.handles.add(fd, ROOT)
+    reply = rig.client.call(Opcode.FUSE_READ, ROOT, abi.fuse_read_in.build(fh=fh, size=100), 100)
+    assert reply.error == -errno.EIO
+    reply = rig.client.call(Opcode.FUSE_WRITE, ROOT, abi.fuse_write_in.build(fh=fh, size=1), 8,
+                            data=b"y")
+    assert reply.error == -errno.EIO
+    assert rig.stats()["reads"] == 0 and rig.stats()["writes"] == 0
+
+
+def test_destroy_ends_c_service(rig_factory):
+    rig = rig_factory()
+    node, fh = create(rig.client)
+    rig.client.write(node, fh, 0, b"abc")
+    rig.client.destroy()
+    reply = rig.client.call(Opcode.FUSE_READ, node, abi.fuse_read_in.build(fh=fh, size=3), 3)
+    assert reply.error == -errno.EIO
+
+
+def test_unknown_and_released_handles_get_ebadf(rig_factory):
+    rig = rig_factory()
+    c = rig.client
+    node, fh = create(c)
+    c.write(node, fh, 0, b"abc")
+    c.release(node, fh)
+    for op, args, data in ((Opcode.FUSE_READ, abi.fuse_read_in.build(fh=fh, size=3), b""),
+                           (Opcode.FUSE_WRITE, abi.fuse_write_in.build(fh=fh, size=1), b"z"),
+                           (Opcode.FUSE_READ, abi.fuse_read_in.build(fh=12345, size=3), b"")):
+        assert c.call(op, node, args, 16, data=data).error == -errno.EBADF
+
+
+def test_readonly_server_keeps_write_in_python(rig_factory, tmp_path):
+    (tmp_path / "f").write_bytes(b"data")
+    rig = rig_factory(options=ServerOptions(readonly=True))
+    assert rig.device.hotpath.ops == lib.PVFS_HOT_READ
+    c = rig.client
+    node = c.lookup(ROOT, b"f")[0].nodeid
+    fh = c.open(node, os.O_RDONLY).fh
+    reply = c.call(Opcode.FUSE_WRITE, node, abi.fuse_write_in.build(fh=fh, size=1), 8, data=b"z")
+    assert reply.error == -errno.EROFS
+    assert c.read(node, fh, 0, 4) == b"data"
+    assert rig.stats()["writes"] == 0 and rig.stats()["reads"] == 1
+    assert (tmp_path / "f").read_bytes() == b"data"
+
+
+def test_readonly_file_system_keeps_write_in_python(rig_factory, tmp_path):
+    rig = rig_factory(fs=PassthroughFs(tmp_path, readonly=True))
+    assert rig.device.hotpath.ops == lib.PVFS_HOT_READ
+
+
+def test_dax_window_keeps_write_in_python(rig_factory, tmp_path):
+    from pyvirtiofsd.dax import DaxWindow
+
+    fs = PassthroughFs(tmp_path)
+    dax = DaxWindow(fs, 64 * MiB)
+    rig = rig_factory(fs=fs, dax=dax, options=ServerOptions(map_alignment=dax.map_alignment))
+    assert rig.device.hotpath.ops == lib.PVFS_HOT_READ
+    node, fh = create(rig.client)
+    assert rig.client.write(node, fh, 0, b"through python") == 14
+    assert rig.client.read(node, fh, 0, 14) == b"through python"
+    assert rig.stats()["writes"] == 0 and rig.stats()["reads"] == 1
+
+
+def test_ops_recorder_turns_the_hot_path_off(rig_factory, tmp_path):
+    stats = Stats()
+    rig = rig_factory(ops=OpsRecorder(stats=stats))
+    assert rig.device.hotpath.ctx is None
+    node, fh = create(rig.client)
+    rig.client.write(node, fh, 0, b"recorded")
+    assert rig.client.read(node, fh, 0, 8) == b"recorded"
+    deadline = time.monotonic() + 5     # a request is recorded just after its reply
+    while {"READ", "WRITE"} - set(stats.snapshot()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seen = stats.snapshot()
+    assert seen["READ"].count == 1 and seen["WRITE"].count == 1
+
+
+def test_environment_switch_turns_the_hot_path_off(rig_factory, monkeypatch):
+    monkeypatch.setenv("PYVIRTIOFSD_HOTPATH", "0")
+    rig = rig_factory()
+    assert rig.device.hotpath.ctx is None
+    node, fh = create(rig.client)
+    assert rig.client.write(node, fh, 0, b"abc") == 3
+
+
+class CountingReads(PassthroughFs):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.reads = 0
+
+    def read(self, ctx, inode, fh, offset, size, flags) -> FileRange:
+        self.reads += 1
+        return super().read(ctx, inode, fh, offset, size, flags)
+
+
+def test_a_subclass_that_overrides_read_gets_every_read(rig_factory, tmp_path):
+    fs = CountingReads(tmp_path)
+    rig = rig_factory(fs=fs)
+    assert rig.device.hotpath.ops == lib.PVFS_HOT_WRITE
+    node, fh = create(rig.client)
+    rig.client.write(node, fh, 0, b"hello")
+    assert rig.client.read(node, fh, 0, 5) == b"hello"
+    assert fs.reads == 1 and rig.stats()["reads"] == 0
+
+
+def test_kill_suidgid_write_goes_to_python(rig_factory, tmp_path):
+    rig = rig_factory()
+    node, fh = create(rig.client)
+    args = abi.fuse_write_in.build(fh=fh, size=4, write_flags=abi.FUSE_WRITE_KILL_SUIDGID)
+    body = rig.client.check(Opcode.FUSE_WRITE, node, args, abi.fuse_write_out.size, data=b"kill")
+    assert abi.fuse_write_out.parse(body).size == 4
+    assert rig.stats()["writes"] == 0
+    assert (tmp_path / "f").read_bytes() == b"kill"
+
+
+def test_o_append_handle_goes_to_python(rig_factory, tmp_path):
+    (tmp_path / "log").write_bytes(b"0123")
+    rig = rig_factory()
+    c = rig.client
+    node = c.lookup(ROOT, b"log")[0].nodeid
+    fh = c.open(node, os.O_WRONLY | os.O_APPEND).fh
+    assert c.write(node, fh, 0, b"tail") == 4
+    assert rig.stats()["writes"] == 0
+    assert (tmp_path / "log").read_bytes() == b"0123tail"   # what pwrite does on O_APPEND
+
+
+def test_malformed_requests_get_pythons_answer(rig_factory):
+    rig = rig_factory()
+    c = rig.client
+    node, fh = create(c)
+    # fuse_in_header.len beyond what the chain holds: EINVAL from the Python server.
+    reply = c.call(Opcode.FUSE_READ, node, abi.fuse_read_in.build(fh=fh, size=8), 8, raw_len=4096)
+    assert reply.error == -errno.EINVAL
+    # A WRITE whose size is larger than the payload it carries.
+    reply = c.call(Opcode.FUSE_WRITE, node, abi.fuse_write_in.build(fh=fh, size=100), 8, data=b"x")
+    assert reply.error == -errno.EINVAL
+    assert rig.stats()["writes"] == 0 and rig.stats()["reads"] == 0
+
+
+def test_reply_area_too_small_for_write_out_goes_to_python(rig_factory):
+    rig = rig_factory()
+    node, fh = create(rig.client)
+    reply = rig.client.call(Opcode.FUSE_WRITE, node, abi.fuse_write_in.build(fh=fh, size=1), 0,
+                            data=b"x")
+    assert reply.error == -errno.EIO     # the server's "reply does not fit"
+    assert rig.stats()["writes"] == 0
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_release_racing_reads_never_closes_the_fd_under_them(rig_factory, tmp_path):
+    """Reads in flight while RELEASE runs: each gets the data or EBADF, never another
+    file's bytes, and the fd is closed once the last of them is done."""
+    data = os.urandom(256 * 1024)
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "other").write_bytes(b"\0" * len(data))
+    rig = rig_factory(queue_size=256)
+    c = rig.client
+    node = c.lookup(ROOT, b"f")[0].nodeid
+    other = c.lookup(ROOT, b"other")[0].nodeid
+    for _ in range(20):
+        base = _fds()
+        fh = c.open(node, os.O_RDONLY).fh
+        pending = [c.submit(Opcode.FUSE_READ, node, abi.fuse_read_in.build(fh=fh, size=len(data)),
+                            len(data)) for _ in range(24)]
+        release = c.submit(Opcode.FUSE_RELEASE, node, abi.fuse_release_in.build(fh=fh))
+        # An open right after may reuse the fd number: its data must never show up above.
+        fh2 = c.open(other, os.O_RDONLY).fh
+        for p in pending:
+            reply = c.reap(p)
+            assert reply.error in (0, -errno.EBADF)
+            if not reply.error:
+                assert reply.body == data
+        assert c.reap(release).error == 0
+        c.release(other, fh2)
+        assert _fds() == base
+    assert rig.stats()["reads"] > 0
+
+
+def test_c_handle_table_closes_after_the_last_user(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    table = ffi.gc(lib.pvfs_fhtab_new(), lib.pvfs_fhtab_unref)
+    fd = os.open(path, os.O_RDONLY)
+    entry = lib.pvfs_fhtab_add(table, 7, fd)
+    assert entry != ffi.NULL and lib.pvfs_fhtab_count(table) == 1
+    assert lib.pvfs_fhtab_add(table, 7, fd) == ffi.NULL      # one entry per fh
+    assert lib.pvfs_fhtab_add(table, 0, fd) == ffi.NULL      # reserved numbers
+    lib.pvfs_fhtab_remove(table, 7)
+    assert lib.pvfs_fhtab_count(table) == 0
+    os.fstat(fd)                                              # still open: the owner holds it
+    lib.pvfs_fh_close(entry)
+    with pytest.raises(OSError) as e:
+        os.fstat(fd)
+    assert e.value.errno == errno.EBADF
+
+
+def test_c_handle_table_grows(tmp_path):
+    table = ffi.gc(lib.pvfs_fhtab_new(), lib.pvfs_fhtab_unref)
+    entries = []
+    for i in range(1, 2001):
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        entries.append(lib.pvfs_fhtab_add(table, i, fd))
+    assert lib.pvfs_fhtab_count(table) == 2000
+    for i, e in enumerate(entries, 1):
+        if i % 2:
+            lib.pvfs_fhtab_remove(table, i)
+            lib.pvfs_fh_close(e)
+    assert lib.pvfs_fhtab_count(table) == 1000
+    for i, e in enumerate(entries, 1):
+        if not i % 2:
+            lib.pvfs_fhtab_remove(table, i)
+            lib.pvfs_fh_close(e)
+    assert lib.pvfs_fhtab_count(table) == 0
+
+
+def test_many_reads_in_flight_on_several_c_threads(rig_factory, tmp_path):
+    data = os.urandom(4 * MiB)
+    (tmp_path / "big").write_bytes(data)
+    rig = rig_factory(hot_threads=3, ram_size=128 * MiB)
+    c = rig.client
+    node = c.lookup(ROOT, b"big")[0].nodeid
+    fh = c.open(node, os.O_RDONLY).fh
+    chunk = 256 * 1024
+    pending = [(off, c.submit(Opcode.FUSE_READ, node,
+                              abi.fuse_read_in.build(fh=fh, offset=off, size=chunk), chunk))
+               for off in range(0, len(data), chunk)]
+    for off, p in pending:
+        assert c.reap(p).check() == data[off:off + chunk]
+    assert rig.stats()["reads"] == len(pending)
+    names = {t.name for t in threading.enumerate()}
+    assert {"vq1", "vq1.1", "vq1.2"} <= names
