@@ -249,7 +249,7 @@ static int submit(struct loop *L, int si)
 static int start_op(struct loop *L, int si, uint64_t now)
 {
     struct slot *sl = &L->slots[si];
-    if (L->issued >= L->s->max_ops || (L->deadline && now >= L->deadline))
+    if (L->issued >= L->s->max_ops || (L->deadline && now >= L->deadline && L->issued))
         return 0;
     L->issued++;
     sl->t0 = now;
@@ -600,10 +600,10 @@ static void *native_thread(void *arg)
         return NULL;
     pvfs_bench_fill(buf, s->block, 0, s->tag, s->base);
     uint64_t blocks = (s->file_size - s->block) / PVFS_BENCH_BLOCK + 1;
-    uint64_t reads = 0;
-    for (;;) {
+    uint64_t reads = 0, mine = 0;
+    for (;; mine++) {
         uint64_t t0 = now_ns();
-        if (t0 >= n->deadline)
+        if (t0 >= n->deadline && mine)   /* at least one op each, however late we started */
             break;
         uint64_t k = __atomic_fetch_add(&n->ops_started, 1, __ATOMIC_RELAXED);
         if (k >= s->max_ops)
