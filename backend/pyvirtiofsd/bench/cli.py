@@ -98,37 +98,6 @@ def machine() -> dict:
     return info
 
 
-def _tree(pid: int) -> list[int]:
-    """pid and its descendants (sandboxed daemons serve from a child process)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return out
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """RSS of a back-end's process tree, and the part that is not shared memory (guest RAM
-    pages the back-end touched count as RssShmem)."""
-    total = {"rss": 0, "rss_private": 0}
-    for p in _tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        kib = lambda k: int(fields.get(k, "0 kB").split()[0])  # noqa: E731
-        total["rss"] += kib("VmRSS")
-        total["rss_private"] += kib("RssAnon") + kib("RssFile")
-    return total
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.guest:
@@ -197,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {row.id}: " + ", ".join(f"{n} {c.ops_per_s:,.0f}/s"
                                                for n, c in results[row.id].items()),
                   file=sys.stderr, flush=True)
-        rss = {s.peer.name: memory_kib(s.pid) for s in sessions}
+        rss = {s.peer.name: peers_mod.memory_kib(s.pid) for s in sessions}
     finally:
         for d in drivers.values():
             d.close()
@@ -219,10 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     print(LEGEND, file=out)
     print(f"{len(rows)} rows x {len(names)} back-ends x {args.repeat} runs of {args.duration:g} s; "
           f"total {elapsed:.0f} s; load average before {load_before[0]:.2f}, after "
-          f"{load_after[0]:.2f} ({os.cpu_count()} CPUs); back-end RSS at the end, MiB "
-          "(all / without guest RAM): " + ", ".join(
-              f"{n} {v['rss'] / 1024:.0f}/{v['rss_private'] / 1024:.0f}" for n, v in rss.items()),
-          file=out)
+          f"{load_after[0]:.2f} ({os.cpu_count()} CPUs)", file=out)
+    print("start to listening, idle memory after INIT (PSS without guest RAM; RSS), memory "
+          "after the run: " + "; ".join(
+              f"{s.peer.name} {s.start_seconds * 1000:.0f} ms, {s.idle_memory['pss_private'] / 1024:.1f}"
+              f"/{s.idle_memory['rss'] / 1024:.1f} MiB, {rss[s.peer.name]['pss_private'] / 1024:.1f}"
+              f"/{rss[s.peer.name]['rss'] / 1024:.1f} MiB" for s in sessions), file=out)
     problems = []
     for row in rows:
         for n, c in results[row.id].items():
@@ -250,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                       "ratio_to_first": ratios(results[r.id], names),
                       "ours_vs_best_peer": ours_vs_best_peer(results[r.id], names)}
                      for r in rows],
-            "rss_kib": rss, "write_check_bad_blocks": write_check, "problems": problems,
+            "memory_kib_after": rss,
+            "idle_memory_kib": {s.peer.name: s.idle_memory for s in sessions},
+            "start_to_listening_ms": {s.peer.name: round(s.start_seconds * 1000, 1) for s in sessions},
+            "write_check_bad_blocks": write_check, "problems": problems,
         }
         text = json.dumps(doc, indent=1)
         if args.json == "-":

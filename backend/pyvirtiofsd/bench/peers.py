@@ -87,6 +87,39 @@ def missing(peer: Peer) -> str | None:
     return None
 
 
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (sandboxed daemons serve from a child process)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """Memory of a back-end's process tree (a sandboxed daemon is a supervisor and a
+    child): RSS summed, and PSS without shared memory -- guest RAM pages the back-end
+    touched are shmem, and pages a forked child shares with its parent count once."""
+    total = {"rss": 0, "pss_private": 0, "processes": 0}
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        kib = lambda k: int(fields.get(k, "0 kB").split()[0])  # noqa: E731
+        total["rss"] += kib("Rss")
+        total["pss_private"] += kib("Pss_Anon") + kib("Pss_File")
+        total["processes"] += 1
+    return total
+
+
 @dataclass
 class Session:
     """One running back-end and our front-end connected to it (after FUSE_INIT)."""
@@ -100,7 +133,7 @@ class Session:
     fe: VhostUserFrontend | None = None
     client: FuseClient | None = None
     start_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    idle_memory: dict = field(default_factory=dict)
 
     def start(self) -> "Session":
         import time
@@ -116,6 +149,8 @@ class Session:
         self.client = FuseClient(self.fe)
         flags = KERNEL_INIT_FLAGS | (DAX_INIT_FLAGS if self.peer.dax else 0)
         self.client.init(flags=flags)
+        time.sleep(0.2)        # let start-up settle: this is the idle footprint with a guest
+        self.idle_memory = memory_kib(self.pid)
         return self
 
     @property
