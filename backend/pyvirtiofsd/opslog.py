@@ -11,7 +11,8 @@ and goes to any of three places:
   -- ``time`` is the completion time (Unix seconds), ``fh``/``offset``/``size`` appear only
   for the opcodes that carry them, ``bytes`` is data moved (READ, READDIR[PLUS]: reply
   payload; WRITE, COPY_FILE_RANGE: bytes the server reported written; 0 otherwise),
-  ``errno`` is 0 on success, ``us`` the time from :meth:`Server.handle` to completion;
+  ``errno`` is 0 on success, ``us`` the time from :meth:`Server.handle` until the reply
+  is ready to go back (the record is made just before it goes);
 * :class:`pyvirtiofsd.stats.Stats` (``--stats``, ``--stats-interval``, SIGUSR1);
 * structlog ``fuse op`` events (``ServerOptions(ops_log=True)``; debugging aid).
 
@@ -170,16 +171,16 @@ class RecordedRequest:
         return self._req.in_to_fd(fd, in_offset, size, file_offset)
 
     def complete(self, used_len: int) -> None:
-        # Read what the record needs from the in area first: once completed, the request's
-        # buffers belong to the driver again.
+        # Record first, then hand the reply back: the in area is still ours to read (once
+        # completed it belongs to the driver again), and whatever the guest has seen is
+        # already in the ops log and the statistics -- its next request is recorded after.
         try:
             rec = self._record(used_len)
+            if rec is not None:
+                self._recorder.record(rec)
         except Exception:  # noqa: BLE001 - recording must never cost the guest its reply
             log.warning("cannot record fuse op", exc_info=True)
-            rec = None
         self._req.complete(used_len)
-        if rec is not None:
-            self._recorder.record(rec)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._req, name)
