@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -64,8 +66,58 @@ struct pvfs_vq {
 
 int pvfs_abi_version(void);
 
+/* ---- copies that survive SIGBUS ----------------------------------------------------
+ * Guest memory regions are mmaps of the front-end's fds.  For RAM (a memfd) every page
+ * exists, but a region can also be a file (QEMU 11.1 adds each DAX mapping to the table),
+ * and a page past the end of a file that someone truncated raises SIGBUS on access.  Our
+ * memcpy from or to guest memory runs under a per-thread recovery point, so such an access
+ * fails that copy with -EFAULT instead of killing the daemon.  (preadv/pwritev need none:
+ * the kernel returns EFAULT.)  Faults anywhere else go to the previous handler. */
+
+static __thread sigjmp_buf *volatile copy_recovery;
+static struct sigaction previous_sigbus;
+static pthread_once_t sigbus_once = PTHREAD_ONCE_INIT;
+
+static void on_sigbus(int sig, siginfo_t *info, void *ctx)
+{
+    sigjmp_buf *jb = copy_recovery;
+    if (jb) {
+        copy_recovery = NULL;
+        siglongjmp(*jb, 1);
+    }
+    /* Not a guarded copy: put the old handler back; returning re-runs the faulting
+     * instruction, which faults again into it. */
+    sigaction(SIGBUS, &previous_sigbus, NULL);
+    (void)sig, (void)info, (void)ctx;
+}
+
+static void install_sigbus(void)
+{
+    struct sigaction sa = {0};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER; /* NODEFER: siglongjmp leaves SIGBUS unblocked */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &previous_sigbus);
+}
+
+static int guarded_copy(void *dst, const void *src, size_t n)
+{
+    sigjmp_buf jb;
+    if (sigsetjmp(jb, 0))
+        return -EFAULT;
+    copy_recovery = &jb;
+    /* The compiler must not move these stores across the copy (it knows memcpy does not
+     * touch copy_recovery, but the signal handler reads it). */
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    memcpy(dst, src, n);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    copy_recovery = NULL;
+    return 0;
+}
+
 struct pvfs_vq *pvfs_vq_new(unsigned index)
 {
+    pthread_once(&sigbus_once, install_sigbus);
     struct pvfs_vq *vq = calloc(1, sizeof(*vq));
     if (!vq)
         return NULL;
@@ -279,7 +331,8 @@ static int walk_chain(struct pvfs_vq *vq, struct pvfs_req *req, uint16_t head)
     for (;;) {
         struct vring_desc d;
         /* Copy once: the guest may rewrite the descriptor while we look at it. */
-        memcpy(&d, (const void *)&table[i], sizeof(d));
+        if (guarded_copy(&d, (const void *)&table[i], sizeof(d)))
+            return PVFS_CHAIN_BAD_INDIRECT; /* an indirect table in a vanished file page */
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
         uint64_t addr = le64toh(d.addr);
         uint32_t len = le32toh(d.len);
@@ -509,10 +562,10 @@ static int64_t copy_iov(const struct iovec *iov, unsigned n, uint64_t offset, ui
     if (k < 0)
         return k;
     for (int i = 0; i < k; i++) {
-        if (to_iov)
-            memcpy(part[i].iov_base, buf, part[i].iov_len);
-        else
-            memcpy(buf, part[i].iov_base, part[i].iov_len);
+        int rc = to_iov ? guarded_copy(part[i].iov_base, buf, part[i].iov_len)
+                        : guarded_copy(buf, part[i].iov_base, part[i].iov_len);
+        if (rc)
+            return rc;
         buf += part[i].iov_len;
     }
     return (int64_t)got;

@@ -366,3 +366,25 @@ def test_random_setup_remove_cycles_leak_nothing(dax, shared):
     assert dax.fe.window.mappings == {}
     assert dax.fe.channel_server.errors == []
     assert fd_count(pid) == base_fds
+
+
+def test_request_in_a_truncated_file_region_does_not_kill_the_daemon(dax, shared):
+    """The memory table holds the DAX mapping's file (as QEMU 11.1's does); a host process
+    truncates the file; a request whose header lies in the vanished pages must fail alone
+    (a SIGBUS in the daemon's copy becomes EFAULT), not take the daemon down."""
+    make_file(shared, "victim", 2 * MiB)
+    e, _ = dax.lookup(ROOT, b"victim")
+    dax.setupmapping(e.nodeid, 0, 2 * MiB, 0, RW)
+    fe, q = dax.fe, dax.fe.queues[1]
+    header = abi.fuse_in_header.build(len=56, opcode=Opcode.FUSE_GETATTR, unique=99, nodeid=ROOT) \
+        + abi.fuse_getattr_in.build()
+    fe.window.write(8192, header)
+    os.truncate(shared / "victim", 0)  # behind the daemon's back: no FUSE op tells it
+    g_out = fe.alloc.alloc(abi.FUSE_ATTR_OUT_SIZE + 16)
+    q.add([(WINDOW_GPA + 8192, 56)], [(g_out, abi.FUSE_ATTR_OUT_SIZE + 16)])
+    q.kick(force=True)
+    while q.get_used() is None:
+        q.wait(1)
+    assert dax.daemon.proc.poll() is None
+    assert abi.fuse_out_header.parse(fe.ram.read(g_out, 16)).error < 0
+    assert dax.getattr(ROOT).ino != 0
