@@ -189,6 +189,7 @@ enum { FUSE_READ = 15, FUSE_WRITE = 16 };
 struct pvfs_hot {
     struct pvfs_fhtab *t;
     unsigned ops;        /* atomic */
+    uint64_t inline_ops; /* atomic: bit n set: opcode n is served on the queue thread */
     uint64_t session;    /* atomic: on << 63 | minor << 32 | max_write */
     uint64_t stat[4];    /* atomic */
 };
@@ -213,6 +214,7 @@ void pvfs_hot_free(struct pvfs_hot *h)
 
 void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops) { __atomic_store_n(&h->ops, ops, __ATOMIC_RELEASE); }
 unsigned pvfs_hot_get_ops(struct pvfs_hot *h) { return __atomic_load_n(&h->ops, __ATOMIC_ACQUIRE); }
+void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes) { __atomic_store_n(&h->inline_ops, opcodes, __ATOMIC_RELEASE); }
 
 void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write)
 {
@@ -259,34 +261,48 @@ static void reply(struct pvfs_req *req, uint64_t unique, int error, const void *
     pvfs_req_complete(req, len);
 }
 
-/* Serve req if it is an ordinary READ/WRITE on a known handle: 1 if it was completed,
- * 0 if Python must have it (nothing was written to it then). */
+enum { TO_POOL = 0, SERVED = 1, INLINE = 2 };
+
+/* Where a request Python serves should go: the queue thread itself for the opcodes in
+ * inline_ops (quick ones: a hand-off to a worker costs more than they do), else the pool. */
+static int route(struct pvfs_hot *h, uint32_t opcode)
+{
+    uint64_t inl = __atomic_load_n(&h->inline_ops, __ATOMIC_RELAXED);
+    return opcode < 64 && (inl >> opcode) & 1 ? INLINE : TO_POOL;
+}
+
+/* Serve req if it is an ordinary READ/WRITE on a known handle (SERVED), else say where
+ * Python should serve it (nothing was written to it then). */
 static int try_serve(struct pvfs_hot *h, struct pvfs_req *req)
 {
-    unsigned ops = __atomic_load_n(&h->ops, __ATOMIC_ACQUIRE);
-    if (!ops || req->err || req->in_len < IN_HDR + RW_IN || req->out_len < OUT_HDR)
-        return 0;
+    if (req->err || req->in_len < IN_HDR)
+        return TO_POOL;
     uint8_t a[IN_HDR + RW_IN];
-    if (pvfs_req_read_in(req, 0, a, sizeof(a)) != (int64_t)sizeof(a))
-        return 0;
-    uint32_t len = get32(a), opcode = get32(a + 4);
+    uint32_t have = req->in_len < sizeof(a) ? req->in_len : (uint32_t)sizeof(a);
+    if (pvfs_req_read_in(req, 0, a, have) != (int64_t)have)
+        return TO_POOL;
+    uint32_t opcode = get32(a + 4);
+    unsigned ops = __atomic_load_n(&h->ops, __ATOMIC_ACQUIRE);
+    if ((opcode != FUSE_READ || !(ops & PVFS_HOT_READ)) &&
+        (opcode != FUSE_WRITE || !(ops & PVFS_HOT_WRITE)))
+        return route(h, opcode);
+    if (have < sizeof(a) || req->out_len < OUT_HDR)
+        return TO_POOL;
+    uint32_t len = get32(a);
     uint64_t unique = get64(a + 8);
     uint16_t extlen;
     memcpy(&extlen, a + 36, 2);
-    if ((opcode != FUSE_READ || !(ops & PVFS_HOT_READ)) &&
-        (opcode != FUSE_WRITE || !(ops & PVFS_HOT_WRITE)))
-        return 0;
     uint64_t session = __atomic_load_n(&h->session, __ATOMIC_ACQUIRE);
     if (!(session >> 63))
-        return 0;                                   /* before INIT: Python answers EIO */
+        return TO_POOL;                                   /* before INIT: Python answers EIO */
     uint32_t minor = (uint32_t)(session >> 32) & 0x7fffffff, max_write = (uint32_t)session;
     if (len < IN_HDR + RW_IN || len > req->in_len || extlen || minor < 9)
-        return 0;                                   /* malformed or old: Python explains */
+        return TO_POOL;                                   /* malformed or old: Python explains */
     const uint8_t *rw = a + IN_HDR;
     uint64_t fh = get64(rw), offset = get64(rw + 8);
     uint32_t size = get32(rw + 16), rw_flags = get32(rw + 20);
     if (offset > INT64_MAX)
-        return 0;
+        return TO_POOL;
 
     if (opcode == FUSE_READ) {
         uint32_t room = req->out_len - OUT_HDR;
@@ -294,41 +310,42 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req)
             size = room;
         struct pvfs_fh *e = fh_get(h->t, fh);
         if (!e)
-            return 0;                               /* unknown fh: Python says EBADF */
+            return TO_POOL;                               /* unknown fh: Python says EBADF */
         int64_t n = pvfs_req_preadv(req, e->fd, OUT_HDR, size, (int64_t)offset);
         fh_put(e);
+        /* Counted before the reply is published: whoever sees the reply sees the count. */
+        count(h, PVFS_HOT_STAT_READS, 1);
         if (n < 0)
             reply(req, unique, (int)n, NULL, 0, 0);
         else {
-            reply(req, unique, 0, NULL, 0, (uint32_t)n);
             count(h, PVFS_HOT_STAT_BYTES, (uint64_t)n);
+            reply(req, unique, 0, NULL, 0, (uint32_t)n);
         }
-        count(h, PVFS_HOT_STAT_READS, 1);
-        return 1;
+        return SERVED;
     }
 
     /* WRITE: the payload follows fuse_write_in and must be all there. */
     if (size > len - IN_HDR - RW_IN || size > max_write || (rw_flags & FUSE_WRITE_KILL_SUIDGID) ||
         req->out_len < OUT_HDR + 8)
-        return 0;
+        return TO_POOL;
     struct pvfs_fh *e = fh_get(h->t, fh);
     if (!e)
-        return 0;
+        return TO_POOL;
     if (e->append) {
         fh_put(e);
-        return 0;
+        return TO_POOL;
     }
     int64_t n = pvfs_req_pwritev(req, e->fd, IN_HDR + RW_IN, size, (int64_t)offset);
     fh_put(e);
+    count(h, PVFS_HOT_STAT_WRITES, 1);
     if (n < 0)
         reply(req, unique, (int)n, NULL, 0, 0);
     else {
         uint32_t wo[2] = {htole32((uint32_t)n), 0};   /* fuse_write_out */
-        reply(req, unique, 0, wo, sizeof(wo), 0);
         count(h, PVFS_HOT_STAT_BYTES, (uint64_t)n);
+        reply(req, unique, 0, wo, sizeof(wo), 0);
     }
-    count(h, PVFS_HOT_STAT_WRITES, 1);
-    return 1;
+    return SERVED;
 }
 
 int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out)
@@ -343,11 +360,12 @@ int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out
                 return 0;
             continue;
         }
-        if (try_serve(h, req))
+        int r = try_serve(h, req);
+        if (r == SERVED)
             continue;
-        count(h, PVFS_HOT_STAT_PASSED, 1);
+        count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */
         *out = req;
-        return 1;
+        return r == INLINE ? 3 : 1;
     }
 }
 
@@ -367,7 +385,7 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, int kick_fd, int stop_f
     for (;;) {
         int rc = pvfs_hot_serve(h, vq, out);
         if (rc)
-            return rc;
+            return rc;   /* 1 or 3: a request for Python; <0: broken/stopped */
         rc = kick_fd >= 0 ? pvfs_wait_kick(kick_fd, stop_fd, timeout_ms) : wait_stop(stop_fd, timeout_ms);
         if (rc == -EINTR)
             continue;   /* a signal (SIGUSR1 asks for statistics) is no reason to stop */

@@ -14,7 +14,9 @@
  *   opcode is enabled, the request is well-formed and ordinary, the fh is in the table --
  *   writing fuse_out_header (+ fuse_write_out) and pushing the used entry.  Everything else
  *   (other opcodes, anything unusual, every error the Python server would have to explain)
- *   is handed back to the caller untouched, who gives it to the Python server.  So the C
+ *   is handed back to the caller untouched, who gives it to the Python server -- on the
+ *   queue thread itself for quick opcodes (a hand-off to a worker thread costs more than
+ *   a GETATTR), to the worker pool for the ones that may block.  So the C
  *   path never answers differently from Python: it answers only the cases where Python's
  *   answer is a plain preadv/pwritev.
  *
@@ -62,16 +64,21 @@ void pvfs_hot_free(struct pvfs_hot *h);
 /* Which opcodes (PVFS_HOT_*) the loop serves; 0 hands everything to Python. */
 void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops);
 unsigned pvfs_hot_get_ops(struct pvfs_hot *h);
+/* Opcodes (bit n: opcode n < 64) Python should serve on the queue thread itself rather
+ * than hand to the worker pool (pvfs_hot_serve/run return 3 for them instead of 1). */
+void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes);
 /* The FUSE session as INIT negotiated it: nothing is served in C while it is off. */
 void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write);
 uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which);
 
-/* Serve what the ring holds.  Returns 1 with *out set to a request for Python, 0 when the
- * ring is empty (notifications re-enabled), -EIO if the queue is broken or stopped. */
+/* Serve what the ring holds.  Returns 1 with *out set to a request for Python's worker
+ * pool, 3 for one Python serves on this thread (see pvfs_hot_set_inline), 0 when the ring
+ * is empty (notifications re-enabled), -EIO if the queue is broken or stopped. */
 int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out);
 /* The queue thread's loop: serve, wait for a kick (kick_fd, -1: poll every timeout_ms),
- * serve...  Returns 1 with *out set (a request for Python), 2 when stop_fd became
- * readable (not consumed), or a negative errno (-EIO: queue broken or stopped). */
+ * serve...  Returns 1 or 3 with *out set (a request for Python, as pvfs_hot_serve), 2 when
+ * stop_fd became readable (not consumed), or a negative errno (-EIO: queue broken or
+ * stopped). */
 int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, int kick_fd, int stop_fd,
                  int timeout_ms, struct pvfs_req **out);
 /* CFFI-END */

@@ -9,8 +9,9 @@ The hot path: when the file system is a :class:`~pyvirtiofsd.passthrough.Passthr
 (whose handles live in a C table too) and nothing needs to see every request (no ops log,
 no statistics), each request queue is served by ``hot_threads`` threads running the C loop
 of cext/hotpath.c, which answers READ and WRITE itself -- a preadv/pwritev between the file
-and guest memory -- and gives everything else to the worker pool.  See :class:`HotPath` for
-when WRITE stays in Python.
+and guest memory -- and passes everything else up: quick metadata operations are served by
+the queue thread itself (:data:`INLINE_OPCODES`), the rest by the worker pool.  See
+:class:`HotPath` for when WRITE stays in Python.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import threading
 import structlog
 
 from ._cext import ffi, lib
+from .fuse.abi import Opcode
 from .fuse.request import FuseRequest
 from .vhost_user.backend_channel import BackendChannel
 from .vhost_user.device import VhostUserDevice
@@ -71,6 +73,24 @@ class WorkerPool:
             t.join(timeout=5)
 
 
+# Served by Python on the queue thread itself: quick on a local file system, and a hand-off
+# to a worker (a futex wake, a GIL hand-over, ~40 µs on a busy 2-core machine) would cost
+# more than they do.  What may block for long (FSYNC, FLUSH on NFS, FALLOCATE, a truncating
+# SETATTR, DAX mappings that wait for the front-end, READ/WRITE that C left to Python)
+# still goes to the pool, so a queue never stalls behind it: the queue has several
+# threads, and the worker pool has more.
+INLINE_OPCODES = frozenset({
+    Opcode.FUSE_LOOKUP, Opcode.FUSE_GETATTR, Opcode.FUSE_STATX, Opcode.FUSE_ACCESS,
+    Opcode.FUSE_READLINK, Opcode.FUSE_OPEN, Opcode.FUSE_OPENDIR, Opcode.FUSE_RELEASE,
+    Opcode.FUSE_RELEASEDIR, Opcode.FUSE_CREATE, Opcode.FUSE_MKNOD, Opcode.FUSE_MKDIR,
+    Opcode.FUSE_SYMLINK, Opcode.FUSE_LINK, Opcode.FUSE_UNLINK, Opcode.FUSE_RMDIR,
+    Opcode.FUSE_RENAME, Opcode.FUSE_RENAME2, Opcode.FUSE_READDIR, Opcode.FUSE_READDIRPLUS,
+    Opcode.FUSE_STATFS, Opcode.FUSE_GETXATTR, Opcode.FUSE_LISTXATTR, Opcode.FUSE_LSEEK,
+    Opcode.FUSE_INIT, Opcode.FUSE_DESTROY, Opcode.FUSE_INTERRUPT, Opcode.FUSE_FORGET,
+    Opcode.FUSE_BATCH_FORGET,
+})
+
+
 class HotPath:
     """The C serving context of the request queues, and what it may serve.
 
@@ -104,6 +124,7 @@ class HotPath:
         if ops:
             self.ctx = ffi.gc(lib.pvfs_hot_new(table), lib.pvfs_hot_free)
             lib.pvfs_hot_set_ops(self.ctx, ops)
+            lib.pvfs_hot_set_inline(self.ctx, sum(1 << op for op in INLINE_OPCODES if op < 64))
 
     def sync(self) -> None:
         """Tell C about the server's session when INIT/DESTROY/reset changed it."""
@@ -123,15 +144,17 @@ class HotPath:
 
 
 class _QueueHandler:
-    """What a request queue runs: ``hot``/``threads`` for the C loop, and the call that
-    takes the requests it passes up."""
+    """What a request queue runs: ``hot``/``threads`` for the C loop, the call that takes
+    the requests it passes up for the pool, and ``inline`` for the ones the queue thread
+    serves itself."""
 
-    __slots__ = ("hot", "threads", "_submit")
+    __slots__ = ("hot", "threads", "_submit", "inline")
 
-    def __init__(self, submit, hot, threads: int):
+    def __init__(self, submit, hot, threads: int, inline):
         self._submit = submit
         self.hot = hot
         self.threads = threads
+        self.inline = inline
 
     def __call__(self, req: FuseRequest) -> None:
         self._submit(req)
@@ -202,7 +225,7 @@ class VirtioFsDevice(VhostUserDevice):
         submit = self._serve if self.pool is None else self.pool.submit
         if self.hotpath.ctx is None:
             return submit
-        return _QueueHandler(submit, self.hotpath.ctx, self.hotpath.threads)
+        return _QueueHandler(submit, self.hotpath.ctx, self.hotpath.threads, self._serve)
 
     def reset(self) -> None:
         reset = getattr(self.server, "reset", None)

@@ -348,3 +348,30 @@ def test_many_reads_in_flight_on_several_c_threads(rig_factory, tmp_path):
     assert rig.stats()["reads"] == len(pending)
     names = {t.name for t in threading.enumerate()}
     assert {"vq1", "vq1.1", "vq1.2"} <= names
+
+
+class WhereServed(PassthroughFs):
+    """Records which thread served getattr and fsync."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.threads = {}
+
+    def getattr(self, ctx, inode, fh):
+        self.threads["getattr"] = threading.current_thread().name
+        return super().getattr(ctx, inode, fh)
+
+    def fsync(self, ctx, inode, fh, datasync):
+        self.threads["fsync"] = threading.current_thread().name
+        return super().fsync(ctx, inode, fh, datasync)
+
+
+def test_quick_opcodes_are_served_on_the_queue_thread_blocking_ones_by_the_pool(rig_factory,
+                                                                                tmp_path):
+    fs = WhereServed(tmp_path)
+    rig = rig_factory(fs=fs)
+    node, fh = create(rig.client)
+    rig.client.getattr(node)
+    rig.client.fsync(node, fh)
+    assert fs.threads["getattr"].startswith("vq1")
+    assert fs.threads["fsync"].startswith("fuse-worker-")

@@ -9,7 +9,8 @@ A handler may carry a C serving context (``handler.hot``, a ``struct pvfs_hot *`
 cext/hotpath.h) and a thread count (``handler.threads``): the queue is then served by that
 many threads, each running the C loop (:c:func:`pvfs_hot_run`) with the GIL released,
 which answers what it can (READ/WRITE) without Python and returns the rest to the thread,
-which hands it to ``handler``.
+which hands it to ``handler`` -- or serves it itself with ``handler.inline`` when C says
+the opcode is a quick one.
 """
 from __future__ import annotations
 
@@ -224,8 +225,8 @@ class QueueThread(threading.Thread):
         while not self._stopping:
             if vring.enabled and self.hot is not None:
                 rc = lib.pvfs_hot_run(self.hot, vq, kick, self._stop_fd, timeout, req_p)
-                if rc == 1:
-                    self._handle(req_p[0])
+                if rc == 1 or rc == 3:
+                    self._handle(req_p[0], self.handler.inline if rc == 3 else self.handler)
                     continue
                 if rc < 0:
                     self._failed(rc)
@@ -262,8 +263,9 @@ class QueueThread(threading.Thread):
             # Stopped under us (GET_VRING_BASE): wait for the stop or a restart's wake.
             lib.pvfs_wait_kick(self._stop_fd, -1, -1)
 
-    def _handle(self, req) -> None:
-        """A chain popped by C that Python serves (or refuses, if C found it malformed)."""
+    def _handle(self, req, serve) -> None:
+        """A chain popped by C that ``serve`` serves (or that is refused here, if C found it
+        malformed)."""
         if req.err == lib.PVFS_CHAIN_BAD_ADDR:
             log.warning("descriptor chain points outside guest memory",
                         queue=self.vring.index, head=req.head)
@@ -272,7 +274,7 @@ class QueueThread(threading.Thread):
                         head=req.head, reason=CHAIN_ERRORS.get(req.err, req.err))
             lib.pvfs_req_complete(req, 0)
             return
-        self.handler(RingRequest(req, self.vring.index))
+        serve(RingRequest(req, self.vring.index))
 
     def _drain(self, vq, req_p) -> None:
         while not self._stopping:
