@@ -25,7 +25,6 @@ be switched off while recording (the daemon does so), or its requests go unrecor
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import IO, Any, Callable
@@ -126,7 +125,17 @@ class OpRecord:
         return d
 
     def json(self) -> str:
-        return json.dumps(self.as_dict(), separators=(", ", ": "))
+        """The record as one line of JSON, formatted by hand: every value is a number or
+        an opcode name (no escaping needed), and it is much cheaper than ``json.dumps``."""
+        out = (f'{{"time": {self.time:.6f}, "opcode": "{opname(self.opcode)}", '
+               f'"unique": {self.unique}, "nodeid": {self.nodeid}')
+        if self.fh is not None:
+            out += f', "fh": {self.fh}'
+        if self.offset is not None:
+            out += f', "offset": {self.offset}'
+        if self.size is not None:
+            out += f', "size": {self.size}'
+        return out + f', "bytes": {self.bytes}, "errno": {self.errno}, "us": {self.us}}}'
 
 
 class RecordedRequest:

@@ -321,3 +321,17 @@ def test_reporter_without_interval_never_reports_by_itself(interval):
         assert not logs
         rep.stop()
     assert [e["why"] for e in _stats_events(logs)] == ["exit"]
+
+
+@pytest.mark.parametrize("fields", [
+    dict(fh=3, offset=0, size=131072),
+    dict(fh=None, offset=None, size=None),
+    dict(fh=2**64 - 1, offset=2**63, size=None),
+])
+def test_a_record_line_is_the_json_of_its_fields(fields):
+    from pyvirtiofsd.opslog import OpRecord
+    rec = OpRecord(1795607563.5697734, Opcode.FUSE_READ, 8, 2, fields["fh"], fields["offset"],
+                   fields["size"], 6, 0, 70)
+    assert json.loads(rec.json()) == rec.as_dict()
+    assert "\n" not in rec.json()
+    assert [k for k in json.loads(rec.json())] == [k for k in rec.as_dict()]
