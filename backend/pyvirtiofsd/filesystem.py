@@ -24,6 +24,51 @@ Conventions, modelled on the Rust virtiofsd ``FileSystem`` trait:
 The server, not the file system, owns protocol policy: the ``st_blksize`` the guest sees
 (always the guest page size, whatever :attr:`Attr.blksize` says), cache timeouts when an
 :class:`Entry` leaves them ``None``, read-only mode, and whether xattrs are enabled.
+
+A complete file system, served to a VM (``pyvirtiofsd.serve`` builds the daemon around it;
+mount it in the guest with ``mount -t virtiofs hello /mnt``)::
+
+    import errno, stat
+    import pyvirtiofsd
+    from pyvirtiofsd import Attr, DirEntry, Entry, FileSystem
+
+    class Hello(FileSystem):
+        TEXT = b"hello\\n"
+
+        def getattr(self, ctx, inode, fh):
+            if inode == 1:
+                return Attr(ino=1, mode=stat.S_IFDIR | 0o755, nlink=2)
+            return Attr(ino=2, mode=stat.S_IFREG | 0o444, size=len(self.TEXT))
+
+        def lookup(self, ctx, parent, name):
+            if parent != 1 or name != b"hello.txt":
+                raise OSError(errno.ENOENT, "no such file")
+            return Entry(2, 0, self.getattr(ctx, 2, None))
+
+        def readdir(self, ctx, inode, fh, offset):
+            entries = [(1, stat.S_IFDIR, b"."), (1, stat.S_IFDIR, b".."),
+                       (2, stat.S_IFREG, b"hello.txt")]
+            for i, (ino, mode, name) in enumerate(entries[offset:], offset + 1):
+                yield DirEntry(ino, i, mode >> 12, name)
+
+        def read(self, ctx, inode, fh, offset, size, flags):
+            return self.TEXT[offset:offset + size]
+
+    pyvirtiofsd.serve(Hello(), "/tmp/hello.sock", tag="hello", readonly=True)
+
+What to implement:
+
+* to be mounted and listed: ``getattr`` (at least of inode 1), ``lookup``, ``readdir``;
+* to be read: ``read`` -- ``open``/``opendir`` only if you need per-open state (without
+  them the guest is told not to send OPEN/OPENDIR and every handle is 0), ``readlink``
+  for symlinks, ``statfs`` for ``df``;
+* to be written: ``create``, ``write``, ``setattr`` (truncate, chmod, utimes), ``mkdir``,
+  ``unlink``, ``rmdir``, ``rename``, and whatever else the guest's programs call;
+* ``forget`` if inodes can go away: an inode the guest has looked up must keep answering
+  to its ``nodeid`` until its lookups are forgotten (an unlinked file stays open-able).
+
+``examples/memfs.py`` (read-write, in memory) and ``examples/archivefs.py`` (a zip or tar
+archive, read-only) in the source tree are complete, tested file systems to start from.
 """
 from __future__ import annotations
 
