@@ -95,7 +95,8 @@ def adopt_listener(fd: int) -> socket.socket:
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
         sock.detach()       # not ours to close
         raise StartupError(f"--fd {fd}: not a listening unix stream socket")
-    sock.setblocking(True)  # accept() waits, whatever flags the supervisor left on it
+    if not os.get_blocking(fd):
+        sock.setblocking(True)  # accept() waits, whatever flags the supervisor left on it
     return sock
 
 
