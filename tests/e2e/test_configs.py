@@ -516,3 +516,29 @@ def test_sigterm_ends_a_socket_activated_daemon(tmp_path):
             proc.kill()
     text = log_path.read_text()
     assert '"fd:3"' in text and '"terminating"' in text, text
+
+
+def test_a_non_blocking_listener_is_waited_on(tmp_path):
+    """A supervisor may pass the socket O_NONBLOCK (systemd's NonBlocking=yes): the daemon
+    still waits for the front-end instead of failing with EAGAIN."""
+    share = tmp_path / "share"
+    share.mkdir()
+    path = str(tmp_path / "nb.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    listener.bind(path)
+    listener.listen(1)
+    proc = subprocess.Popen([sys.executable, "-m", "pyvirtiofsd", f"--fd={listener.fileno()}",
+                             "--shared-dir", str(share)], pass_fds=[listener.fileno()],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    listener.close()
+    try:
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.stdout.read().decode()
+        with VhostUserFrontend(path) as fe:
+            c = FuseClient(fe)
+            c.init()
+            assert c.getattr(1).ino
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
