@@ -120,6 +120,24 @@ def memory_kib(pid: int) -> dict[str, int]:
     return total
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time used so far by every thread of a back-end's process tree (schedstat: ns).
+    What a back-end spends per op does not depend on how loaded the machine is."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
 @dataclass
 class Session:
     """One running back-end and our front-end connected to it (after FUSE_INIT)."""

@@ -31,6 +31,7 @@ class Cell:
     bad_replies: int
     entries_per_s: float
     load: float
+    cpu_us_per_op: float
 
     def as_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -63,6 +64,8 @@ def aggregate(runs: list[CellRun]) -> Cell:
         entries_per_s=(statistics.median(r.entries / r.elapsed for r in runs if r.elapsed)
                        if any(r.entries for r in runs) else 0.0),
         load=max(r.load for r in runs) if runs else 0.0,
+        cpu_us_per_op=(sum(r.cpu_ns for r in runs) / sum(r.ops for r in runs) / 1000
+                       if any(r.ops for r in runs) else 0.0),
     )
 
 
@@ -94,6 +97,8 @@ def cell_text(c: Cell | None, row: Row, ratio: float | None = None) -> str:
     parts.append(f"{_us(c.p50_us)}/{_us(c.p99_us)}")
     if c.spread:
         parts.append(f"±{c.spread * 50:.0f}%")
+    if c.cpu_us_per_op:
+        parts.append(f"cpu {_us(c.cpu_us_per_op)}")
     if ratio is not None:
         parts.append(f"({ratio:.2f}x)")
     if c.errors or c.bad_data or c.bad_replies:
@@ -148,5 +153,6 @@ def table(rows: list[Row], results: dict[str, dict[str, Cell]], names: list[str]
 
 
 LEGEND = ("cell: ops/s, bytes/s (data rows), p50/p99 latency, ±half the run-to-run spread of "
-          "ops/s, (ops/s ratio to the first back-end); 'ours/best peer' = ours ÷ the faster of "
+          "ops/s, cpu = CPU time the back-end used per op (all its threads; independent of "
+          "machine load), (ops/s ratio to the first back-end); 'ours/best peer' = ours ÷ the faster of "
           "the other back-ends (≥ 1.00x: ours is at least as fast).")

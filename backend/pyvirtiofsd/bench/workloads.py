@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .._cext import ffi, lib
 from ..fuse import abi
-from .peers import Session
+from .peers import Session, cpu_ns
 
 KiB, MiB = 1 << 10, 1 << 20
 ROOT = abi.FUSE_ROOT_ID
@@ -84,6 +84,11 @@ class CellRun:
     bad_data: int = 0
     bad_replies: int = 0
     load: float = 0.0
+    cpu_ns: int = 0               # CPU time the back-end (all its threads) used in the run
+
+    @property
+    def cpu_us_per_op(self) -> float:
+        return self.cpu_ns / self.ops / 1000 if self.ops else 0.0
 
     @property
     def ops_per_s(self) -> float:
@@ -246,8 +251,10 @@ class Driver:
         sp.name = cname
         sp.name_len = len(name)
         load = os.getloadavg()[0]
+        cpu0 = cpu_ns(self.s.pid)
         try:
             rc = lib.pvfs_bench_run(q._drv, q.kick_fd, q.call_fd, sp, self._res, self._lat)
+            cpu = cpu_ns(self.s.pid) - cpu0
         finally:
             fe.alloc.free(slots, slot_size * row.qd + 4096)
             fe.alloc.free(forget, 64 * hi.size)
@@ -256,7 +263,9 @@ class Driver:
                                f" (back-end {'alive' if self.s.alive() else 'dead'})\n{self.s.log_tail()}")
         if row.kind == lib.PVFS_BENCH_LOOKUP:
             self.lookups += self._res.ops
-        return _cell(self._res, self._lat, load)
+        cell = _cell(self._res, self._lat, load)
+        cell.cpu_ns = cpu
+        return cell
 
     def _run_dax(self, row: Row, duration: float, max_ops: int) -> CellRun:
         c = self.s.client
@@ -265,6 +274,7 @@ class Driver:
         window = self.s.fe.window
         lat, errors, first = [], 0, ""
         load = os.getloadavg()[0]
+        cpu0 = cpu_ns(self.s.pid)
         t_end = time.perf_counter() + duration
         t_start = time.perf_counter()
         moffset = 0
@@ -280,6 +290,7 @@ class Driver:
             lat.append(time.perf_counter_ns() - t0)
             moffset = (moffset + row.block) % window.size
         elapsed = time.perf_counter() - t_start
+        cpu = cpu_ns(self.s.pid) - cpu0
         # The mapping really showed the file: map once more and compare through the window.
         c.setupmapping(self._dax_node, 0, row.block, 0, abi.FUSE_SETUPMAPPING_FLAG_READ)
         try:
@@ -288,7 +299,8 @@ class Driver:
         finally:
             c.removemapping([(0, row.block)])
         return CellRun(len(lat), elapsed, lat, requests=2 * len(lat), errors=errors,
-                       first_error=first, verified=1, bad_data=int(bad > 0), load=load)
+                       first_error=first, verified=1, bad_data=int(bad > 0), load=load,
+                       cpu_ns=cpu)
 
     def close(self) -> None:
         """Forget what the LOOKUP rows looked up and close the handles (best effort)."""
@@ -341,11 +353,14 @@ class NativeDriver:
         sp.duration_ns = int(duration * 1e9)
         sp.max_ops = min(max_ops, MAX_LATENCIES)
         load = os.getloadavg()[0]
+        cpu0 = time.process_time_ns()   # the loop's threads are ours
         rc = lib.pvfs_bench_native(self.write_fd if write else self.read_fd, sp, self.threads,
                                    self._res, self._lat)
         if rc < 0:
             raise RuntimeError(f"host-native {row.id}: {os.strerror(-rc)}")
-        return _cell(self._res, self._lat, load)
+        cell = _cell(self._res, self._lat, load)
+        cell.cpu_ns = time.process_time_ns() - cpu0
+        return cell
 
     def close(self) -> None:
         os.close(self.read_fd)

@@ -541,6 +541,9 @@ class PassthroughFs(FileSystem):
             os.removexattr(self._xattr_path(i), os.fsdecode(name))
 
 
+_GETDENTS_BUFSIZE = 8192   # twice a READDIR(PLUS) reply's worth of short names
+
+
 class _DirStream:
     """Directory entries from ``offset`` on, read in getdents64 batches.
 
@@ -570,7 +573,9 @@ class _DirStream:
         for _ in range(2):
             for d in self._batch:
                 return DirEntry(d.ino, d.off, d.type, d.name)
-            self._batch = iter(list(syscalls.getdents64(h.fd)))
+            # Parsed lazily: a reply takes a few dozen entries of the batch, and the next
+            # request seeks again, so parsing the whole batch would be mostly wasted.
+            self._batch = syscalls.getdents64(h.fd, _GETDENTS_BUFSIZE)
         self.close()
         raise StopIteration
 
