@@ -13,7 +13,7 @@ LEVELS = ("error", "warn", "info", "debug", "off")
 def configure(level: str = "info", fmt: str = "console", stream=None) -> None:
     stream = stream or sys.stderr
     numeric = {"error": logging.ERROR, "warn": logging.WARNING, "warning": logging.WARNING,
-               "info": logging.INFO, "debug": logging.DEBUG, "off": logging.CRITICAL + 10}[level]
+               "info": logging.INFO, "debug": logging.DEBUG, "off": logging.CRITICAL}[level]
     renderer = (structlog.processors.JSONRenderer() if fmt == "json"
                 else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
@@ -24,6 +24,8 @@ def configure(level: str = "info", fmt: str = "console", stream=None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # "off": structlog only filters its own levels (up to CRITICAL); drop the rest here.
+        logger_factory=(structlog.ReturnLoggerFactory() if level == "off"
+                        else structlog.PrintLoggerFactory(stream)),
         cache_logger_on_first_use=False,
     )
