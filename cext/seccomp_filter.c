@@ -73,7 +73,7 @@ int pvfs_seccomp_resolve(const char *name)
     return nr < 0 ? -1 : nr;
 }
 
-int pvfs_seccomp_install(int action, const char *const *names, int count)
+int pvfs_seccomp_install(int action, const struct pvfs_seccomp_rule *rules, int count)
 {
     uint32_t default_action;
     switch (action) {
@@ -93,10 +93,14 @@ int pvfs_seccomp_install(int action, const char *const *names, int count)
     int allowed = 0;
     int r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
     for (int i = 0; r == 0 && i < count; i++) {
-        int nr = seccomp_syscall_resolve_name(names[i]);
+        int nr = seccomp_syscall_resolve_name(rules[i].name);
         if (nr < 0)
             continue;   /* not a syscall of this architecture */
-        r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+        if (rules[i].arg < 0)
+            r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+        else
+            r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
+                                 SCMP_CMP((unsigned)rules[i].arg, SCMP_CMP_EQ, rules[i].value));
         allowed++;
     }
     if (r == 0)

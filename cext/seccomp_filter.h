@@ -8,6 +8,7 @@
  */
 #ifndef PVFS_SECCOMP_FILTER_H
 #define PVFS_SECCOMP_FILTER_H
+#include <stdint.h>
 
 /* CFFI-BEGIN */
 /* What happens to a system call outside the allow-list. */
@@ -15,10 +16,18 @@
 #define PVFS_SECCOMP_LOG 2    /* the call goes through and the kernel logs it (audit) */
 #define PVFS_SECCOMP_TRAP 3   /* SIGSYS: print the call's name and number on stderr, then die */
 
-/* Load a filter allowing exactly the `count` syscalls in `names` into every thread of the
- * process (TSYNC), with no_new_privs set.  Names the running architecture does not have are
- * skipped.  Returns how many names were allowed, or -errno (-EINVAL: unknown action). */
-int pvfs_seccomp_install(int action, const char *const *names, int count);
+/* One allow rule: the syscall `name`, with any arguments (arg < 0) or only when argument
+ * number `arg` equals `value`. */
+struct pvfs_seccomp_rule {
+    const char *name;
+    int arg;
+    uint64_t value;
+};
+
+/* Load a filter allowing exactly the `count` rules into every thread of the process
+ * (TSYNC), with no_new_privs set.  Names the running architecture does not have are
+ * skipped.  Returns how many rules were added, or -errno (-EINVAL: unknown action). */
+int pvfs_seccomp_install(int action, const struct pvfs_seccomp_rule *rules, int count);
 /* The syscall number of `name` on the running architecture, or -1 if it has none. */
 int pvfs_seccomp_resolve(const char *name);
 /* CFFI-END */

@@ -124,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "posix_lock, no_posix_lock are accepted and ignored")
     compat.add_argument("-d", dest="legacy_debug", action="store_true",
                         help="the same as --log-level debug")
+    sec = p.add_argument_group("sandbox (see SECURITY.md)")
+    sec.add_argument("--sandbox", choices=("namespace", "chroot", "none"), default="namespace",
+                     help="confine the daemon: new mount/pid/net namespaces with only the "
+                          "shared dir and its own /proc (default), chroot into the shared "
+                          "dir, or nothing")
+    sec.add_argument("--seccomp", choices=("none", "kill", "log", "trap"), default="kill",
+                     help="system calls outside the daemon's allow-list: kill the daemon "
+                          "(default), log them, trap (print the call, then die), or allow all")
+    sec.add_argument("--modcaps", metavar="+CAP:-CAP",
+                     help="capabilities to add to or remove from the kept set (chown, "
+                          "dac_override, fowner, fsetid, setgid, setuid, mknod, setfcap), "
+                          "e.g. +sys_admin:-mknod")
+    sec.add_argument("--rlimit-nofile", type=_nonneg, default=None, metavar="N",
+                     help="open-file limit (default min(1000000, /proc/sys/fs/nr_open); "
+                          "0: leave it alone)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user capabilities JSON and exit")
     p.add_argument("-V", "--version", action="version", version=f"pyvirtiofsd {__version__}")
@@ -144,6 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"shared directory {args.shared_dir!r} does not exist or is not a directory")
     if args.tag is not None and not 1 <= len(args.tag.encode()) <= 36:
         p.error("--tag must be 1 to 36 bytes")
+    if args.modcaps is not None:
+        from .caps import parse_modcaps
+        try:
+            parse_modcaps(args.modcaps)
+        except ValueError as e:
+            p.error(f"--modcaps: {e}")
     return args
 
 
@@ -199,7 +220,7 @@ def _apply_legacy_options(p: argparse.ArgumentParser, args: argparse.Namespace) 
                 p.error(f"-o {item}: not an option pyvirtiofsd understands")
 
 
-def build_backend(args: argparse.Namespace):
+def build_backend(args: argparse.Namespace, proc_self_fd: str = "/proc/self/fd"):
     """The object graph a daemon runs: passthrough file system, FUSE server, virtio-fs
     device, vhost-user back-end (:func:`pyvirtiofsd.api.build_backend`, which
     ``pyvirtiofsd.serve`` uses too)."""
@@ -207,7 +228,8 @@ def build_backend(args: argparse.Namespace):
     from .passthrough import PassthroughFs
     from .server import ServerOptions
 
-    fs = PassthroughFs(args.shared_dir, readonly=args.readonly, xattr=args.xattr)
+    fs = PassthroughFs(args.shared_dir, readonly=args.readonly, xattr=args.xattr,
+                       proc_self_fd=proc_self_fd)
     dax = None
     if args.cache_size:
         from .dax import DaxWindow
@@ -232,12 +254,70 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.configure(args.log_level, args.log_format)
     try:
-        backend = build_backend(args)
-        return api.run(backend, socket_path=args.socket_path, fd=args.fd,
-                       socket_group=args.socket_group, stats_interval=args.stats_interval)
+        return _start(args)
     except daemon.StartupError as e:
         print(f"pyvirtiofsd: error: {e}", file=sys.stderr)
         return 1
+
+
+def _start(args: argparse.Namespace) -> int:
+    """Bind the socket, confine the daemon, serve.  The order is the sandbox's: the socket
+    lives outside the shared dir, so it is bound first; the supervisor fork needs a single
+    thread, so it comes before anything starts one; the open-file limit and the sandbox
+    need capabilities that are dropped next; the filter goes on last, before any front-end
+    message is read.  See :mod:`pyvirtiofsd.sandbox`."""
+    import structlog
+
+    from . import api, caps, daemon, limits, sandbox, seccomp
+
+    listener = None
+    if args.socket_path is not None:
+        listener = daemon.listen_unix(args.socket_path, args.socket_group)
+
+    def remove_socket() -> None:
+        if listener is not None:
+            try:
+                os.unlink(args.socket_path)
+            except FileNotFoundError:
+                pass
+
+    try:
+        limits.set_nofile(args.rlimit_nofile)
+        child = sandbox.spawn(args.sandbox)
+    except BaseException:
+        remove_socket()
+        raise
+    if child:
+        if listener is not None:
+            listener.close()
+        return sandbox.supervise(child, remove_socket)
+    # The daemon (a child of the supervisor unless --sandbox none).  Only the supervisor
+    # may remove the socket: after confinement its path means something else, or nothing.
+    try:
+        ops_fd = None
+        if args.ops_log is not None and args.sandbox != "none":
+            # Opened while its path still resolves; reopened through /proc/self/fd inside.
+            try:
+                ops_fd = os.open(args.ops_log,
+                                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise daemon.StartupError(f"cannot open the ops log {args.ops_log}: "
+                                          f"{e.strerror}") from None
+        fd = args.fd if listener is None else listener.fileno()
+        args.shared_dir, proc_self_fd = sandbox.confine(args.sandbox, args.shared_dir,
+                                                        keep_fds=(fd, ops_fd))
+        if ops_fd is not None:
+            args.ops_log = os.path.join(proc_self_fd, str(ops_fd))
+        kept = caps.apply(caps.wanted(args.modcaps))
+        backend = build_backend(args, proc_self_fd)
+        seccomp.install(args.seccomp)
+        structlog.get_logger("pyvirtiofsd").info(
+            "sandbox", mode=args.sandbox, seccomp=args.seccomp, caps=",".join(sorted(kept)))
+        return api.run(backend, fd=fd, stats_interval=args.stats_interval,
+                       on_listening=sandbox.ready)
+    finally:
+        if args.sandbox == "none":
+            remove_socket()
 
 
 if __name__ == "__main__":

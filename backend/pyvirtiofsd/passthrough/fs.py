@@ -107,21 +107,24 @@ class PassthroughFs(FileSystem):
     ``readonly``: refuse every modification with EROFS (the server refuses them too when
     its own ``readonly`` option is set; this keeps the file system safe under any server).
     ``xattr``: serve extended attributes; off → ENOSYS, as virtiofsd without ``--xattr``.
+    ``proc_self_fd``: where the process's ``/proc/self/fd`` directory is (a chroot sandbox
+    leaves it in the working directory: ``"."``; see :mod:`pyvirtiofsd.sandbox`).
     """
 
     def __init__(self, root: str | os.PathLike[str], *, allow_direct_io: bool = False,
                  switch_credentials: bool | None = None, readonly: bool = False,
-                 xattr: bool = False):
+                 xattr: bool = False, proc_self_fd: str = "/proc/self/fd"):
         self.root_path = os.fspath(root)
         self.allow_direct_io = allow_direct_io
         self.readonly = readonly
         self.xattr = xattr
         self.writeback = False
+        self.proc_self_fd = proc_self_fd
         self.credentials = Credentials(switch_credentials)
         root_fd = os.open(self.root_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             stx = syscalls.statx(root_fd, b"", _STAT_EMPTY, syscalls.STATX_BASIC_STATS)
-            self._proc_fd = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._proc_fd = os.open(proc_self_fd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except BaseException:
             os.close(root_fd)
             raise
@@ -516,7 +519,7 @@ class PassthroughFs(FileSystem):
     def _xattr_path(self, i: Inode) -> str:
         # Through the magic link: works for every file type without opening it (a FIFO or
         # device is never opened) and never follows a symlink inode's target.
-        return f"/proc/self/fd/{i.fd}"
+        return os.path.join(self.proc_self_fd, str(i.fd))
 
     @_xattr_op
     def getxattr(self, ctx: Context, inode: int, name: bytes) -> bytes:

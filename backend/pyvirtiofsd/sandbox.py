@@ -1,0 +1,264 @@
+"""Process containment (virtiofsd's ``--sandbox``): what a daemon taken over by its guest
+can still see.
+
+``namespace`` (default)
+    The daemon runs as pid 1 of a new pid namespace, in a new network namespace (nothing but
+    a loopback that is down) and a new mount namespace whose root is a small read-only
+    tmpfs holding two things: ``/shared`` (a recursive bind mount of the shared directory)
+    and ``/proc`` (a fresh proc of its own pid namespace, showing no other process).  The
+    old root is detached: no host path resolves any more.  Unlike virtiofsd, the root is not
+    the shared directory itself: a Python daemon still opens files by absolute path now and
+    then (the import system, glibc's locale and time-zone files), and those must find
+    nothing rather than files the guest wrote.
+``chroot``
+    For containers where namespaces are not allowed: ``chroot`` into the shared directory.
+    /proc stays reachable through the working directory, which is left on the daemon's own
+    ``/proc/<pid>/fd`` (the passthrough reopens inodes there); nothing else of the host
+    resolves by path.  Weaker: same pid and network namespace as the host, and a daemon
+    running code of the guest's choosing could walk out through that working directory.
+``none``
+    No containment.
+
+In both confining modes the daemon is a child of a small supervisor that stays outside:
+the supervisor binds nothing and reads nothing from the guest; it forwards signals to the
+daemon, waits for it, removes the socket file (which the daemon can no longer name) and
+exits the way the daemon did.  After confinement the import system is sealed -- only
+built-in and frozen modules -- so a module the daemon did not load beforehand cannot come
+from the shared directory.
+"""
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import pkgutil
+import resource
+import signal
+import sys
+import threading
+from typing import Callable
+
+import structlog
+
+from ._cext import ffi, lib
+from .daemon import StartupError
+
+log = structlog.get_logger("pyvirtiofsd.sandbox")
+
+MODES = ("namespace", "chroot", "none")
+SHARED = "/shared"
+"""Where the shared directory is inside the namespace sandbox."""
+
+# Signals the supervisor passes on: the daemon's own (TERM/INT stop it, USR1 logs
+# statistics) and the ones a terminal or service manager sends.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+
+
+class SandboxError(StartupError):
+    """The sandbox could not be set up (the message names the step)."""
+
+
+def _check(rc: int, what: str) -> None:
+    if rc < 0:
+        raise SandboxError(f"sandbox: {what}: {os.strerror(-rc)}")
+
+
+def _thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def preload() -> None:
+    """Import every module of the package now, while the import system can still find them
+    (a lazy import after confinement would fail: see :func:`seal_imports`)."""
+    import pyvirtiofsd
+
+    for info in pkgutil.walk_packages(pyvirtiofsd.__path__, "pyvirtiofsd."):
+        if info.name != "pyvirtiofsd.__main__":
+            __import__(info.name)
+
+
+def seal_imports() -> None:
+    """Only built-in and frozen modules from now on: every finder that searches the file
+    system goes, including package ``__path__`` lookups and editable-install finders."""
+    keep = (importlib.machinery.BuiltinImporter, importlib.machinery.FrozenImporter)
+    sys.meta_path[:] = [f for f in sys.meta_path if f in keep]
+    sys.path[:] = []
+    sys.path_hooks[:] = []
+    sys.path_importer_cache.clear()
+
+
+# -- the supervisor --------------------------------------------------------------------------
+
+
+def spawn(mode: str) -> int:
+    """Fork the daemon for the confining modes: returns its pid in the supervisor and 0 in
+    the daemon; ``none`` does not fork and returns 0.
+
+    The fork happens before any thread exists (a pid namespace takes effect for children
+    only, and a forked copy of a threaded process is unsafe).  Forwarded signals are blocked
+    across the fork: the daemon, which as pid 1 of its namespace would silently drop any
+    signal it has no handler for, receives them once its handlers are in place
+    (:func:`_daemon_signals`, :func:`ready`)."""
+    if mode == "none":
+        return 0
+    if mode not in MODES:
+        raise SandboxError(f"unknown sandbox mode {mode!r}")
+    if _thread_count() != 1:
+        raise SandboxError(f"sandbox: cannot fork with {_thread_count()} threads running")
+    if mode == "namespace":
+        _check(lib.pvfs_sb_unshare(lib.PVFS_SB_CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        # Do not outlive the supervisor (killed with SIGKILL, it cannot clean up for us).
+        _check(lib.pvfs_sb_set_pdeathsig(signal.SIGTERM), "prctl(PR_SET_PDEATHSIG)")
+        _daemon_signals()
+    return pid
+
+
+def _daemon_signals() -> None:
+    """In the daemon, right after :func:`spawn`.  The forwarded signals stay blocked --
+    pending, not lost -- until the daemon loop has its handlers (:func:`ready`): a SIGUSR1
+    for statistics or a SIGTERM that arrive during set-up then reach the real handler.
+    HUP and QUIT, which the daemon loop does not handle, stop it cleanly (as pid 1 of its
+    namespace it would otherwise ignore them)."""
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    for s in (signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, stop)
+
+
+def ready() -> None:
+    """The daemon loop's signal handlers are in place: let the held signals in."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+
+
+def supervise(pid: int, cleanup: Callable[[], None] | None = None) -> int:
+    """The supervisor's whole life: forward signals to ``pid``, wait for it, run
+    ``cleanup``, and end as it ended (its exit code, or death by the same signal)."""
+    def forward(signum, frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for s in FORWARDED:
+        signal.signal(s, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+    while True:
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            break
+    for s in FORWARDED:
+        signal.signal(s, signal.SIG_IGN)
+    if cleanup is not None:
+        cleanup()
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    sig = os.WTERMSIG(status)
+    log.error("the sandboxed daemon was killed", signal=signal.Signals(sig).name)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # its core, if any, was the daemon's
+    if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught anyway
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    os.kill(os.getpid(), sig)
+    return 128 + sig  # a signal whose default action is not to terminate
+
+
+# -- confinement (in the daemon) -------------------------------------------------------------
+
+
+def confine(mode: str, shared_dir: str, keep_fds=()) -> tuple[str, str]:
+    """Confine the calling process (the daemon after :func:`spawn`).  Returns where the
+    shared directory and the daemon's ``/proc/self/fd`` are now, as paths the daemon can
+    open (the latter relative to the working directory in ``chroot`` mode).  Descriptors
+    other than stdin/stdout/stderr and ``keep_fds`` are closed: one inherited on a host
+    directory would lead out of any sandbox."""
+    shared_dir = os.path.abspath(shared_dir)
+    if mode == "none":
+        return shared_dir, "/proc/self/fd"
+    close_inherited({0, 1, 2, *keep_fds})
+    preload()
+    if mode == "namespace":
+        _enter_namespaces(shared_dir)
+        seal_imports()
+        return SHARED, "/proc/self/fd"
+    if mode == "chroot":
+        _enter_chroot(shared_dir)
+        seal_imports()
+        return "/", "."
+    raise SandboxError(f"unknown sandbox mode {mode!r}")
+
+
+def close_inherited(keep) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # the listing's own descriptor, already gone
+                pass
+
+
+def _c(value: str | None):
+    return ffi.NULL if value is None else os.fsencode(value)
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> int:
+    return lib.pvfs_sb_mount(_c(source), _c(target), _c(fstype), flags, _c(data))
+
+
+def _enter_namespaces(shared_dir: str) -> None:
+    """Mount and network namespaces; a read-only tmpfs root with ``/shared`` and a fresh
+    ``/proc``; pivot_root into it and detach the old root."""
+    L = lib
+    _check(L.pvfs_sb_unshare(L.PVFS_SB_CLONE_NEWNS | L.PVFS_SB_CLONE_NEWNET),
+           "unshare(CLONE_NEWNS|CLONE_NEWNET)")
+    # Nothing we mount from here on propagates back to the host.  Slave rather than
+    # private: when the host unmounts something below the shared directory, the daemon's
+    # copy goes too, instead of keeping the host's file system busy.
+    _check(_mount(None, "/", None, L.PVFS_SB_MS_SLAVE | L.PVFS_SB_MS_REC),
+           "make / a slave mount")
+    # The new root is assembled on top of /proc: a directory sure to exist, and whose host
+    # instance the daemon must stop seeing anyway.
+    new_root = "/proc"
+    hardened = L.PVFS_SB_MS_NOSUID | L.PVFS_SB_MS_NODEV | L.PVFS_SB_MS_NOEXEC
+    _check(_mount("tmpfs", new_root, "tmpfs", hardened, "size=16k,nr_inodes=16,mode=0755"),
+           "mount a tmpfs root")
+    os.mkdir(new_root + SHARED, 0o755)
+    os.mkdir(new_root + "/proc", 0o555)
+    _check(_mount(shared_dir, new_root + SHARED, None, L.PVFS_SB_MS_BIND | L.PVFS_SB_MS_REC),
+           f"bind mount {shared_dir}")
+    # subset=pid (Linux 5.8): only process directories, no /proc/sys and friends.
+    rc = _mount("proc", new_root + "/proc", "proc", hardened, "subset=pid")
+    if rc == -22:  # EINVAL: an older kernel
+        rc = _mount("proc", new_root + "/proc", "proc", hardened)
+    _check(rc, "mount /proc")
+    _check(_mount(None, new_root, None,
+                  L.PVFS_SB_MS_REMOUNT | L.PVFS_SB_MS_BIND | L.PVFS_SB_MS_RDONLY | hardened),
+           "make the root read-only")
+    os.chdir(new_root)
+    _check(L.pvfs_sb_pivot_root(b".", b"."), "pivot_root")
+    # The old root now sits under the new one at "."; detach it (and everything below it).
+    _check(L.pvfs_sb_umount2(b".", L.PVFS_SB_MNT_DETACH), "detach the old root")
+    os.chdir("/")
+
+
+def _enter_chroot(shared_dir: str) -> None:
+    proc_fd = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chroot(shared_dir)
+        os.fchdir(proc_fd)
+    except OSError as e:
+        raise SandboxError(f"sandbox: chroot {shared_dir}: {e.strerror}") from None
+    finally:
+        os.close(proc_fd)

@@ -1,0 +1,198 @@
+"""The seccomp filter itself: each action refuses (or logs) a call outside the allow-list,
+calls on the list keep working, and the list is what scripts/gen-seccomp.py derived.
+
+The refused call is chroot(2): a real system call the daemon never makes once running (it
+chroots before the filter goes on, in --sandbox chroot), checked to be off the list.  The
+programs run in a fresh interpreter because a filter cannot be taken off again.
+
+That the list is complete is proven elsewhere: every daemon in the integration suite runs
+with the default --seccomp kill (test_sandbox.py::test_defaults_are_namespace_and_kill), and
+test_sandbox.py serves every FUSE operation under it in each sandbox mode.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pyvirtiofsd import seccomp
+
+REFUSED = "chroot"
+CHROOT_NR = seccomp.syscall_number(REFUSED)
+
+PROGRAM = """
+import os, sys, time
+from pyvirtiofsd import logs, seccomp
+logs.configure("off")
+seccomp.install(sys.argv[1])
+print("filtered", os.getpid(), flush=True)      # write(2) etc. are on the list
+for _ in range(int(sys.argv[2])):
+    os.chroot("/")
+    time.sleep(0.3)
+print("survived", flush=True)
+"""
+
+
+def run_program(action: str, repeat: int = 1, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PROGRAM, action, str(repeat)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_refused_call_is_really_off_the_list():
+    assert CHROOT_NR is not None
+    assert REFUSED not in seccomp.ALLOWED
+
+
+def test_kill_kills_the_whole_process_at_the_first_refused_call():
+    r = run_program("kill")
+    assert r.stdout.startswith("filtered ")
+    assert "survived" not in r.stdout
+    assert r.returncode == -signal.SIGSYS
+
+
+def test_trap_names_the_refused_call_and_dies_of_sigsys():
+    r = run_program("trap")
+    assert r.stdout.startswith("filtered ")
+    assert "survived" not in r.stdout
+    assert f"pyvirtiofsd: seccomp refused system call {REFUSED} ({CHROOT_NR})" in r.stderr
+    assert r.returncode == -signal.SIGSYS
+
+
+def _audit_records(pid: int) -> list[str]:
+    out = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=20).stdout
+    return [line for line in out.splitlines() if "type=1326" in line and f" pid={pid} " in line]
+
+
+def test_log_lets_the_call_through_and_the_kernel_records_it():
+    """The record goes to the kernel log (audit type 1326, code 0x7ffc0000 = SECCOMP_RET_LOG).
+    The kernel rate-limits those lines, so the program repeats the call until one shows."""
+    proc = subprocess.Popen([sys.executable, "-c", PROGRAM, "log", "40"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline().split()
+        assert first[0] == "filtered", proc.stderr.read()
+        pid = int(first[1])
+        deadline = time.monotonic() + 12
+        records: list[str] = []
+        while not records and time.monotonic() < deadline:
+            records = [r for r in _audit_records(pid) if f" syscall={CHROOT_NR} " in r]
+            time.sleep(0.3)
+        assert records, "no audit record of the logged call in the kernel log"
+        assert "code=0x7ffc0000" in records[0]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_log_does_not_stop_the_program():
+    r = run_program("log", repeat=2)
+    assert r.returncode == 0, r.stderr
+    assert "survived" in r.stdout
+
+
+def test_none_loads_nothing():
+    code = ("from pyvirtiofsd import seccomp; seccomp.install('none'); "
+            "print(open('/proc/self/status').read())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert "Seccomp:\t0" in r.stdout
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(seccomp.SeccompError):
+        seccomp.install("errno")
+
+
+# -- the list ----------------------------------------------------------------------------
+
+# Calls that would give a taken-over daemon new powers or a way out of its sandbox.
+NEVER = {
+    "execve", "execveat", "fork", "vfork", "ptrace", "process_vm_readv", "process_vm_writev",
+    "mount", "umount2", "pivot_root", "chroot", "setns", "move_mount", "open_tree",
+    "fsopen", "fsmount", "mount_setattr", "init_module", "finit_module", "delete_module",
+    "kexec_load", "kexec_file_load", "bpf", "perf_event_open", "keyctl", "add_key",
+    "request_key", "reboot", "swapon", "swapoff", "capset", "setuid", "setgid", "setreuid",
+    "setregid", "setresuid", "setresgid", "setgroups", "socket", "socketpair", "connect",
+    "bind", "listen", "userfaultfd", "acct",
+    "settimeofday", "clock_settime", "sethostname", "setdomainname", "iopl", "ioperm",
+    "personality", "seccomp", "prctl", "setrlimit", "prlimit64",
+}
+
+
+def test_the_list_holds_no_dangerous_call():
+    assert not seccomp.ALLOWED & NEVER, sorted(seccomp.ALLOWED & NEVER)
+
+
+def test_unshare_only_for_a_private_fs_struct():
+    """Worker threads unshare(CLONE_FS); any other unshare -- a user namespace in particular,
+    which needs no capability -- is refused."""
+    code = ("from pyvirtiofsd import logs, seccomp\n"
+            "from pyvirtiofsd._cext import lib\n"
+            "logs.configure('off')\n"
+            "seccomp.install('kill')\n"
+            "print('fs', lib.pvfs_fs_unshare_fs(), flush=True)\n"
+            "lib.pvfs_sb_unshare(lib.PVFS_SB_CLONE_NEWUSER)\n"
+            "print('user namespace', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert r.stdout.splitlines() == ["fs 0"], r.stderr
+    assert r.returncode == -signal.SIGSYS
+
+
+def test_the_list_was_generated_and_names_real_calls():
+    from pyvirtiofsd import seccomp_syscalls
+
+    assert seccomp_syscalls.RUNS, "seccomp_syscalls.py has never been generated"
+    assert len(seccomp_syscalls.TRACED) > 30
+    unknown = [n for n in seccomp.ALLOWED if seccomp.syscall_number(n) is None]
+    assert not unknown, unknown
+
+
+def _gen_module():
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gen-seccomp.py"
+    spec = importlib.util.spec_from_file_location("gen_seccomp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trace_parsing_keeps_only_filtered_calls():
+    """The generator's parser on a made-up trace: a supervisor (100) forks the daemon (200),
+    which starts a thread (namespace-local tid 2, host tid 201) and loads the filter."""
+    trace = """\
+100  1.0 unshare(CLONE_NEWPID) = 0
+100  1.1 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|SIGCHLD) = 200
+200  1.2 mount("tmpfs", "/proc", "tmpfs", MS_NOSUID, "size=16k") = 0
+100  1.3 wait4(200,  <unfinished ...>
+200  1.4 clone3({flags=CLONE_VM|CLONE_THREAD, ...} => {parent_tid=[2]}, 88) = 2
+201  1.5 futex(0x1, FUTEX_WAIT, 0, NULL <unfinished ...>
+200  1.6 seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, {len=25, filter=0x1} <unfinished ...>
+201  1.7 <... futex resumed>) = 0
+200  1.8 <... seccomp resumed>) = 0
+201  1.9 openat(5, "7", O_RDONLY|O_CLOEXEC) = 8
+200  2.0 accept4(3, NULL, NULL, SOCK_CLOEXEC) = 6
+200  2.1 --- SIGTERM {si_signo=SIGTERM, si_code=SI_USER} ---
+200  2.2 rt_sigreturn({mask=[]}) = 0
+100  2.3 <... wait4 resumed>[{WIFEXITED(s) && WEXITSTATUS(s) == 0}], 0, NULL) = 200
+100  2.4 unlinkat(AT_FDCWD, "/tmp/s.sock", 0) = 0
+200  2.5 +++ exited with 0 +++
+"""
+    assert _gen_module().parse_trace(trace) == {"openat", "accept4", "rt_sigreturn"}
+
+
+def test_trace_parsing_without_a_supervisor():
+    trace = """\
+300  1.0 mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, -1, 0) = 0x7f
+300  1.1 seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, {len=9, filter=0x1}) = 0
+300  1.2 recvmsg(6, {msg_name=NULL}, MSG_CMSG_CLOEXEC) = 12
+300  1.3 seccomp(SECCOMP_SET_MODE_FILTER, 0, NULL) = -1 EFAULT (Bad address)
+"""
+    assert _gen_module().parse_trace(trace) == {"recvmsg", "seccomp"}
+
+
+def test_no_filter_no_calls():
+    assert _gen_module().parse_trace("400  1.0 read(0, \"\", 1) = 0\n") == set()
