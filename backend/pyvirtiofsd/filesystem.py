@@ -94,12 +94,22 @@ def _enosys() -> OSError:
 @dataclass(frozen=True, slots=True)
 class Context:
     """Who is asking: the caller's ids from ``fuse_in_header`` (and the umask the guest sent
-    with a create-type request, 0 when it sent none)."""
+    with a create-type request, 0 when it sent none).
+
+    What some requests carry besides (request extensions and flags, see
+    :class:`pyvirtiofsd.server.Server`): ``secctx``, the security contexts a create-type
+    request asks the new file to get, as ``(xattr name, value)`` pairs (FUSE_SECURITY_CTX);
+    ``supp_groups``, supplementary groups the caller acts with while creating
+    (FUSE_CREATE_SUPP_GROUP); ``kill_sgid``, set on a SETXATTR of an access ACL that must
+    clear the file's set-group-ID bit (FUSE_SETXATTR_ACL_KILL_SGID)."""
 
     uid: int
     gid: int
     pid: int
     umask: int = 0
+    secctx: tuple[tuple[bytes, bytes], ...] = ()
+    supp_groups: tuple[int, ...] = ()
+    kill_sgid: bool = False
 
 
 @dataclass(slots=True)

@@ -32,7 +32,7 @@ import structlog
 from pyvirtiofsd.filesystem import (
     Attr, Context, Entry, FileRange, FileSystem, Opened, SetAttr, Statx, WriteData,
 )
-from pyvirtiofsd.fuse import abi
+from pyvirtiofsd.fuse import abi, extensions
 from pyvirtiofsd.fuse.abi import Opcode
 from pyvirtiofsd.fuse.request import FuseRequest
 from pyvirtiofsd.opslog import OpsRecorder
@@ -59,8 +59,15 @@ class CachePolicy:
     AUTO = "auto"
     ALWAYS = "always"
     NEVER = "never"
+    METADATA = "metadata"
+    """Metadata cached as with ``always``, file data never (FOPEN_DIRECT_IO)."""
 
-    TIMEOUTS = {AUTO: 1.0, ALWAYS: 86400.0, NEVER: 0.0}
+    TIMEOUTS = {AUTO: 1.0, ALWAYS: 86400.0, NEVER: 0.0, METADATA: 86400.0}
+
+
+NEGOTIATION = ("never", "auto", "always")
+"""``posix_acl``/``security_label`` modes: off; on if the guest supports it; on, and a guest
+that does not support it cannot mount (INIT fails with EPROTO)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,14 @@ class ServerOptions:
     SETUPMAPPING offsets need (12 for 4 KiB host pages), sent when the guest offers it.
     ``ops_log``: one structlog ``fuse op`` event per request (costs; off by default).  For an
     ops-log file and statistics pass ``Server(ops=OpsRecorder(...))`` instead.
+    ``posix_acl``: ``never``/``auto``/``always`` (:data:`NEGOTIATION`) offer POSIX_ACL with
+    DONT_MASK and SETXATTR_EXT: the guest enforces ACLs and leaves the umask to us.
+    ``security_label``: the same for SECURITY_CTX (labels sent with create-type requests).
+    ``announce_submounts``: offer SUBMOUNTS (mount points inside the share get their own
+    st_dev in the guest).  ``killpriv_v2``: offer HANDLE_KILLPRIV_V2 (the guest leaves
+    clearing set-user/group-ID on write/truncate/chown to us).
+    ``uid_map``/``gid_map``: :class:`~pyvirtiofsd.passthrough.idmap.IdMap` translations
+    applied to every caller id and every attribute sent.
     """
 
     guest_page_size: int = 4096
@@ -94,6 +109,12 @@ class ServerOptions:
     max_write: int = 1 << 20
     map_alignment: int | None = None
     ops_log: bool = False
+    posix_acl: str = "never"
+    security_label: str = "never"
+    announce_submounts: bool = False
+    killpriv_v2: bool = False
+    uid_map: Any = None
+    gid_map: Any = None
 
     def __post_init__(self) -> None:
         p = self.guest_page_size
@@ -105,6 +126,16 @@ class ServerOptions:
             raise ValueError("max_write below 4096")
         if self.map_alignment is not None and not 0 <= self.map_alignment <= 21:
             raise ValueError("map_alignment is log2 of an alignment, at most 21 (2 MiB)")
+        for name in ("posix_acl", "security_label"):
+            if getattr(self, name) not in NEGOTIATION:
+                raise ValueError(f"{name} must be one of {NEGOTIATION}")
+        if self.posix_acl != "never" and (self.uid_map or self.gid_map):
+            raise ValueError("POSIX ACLs cannot be combined with uid/gid translation: the "
+                             "ids inside ACLs would not be translated")
+
+    @property
+    def translating(self) -> bool:
+        return bool(self.uid_map) or bool(self.gid_map)
 
     @property
     def timeout(self) -> float:
@@ -148,9 +179,13 @@ class AttrPacker:
     guest's DAX ``i_blkbits != PAGE_SHIFT`` check just as well), not the host's value.
     """
 
-    def __init__(self, guest_page_size: int, dax_policy: Callable[[Attr], bool] | None = None):
+    def __init__(self, guest_page_size: int, dax_policy: Callable[[Attr], bool] | None = None,
+                 uid_map: Any = None, gid_map: Any = None):
         self.blksize = guest_page_size
         self.dax_policy = dax_policy  # per-inode FUSE_ATTR_DAX (see dax.DaxWindow.inode_dax)
+        # host -> guest id translation (--translate-uid/gid); identity when None
+        self.uid = uid_map.to_guest if uid_map else _same
+        self.gid = gid_map.to_guest if gid_map else _same
 
     def fuse_attr(self, a: Attr) -> bytes:
         flags = a.flags
@@ -160,13 +195,14 @@ class AttrPacker:
             a.ino & _U64, a.size & _U64, a.blocks & _U64,
             a.atime & _U64, a.mtime & _U64, a.ctime & _U64,
             a.atimensec, a.mtimensec, a.ctimensec,
-            a.mode & _U32, a.nlink & _U32, a.uid & _U32, a.gid & _U32,
+            a.mode & _U32, a.nlink & _U32, self.uid(a.uid & _U32), self.gid(a.gid & _U32),
             _encode_dev(a.rdev), self.blksize, flags & _U32)
 
     def fuse_statx(self, s: Statx) -> bytes:
         return abi.fuse_statx.pack(
             s.mask & _U32, self.blksize, s.attributes & _U64, s.nlink & _U32,
-            s.uid & _U32, s.gid & _U32, s.mode & 0xFFFF, 0, s.ino & _U64, s.size & _U64,
+            self.uid(s.uid & _U32), self.gid(s.gid & _U32), s.mode & 0xFFFF, 0, s.ino & _U64,
+            s.size & _U64,
             s.blocks & _U64, s.attributes_mask & _U64,
             s.atime[0], s.atime[1], 0, s.btime[0], s.btime[1], 0,
             s.ctime[0], s.ctime[1], 0, s.mtime[0], s.mtime[1], 0,
@@ -175,6 +211,10 @@ class AttrPacker:
 
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
+
+
+def _same(ident: int) -> int:
+    return ident
 
 
 def _encode_dev(dev: int) -> int:
@@ -261,6 +301,12 @@ class _Args:
             raise _err(errno.EINVAL)
         return name
 
+    def rest(self) -> bytes:
+        """Whatever is left (consumed)."""
+        s = self.data[self.pos:]
+        self.pos = len(self.data)
+        return s
+
     def take(self, n: int) -> bytes:
         if len(self.data) - self.pos < n:
             raise _err(errno.EINVAL)
@@ -288,6 +334,8 @@ _RESIZING = frozenset({
     Opcode.FUSE_COPY_FILE_RANGE,
 })
 
+_ACL_FLAGS = abi.FUSE_POSIX_ACL | abi.FUSE_DONT_MASK | abi.FUSE_SETXATTR_EXT
+
 _XATTR_OPS = frozenset({
     Opcode.FUSE_GETXATTR, Opcode.FUSE_SETXATTR, Opcode.FUSE_LISTXATTR, Opcode.FUSE_REMOVEXATTR,
 })
@@ -311,7 +359,8 @@ class Server:
         self.ops = ops
         self.dax = dax
         self.attrs = AttrPacker(self.options.guest_page_size,
-                                dax_policy=getattr(dax, "inode_dax", None))
+                                dax_policy=getattr(dax, "inode_dax", None),
+                                uid_map=self.options.uid_map, gid_map=self.options.gid_map)
         self._session: Session | None = None
         self._lifecycle = threading.Lock()
         self._handlers: dict[int, Callable[..., Any]] = {
@@ -468,9 +517,43 @@ class Server:
     def _args(req: FuseRequest, arglen: int) -> _Args:
         return _Args(req.read_in(_HDR, arglen))
 
-    @staticmethod
-    def _ctx(hdr: Any, umask: int = 0) -> Context:
-        return Context(hdr.uid, hdr.gid, hdr.pid, umask)
+    def _ctx(self, hdr: Any, umask: int = 0) -> Context:
+        """The caller.  With id translation a forbidden guest id stays as it is here: it
+        creates nothing (create-type requests use :meth:`_create_ctx`)."""
+        o = self.options
+        if not o.translating:
+            return Context(hdr.uid, hdr.gid, hdr.pid, umask)
+        uid = o.uid_map.to_host_lenient(hdr.uid) if o.uid_map else hdr.uid
+        gid = o.gid_map.to_host_lenient(hdr.gid) if o.gid_map else hdr.gid
+        return Context(uid, gid, hdr.pid, umask)
+
+    def _create_ctx(self, req: FuseRequest, hdr: Any, arglen: int, session: Session,
+                    umask: int, trailing: bytes) -> Context:
+        """The caller of a create-type request, with what its extensions carry.
+
+        ``trailing``: argument bytes after the last expected argument -- a 7.36/7.37 guest's
+        security context (those kernels appended it as an argument; later ones send an
+        extension counted in ``total_extlen``).  Anything else there is EINVAL.  A guest
+        id that ``forbid-guest`` covers fails the request with EPERM."""
+        ext = extensions.Extensions()
+        if hdr.total_extlen:
+            ext = extensions.parse(req.read_in(_HDR + arglen, hdr.total_extlen * 8))
+        if trailing:
+            if hdr.total_extlen or not session.flags & abi.FUSE_SECURITY_CTX:
+                raise _err(errno.EINVAL)
+            ext = extensions.Extensions(extensions.parse_secctx(trailing), ext.groups)
+        if ext.secctx is not None and not session.flags & abi.FUSE_SECURITY_CTX:
+            raise _err(errno.EINVAL)
+        if ext.groups and not session.flags & abi.FUSE_CREATE_SUPP_GROUP:
+            raise _err(errno.EINVAL)
+        o = self.options
+        uid, gid, groups = hdr.uid, hdr.gid, ext.groups
+        if o.uid_map:
+            uid = o.uid_map.to_host(uid)
+        if o.gid_map:
+            gid = o.gid_map.to_host(gid)
+            groups = tuple(o.gid_map.to_host(g) for g in groups)
+        return Context(uid, gid, hdr.pid, umask, secctx=ext.secctx or (), supp_groups=groups)
 
     # --- reply builders ---------------------------------------------------------------
 
@@ -493,7 +576,7 @@ class Server:
     def _open_out(self, opened: Opened, is_dir: bool) -> bytes:
         flags = opened.open_flags
         cache = self.options.cache
-        if cache == CachePolicy.NEVER and not is_dir:
+        if cache in (CachePolicy.NEVER, CachePolicy.METADATA) and not is_dir:
             flags |= abi.FOPEN_DIRECT_IO
         elif cache == CachePolicy.ALWAYS:
             flags |= abi.FOPEN_CACHE_DIR if is_dir else abi.FOPEN_KEEP_CACHE
@@ -506,7 +589,15 @@ class Server:
         o = self.options
         want = (abi.FUSE_ASYNC_READ | abi.FUSE_PARALLEL_DIROPS | abi.FUSE_BIG_WRITES
                 | abi.FUSE_AUTO_INVAL_DATA | abi.FUSE_ASYNC_DIO | abi.FUSE_ATOMIC_O_TRUNC
-                | abi.FUSE_MAX_PAGES | abi.FUSE_INIT_EXT)
+                | abi.FUSE_MAX_PAGES | abi.FUSE_INIT_EXT | abi.FUSE_CREATE_SUPP_GROUP)
+        if o.announce_submounts:
+            want |= abi.FUSE_SUBMOUNTS
+        if o.killpriv_v2 and not o.readonly:
+            want |= abi.FUSE_HANDLE_KILLPRIV_V2
+        if o.posix_acl != "never" and o.xattr:
+            want |= _ACL_FLAGS
+        if o.security_label != "never" and o.xattr and not o.readonly:
+            want |= abi.FUSE_SECURITY_CTX
         if o.use_readdirplus:
             want |= abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO
         if o.writeback and not o.readonly:
@@ -540,6 +631,17 @@ class Server:
             offered |= ii.flags2 << 32
         enable = offered & self._wanted_flags()
         o = self.options
+        # "always": a guest that cannot do it must not mount without it (virtiofsd's rule)
+        if o.posix_acl == "always" and enable & _ACL_FLAGS != _ACL_FLAGS:
+            log.error("fuse init: --posix-acl=always but the guest cannot do POSIX ACLs",
+                      guest_flags=hex(offered))
+            raise _err(errno.EPROTO)
+        if o.security_label == "always" and not enable & abi.FUSE_SECURITY_CTX:
+            log.error("fuse init: --security-label=always but the guest sends no security "
+                      "contexts", guest_flags=hex(offered))
+            raise _err(errno.EPROTO)
+        if enable & abi.FUSE_POSIX_ACL and enable & _ACL_FLAGS != _ACL_FLAGS:
+            enable &= ~_ACL_FLAGS    # auto: ACLs only with DONT_MASK and SETXATTR_EXT too
         with self._lifecycle:
             if self._session is not None:
                 # A guest that rebooted without DESTROY mounts again: start afresh.
@@ -654,6 +756,11 @@ class Server:
             kill_suidgid=bool(v & abi.FATTR_KILL_SUIDGID),
         )
         fh = si.fh if v & abi.FATTR_FH else None
+        o = self.options
+        if o.uid_map and changes.uid is not None:
+            changes.uid = o.uid_map.to_host(changes.uid)      # forbid-guest: EPERM
+        if o.gid_map and changes.gid is not None:
+            changes.gid = o.gid_map.to_host(changes.gid)
         return self._attr_out(self.fs.setattr(self._ctx(hdr), hdr.nodeid, changes, fh), session)
 
     def _statx(self, req, hdr, arglen, session) -> bytes:
@@ -681,18 +788,17 @@ class Server:
         a = self._args(req, arglen)
         name = a.name()
         target = a.cstring()
-        a.end()
         if not target:
             raise _err(errno.EINVAL)
-        return self._entry_out(self.fs.symlink(self._ctx(hdr), target, hdr.nodeid, name), session)
+        ctx = self._create_ctx(req, hdr, arglen, session, 0, a.rest())
+        return self._entry_out(self.fs.symlink(ctx, target, hdr.nodeid, name), session)
 
     def _mknod(self, req, hdr, arglen, session) -> bytes:
         a = self._args(req, arglen)
         mi = a.struct(abi.fuse_mknod_in,
                       size=abi.FUSE_COMPAT_MKNOD_IN_SIZE if session.minor < 12 else None)
         name = a.name()
-        a.end()
-        ctx = self._ctx(hdr, mi.umask)
+        ctx = self._create_ctx(req, hdr, arglen, session, mi.umask, a.rest())
         entry = self.fs.mknod(ctx, hdr.nodeid, name, mi.mode, _decode_dev(mi.rdev))
         return self._entry_out(entry, session)
 
@@ -700,8 +806,8 @@ class Server:
         a = self._args(req, arglen)
         mi = a.struct(abi.fuse_mkdir_in)
         name = a.name()
-        a.end()
-        entry = self.fs.mkdir(self._ctx(hdr, mi.umask), hdr.nodeid, name, mi.mode)
+        ctx = self._create_ctx(req, hdr, arglen, session, mi.umask, a.rest())
+        entry = self.fs.mkdir(ctx, hdr.nodeid, name, mi.mode)
         return self._entry_out(entry, session)
 
     def _unlink(self, req, hdr, arglen, session) -> bytes:
@@ -749,22 +855,36 @@ class Server:
         oi = self._args(req, arglen).struct(abi.fuse_open_in)
         if self.options.readonly and _opens_for_writing(oi.flags):
             raise _err(errno.EROFS)
-        return self._open_out(self.fs.open(self._ctx(hdr), hdr.nodeid, oi.flags), False)
+        ctx = self._ctx(hdr)
+        opened = self.fs.open(ctx, hdr.nodeid, oi.flags)
+        self._open_kill_suidgid(ctx, hdr.nodeid, oi.open_flags, opened)
+        return self._open_out(opened, False)
+
+    def _open_kill_suidgid(self, ctx: Context, nodeid: int, open_flags: int,
+                           opened: Opened) -> None:
+        """killpriv_v2: an O_TRUNC open by a guest user without CAP_FSETID must clear
+        set-user/group-ID, which the guest leaves to us (FUSE_OPEN_KILL_SUIDGID)."""
+        if open_flags & abi.FUSE_OPEN_KILL_SUIDGID and (
+                self._session is not None
+                and self._session.flags & abi.FUSE_HANDLE_KILLPRIV_V2):
+            self.fs.setattr(ctx, nodeid, SetAttr(kill_suidgid=True), opened.fh)
 
     def _create(self, req, hdr, arglen, session) -> bytes:
         a = self._args(req, arglen)
         # before 7.12 CREATE sent fuse_open_in (flags, mode): no umask
         ci = a.struct(abi.fuse_create_in,
-                      size=abi.fuse_open_in.size if session.minor < 12 else None)
+                      size=abi.fuse_open_in.size if session.minor < 12 else abi.fuse_create_in.size)
         name = a.name()
-        a.end()
-        entry, opened = self.fs.create(self._ctx(hdr, ci.umask), hdr.nodeid, name, ci.mode,
-                                       ci.flags)
+        ctx = self._create_ctx(req, hdr, arglen, session, ci.umask, a.rest())
+        entry, opened = self.fs.create(ctx, hdr.nodeid, name, ci.mode, ci.flags)
+        self._open_kill_suidgid(ctx, entry.nodeid, ci.open_flags, opened)
         return self._entry_out(entry, session) + self._open_out(opened, False)
 
     def _tmpfile(self, req, hdr, arglen, session) -> bytes:
-        ci = self._args(req, arglen).struct(abi.fuse_create_in)
-        entry, opened = self.fs.tmpfile(self._ctx(hdr, ci.umask), hdr.nodeid, ci.mode, ci.flags)
+        a = self._args(req, arglen)
+        ci = a.struct(abi.fuse_create_in, size=abi.fuse_create_in.size)
+        ctx = self._create_ctx(req, hdr, arglen, session, ci.umask, a.rest())
+        entry, opened = self.fs.tmpfile(ctx, hdr.nodeid, ci.mode, ci.flags)
         return self._entry_out(entry, session) + self._open_out(opened, False)
 
     def _read(self, req, hdr, arglen, session):
@@ -923,7 +1043,8 @@ class Server:
 
     def _setxattr(self, req, hdr, arglen, session) -> bytes:
         a = self._args(req, arglen)
-        # Without FUSE_SETXATTR_EXT (we never enable it) the struct is the 8-byte compat one.
+        # Without FUSE_SETXATTR_EXT (negotiated with POSIX ACLs) the struct is the 8-byte
+        # compat one; with it, 16 bytes whose setxattr_flags may ask to clear S_ISGID.
         ext = session.flags & abi.FUSE_SETXATTR_EXT
         si = a.struct(abi.fuse_setxattr_in,
                       size=None if ext else abi.FUSE_COMPAT_SETXATTR_IN_SIZE)
@@ -932,7 +1053,10 @@ class Server:
         a.end()
         if not name:
             raise _err(errno.EINVAL)
-        self.fs.setxattr(self._ctx(hdr), hdr.nodeid, name, value, si.flags)
+        ctx = self._ctx(hdr)
+        if ext and si.setxattr_flags & abi.FUSE_SETXATTR_ACL_KILL_SGID:
+            ctx = Context(ctx.uid, ctx.gid, ctx.pid, kill_sgid=True)
+        self.fs.setxattr(ctx, hdr.nodeid, name, value, si.flags)
         return b""
 
     def _getxattr(self, req, hdr, arglen, session) -> bytes:

@@ -240,3 +240,43 @@ class Client:
 
 def u32(v: int) -> bytes:
     return struct.pack("<I", v)
+
+
+# --- request extensions (7.38+) and the longer setxattr (SETXATTR_EXT) ----------------------
+
+def secctx_block(*contexts: tuple[bytes, bytes]) -> bytes:
+    """A security-context block as the guest builds it: fuse_secctx_header, then per
+    context fuse_secctx + NUL-terminated name + value, each record padded to 8 bytes."""
+    records = b""
+    for name, value in contexts:
+        rec = abi.fuse_secctx.pack(len(value), 0) + name + b"\0" + value
+        records += rec.ljust(abi.fuse_rec_align(len(rec)), b"\0")
+    size = abi.fuse_secctx_header.size + len(records)
+    return abi.fuse_secctx_header.pack(size, len(contexts)) + records
+
+
+def groups_ext(*gids: int) -> bytes:
+    """A FUSE_EXT_GROUPS extension (header included), padded to 8 bytes."""
+    body = abi.fuse_supp_groups.pack(len(gids)) + b"".join(u32(g) for g in gids)
+    size = abi.fuse_rec_align(abi.fuse_ext_header.size + len(body))
+    return (abi.fuse_ext_header.pack(size, abi.FUSE_EXT_GROUPS) + body).ljust(size, b"\0")
+
+
+def with_extensions(opcode: int, nodeid: int, args: bytes, *exts: bytes, uid: int = 0,
+                    gid: int = 0) -> bytes:
+    """A request whose arguments are followed by extensions counted in total_extlen."""
+    ext = b"".join(exts)
+    assert len(ext) % 8 == 0
+    return header(opcode, nodeid, len(args) + len(ext), uid=uid, gid=gid,
+                  total_extlen=len(ext) // 8) + args + ext
+
+
+def setxattr_ext(name: bytes, value: bytes, flags: int = 0, setxattr_flags: int = 0) -> bytes:
+    """SETXATTR arguments in the 16-byte fuse_setxattr_in form (FUSE_SETXATTR_EXT)."""
+    return abi.fuse_setxattr_in.pack(len(value), flags, setxattr_flags, 0) + cstr(name) + value
+
+
+def init_out(reply: Reply) -> Any:
+    """The parsed fuse_init_out of a successful INIT reply."""
+    assert reply.ok, f"INIT failed: {reply.error}"
+    return abi.fuse_init_out.parse(reply.body)

@@ -141,7 +141,8 @@ class FakeDax:
 def test_flags2_only_with_init_ext():
     c, _ = mem_client(init=False, dax=FakeDax())
     out = init_out(c.init(flags=GUEST_FLAGS, flags2=0xFFFFFFFF))
-    assert out.flags2 == 1 << 1 and out.flags & abi.FUSE_INIT_EXT       # HAS_INODE_DAX
+    # HAS_INODE_DAX, CREATE_SUPP_GROUP
+    assert out.flags2 == (1 << 1 | 1 << 2) and out.flags & abi.FUSE_INIT_EXT
     c, _ = mem_client(init=False, dax=FakeDax())
     out = init_out(c.init(flags=GUEST_FLAGS & ~abi.FUSE_INIT_EXT, flags2=0xFFFFFFFF))
     assert out.flags2 == 0 and not out.flags & abi.FUSE_INIT_EXT

@@ -286,6 +286,19 @@ fuse_write_out = WireStruct("fuse_write_out", "size padding", "II")
 fuse_fsync_in = WireStruct("fuse_fsync_in", "fh fsync_flags padding", "QII")
 fuse_setxattr_in = WireStruct("fuse_setxattr_in", "size flags setxattr_flags padding", "IIII")
 fuse_getxattr_in = WireStruct("fuse_getxattr_in", "size padding", "II")
+
+# Request extensions (7.38+): ``fuse_in_header.total_extlen`` 8-byte units at the end of the
+# request, each starting with fuse_ext_header.  A security context (FUSE_SECURITY_CTX) is an
+# extension whose ``type`` is its context count (0..FUSE_MAX_NR_SECCTX): its header is
+# fuse_secctx_header, followed by that many (fuse_secctx, NUL-terminated xattr name, value),
+# each padded to 8 bytes.  Kernels before the extension mechanism (7.36/7.37) sent the same
+# bytes as a trailing argument after the name, with total_extlen 0.
+fuse_ext_header = WireStruct("fuse_ext_header", "size type", "II")
+fuse_secctx_header = WireStruct("fuse_secctx_header", "size nr_secctx", "II")
+fuse_secctx = WireStruct("fuse_secctx", "size padding", "II")
+fuse_supp_groups = WireStruct("fuse_supp_groups", "nr_groups", "I")
+FUSE_MAX_NR_SECCTX = 31
+FUSE_EXT_GROUPS = 32
 fuse_getxattr_out = WireStruct("fuse_getxattr_out", "size padding", "II")
 fuse_access_in = WireStruct("fuse_access_in", "mask padding", "II")
 fuse_init_in = WireStruct(

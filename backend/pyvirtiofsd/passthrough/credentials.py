@@ -16,7 +16,10 @@ does that once (``unshare(CLONE_FS)``) and then sets umask 0 just for the operat
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import platform
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -47,15 +50,44 @@ def _own_umask() -> bool:
 
 
 @contextmanager
-def _umask0() -> Iterator[None]:
+def _umask(mask: int = 0) -> Iterator[None]:
     if not _own_umask():
         yield
         return
-    old = os.umask(0)
+    old = os.umask(mask & 0o777)
     try:
         yield
     finally:
         os.umask(old)
+
+
+_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "riscv64": 159, "ppc64le": 81,
+                  "s390x": 206}.get(platform.machine())
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _thread_setgroups(groups: list[int]) -> None:
+    """setgroups(2) for this thread only: the raw system call (glibc's wrapper would apply
+    it to every thread of the process, as POSIX wants for set*id)."""
+    if _SYS_SETGROUPS is None:
+        raise OSError(errno.ENOSYS, "setgroups: unknown system call number on this machine")
+    arr = (ctypes.c_uint * max(1, len(groups)))(*groups)
+    if _libc.syscall(ctypes.c_long(_SYS_SETGROUPS), ctypes.c_long(len(groups)), arr) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), "setgroups")
+
+
+@contextmanager
+def _supp_groups(groups: tuple[int, ...]) -> Iterator[None]:
+    """Act with ``groups`` as this thread's supplementary groups (FUSE_CREATE_SUPP_GROUP:
+    the guest caller is a member of the new file's directory group, which the daemon's
+    host-side permission check must know)."""
+    old = os.getgroups()
+    _thread_setgroups(list(groups))
+    try:
+        yield
+    finally:
+        _thread_setgroups(old)
 
 
 class Credentials:
@@ -65,11 +97,17 @@ class Credentials:
         self.switch_ids = os.geteuid() == 0 if switch_ids is None else switch_ids
 
     @contextmanager
-    def caller(self, ctx: Context) -> Iterator[None]:
-        """Run the body with the file-system ids of ``ctx`` (and umask 0)."""
-        with _umask0():
+    def caller(self, ctx: Context, umask: int = 0) -> Iterator[None]:
+        """Run the body with the file-system ids of ``ctx`` (and its supplementary groups,
+        if the request carried any) under ``umask`` -- 0 unless the guest left applying
+        the umask to us (FUSE_DONT_MASK with POSIX ACLs: the host then applies it only
+        where the directory has no default ACL, as a local file system would)."""
+        with _umask(umask):
             if not self.switch_ids or (ctx.uid == 0 and ctx.gid == 0):
                 yield
+            elif ctx.supp_groups:
+                with _supp_groups(ctx.supp_groups), self._ids(ctx):
+                    yield
             else:
                 with self._ids(ctx):
                     yield

@@ -31,10 +31,11 @@ from pyvirtiofsd.filesystem import (
     WriteData,
 )
 from pyvirtiofsd.fuse import abi
-from pyvirtiofsd.passthrough import syscalls
+from pyvirtiofsd.passthrough import file_handle, syscalls
 from pyvirtiofsd.passthrough.credentials import Credentials
 from pyvirtiofsd.passthrough.handles import Handle, HandleTable
 from pyvirtiofsd.passthrough.inodes import Inode, InodeKey, InodeTable
+from pyvirtiofsd.passthrough.xattrmap import XattrMap
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -109,16 +110,36 @@ class PassthroughFs(FileSystem):
     ``xattr``: serve extended attributes; off → ENOSYS, as virtiofsd without ``--xattr``.
     ``proc_self_fd``: where the process's ``/proc/self/fd`` directory is (a chroot sandbox
     leaves it in the working directory: ``"."``; see :mod:`pyvirtiofsd.sandbox`).
+    ``xattrmap``: an :class:`~.xattrmap.XattrMap` renaming xattrs between guest and host.
+    ``inode_file_handles``: ``never`` | ``prefer`` | ``mandatory`` (see :mod:`.file_handle`).
+    ``preserve_noatime``: keep O_NOATIME on opens (virtiofsd drops it by default: the host
+    refuses it with EPERM unless the daemon's fsuid owns the file or has CAP_FOWNER).
+
+    Besides, what the guest negotiates at INIT (:meth:`init`): with FUSE_POSIX_ACL the
+    guest's umask is applied here (the host skips it where a default ACL applies); with
+    FUSE_SUBMOUNTS a directory on another host mount than its parent is flagged
+    FUSE_ATTR_SUBMOUNT, so the guest gives it an st_dev of its own.  Security contexts
+    (``Context.secctx``) are set on every file created; FUSE_WRITE_KILL_SUIDGID and
+    FATTR_KILL_SUIDGID (killpriv_v2) clear set-user-ID and set-group-ID as a write by an
+    unprivileged user would -- the daemon's own writes, with CAP_FSETID, would not.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, allow_direct_io: bool = False,
                  switch_credentials: bool | None = None, readonly: bool = False,
-                 xattr: bool = False, proc_self_fd: str = "/proc/self/fd"):
+                 xattr: bool = False, proc_self_fd: str = "/proc/self/fd",
+                 xattrmap: XattrMap | None = None, inode_file_handles: str = "never",
+                 preserve_noatime: bool = False):
+        if inode_file_handles not in file_handle.MODES:
+            raise ValueError(f"inode_file_handles must be one of {file_handle.MODES}")
         self.root_path = os.fspath(root)
         self.allow_direct_io = allow_direct_io
         self.readonly = readonly
         self.xattr = xattr
+        self.xattrmap = xattrmap
+        self.preserve_noatime = preserve_noatime
         self.writeback = False
+        self.posix_acl = False
+        self.submounts = False
         self.proc_self_fd = proc_self_fd
         self.credentials = Credentials(switch_credentials)
         root_fd = os.open(self.root_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -128,7 +149,20 @@ class PassthroughFs(FileSystem):
         except BaseException:
             os.close(root_fd)
             raise
-        self.inodes = InodeTable(root_fd, _key(stx), stx.mode)
+        self.mount_fds = file_handle.MountFds()
+        self.file_handles = inode_file_handles
+        if inode_file_handles != "never":
+            why = file_handle.probe(root_fd)
+            if why is not None:
+                if inode_file_handles == "mandatory":
+                    os.close(root_fd)
+                    os.close(self._proc_fd)
+                    raise OSError(errno.EOPNOTSUPP, f"--inode-file-handles=mandatory: {why}")
+                log.warning("inode file handles unusable, using O_PATH fds", reason=why)
+                self.file_handles = "never"
+            else:
+                self.mount_fds.remember(file_handle.handle_of(root_fd).mount_id, root_fd)
+        self.inodes = InodeTable(root_fd, _key(stx), stx.mode, opener=self._open_inode)
         self.handles = HandleTable()
 
     def close(self) -> None:
@@ -136,6 +170,7 @@ class PassthroughFs(FileSystem):
         self.destroy()
         os.close(self.inodes.root.fd)
         os.close(self._proc_fd)
+        self.mount_fds.close()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -143,6 +178,8 @@ class PassthroughFs(FileSystem):
         # With a guest write-back cache the guest may READ through a handle the application
         # opened write-only, and computes append offsets itself (see _open_flags).
         self.writeback = bool(flags & abi.FUSE_WRITEBACK_CACHE)
+        self.posix_acl = bool(flags & abi.FUSE_POSIX_ACL)
+        self.submounts = bool(flags & abi.FUSE_SUBMOUNTS)
         return flags
 
     def destroy(self) -> None:
@@ -154,20 +191,84 @@ class PassthroughFs(FileSystem):
     def _proc_name(self, fd: int) -> str:
         return str(fd)
 
-    def _entry_for(self, fd: int) -> Entry:
-        """Count a lookup of the file behind O_PATH ``fd`` (taking ownership of ``fd``)."""
+    def _entry_for(self, fd: int, parent_mnt: int | None = None) -> Entry:
+        """Count a lookup of the file behind O_PATH ``fd`` (taking ownership of ``fd``).
+
+        ``parent_mnt``: the mount id of the directory it was looked up in; a directory on
+        another mount is a submount (announced when the guest negotiated SUBMOUNTS)."""
         try:
             stx = syscalls.statx(fd, b"", _STAT_EMPTY,
                                  syscalls.STATX_BASIC_STATS | syscalls.STATX_MNT_ID)
+            handle = self._handle_for(fd, stx.mode)
         except BaseException:
             os.close(fd)
             raise
-        inode = self.inodes.add_lookup(fd, _key(stx), stx.mode)
-        return Entry(inode.nodeid, 0, _attr_from_statx(stx))
+        inode = self.inodes.add_lookup(fd, _key(stx), stx.mode, handle)
+        attr = _attr_from_statx(stx)
+        if (self.submounts and parent_mnt is not None and stx.mnt_id != parent_mnt
+                and stat.S_ISDIR(stx.mode)):
+            attr.flags |= abi.FUSE_ATTR_SUBMOUNT
+        return Entry(inode.nodeid, 0, attr)
+
+    def _handle_for(self, fd: int, mode: int) -> file_handle.FileHandle | None:
+        """The file handle to keep instead of ``fd`` (None: keep the fd).
+
+        A handle is only usable with an fd on its mount: the first directory the guest
+        reaches on a mount (normally its root) provides it.  A file on a mount we have no
+        directory of (a bind-mounted file) keeps its fd, or fails under ``mandatory``."""
+        if self.file_handles == "never":
+            return None
+        try:
+            h = file_handle.handle_of(fd)
+            if h.mount_id not in self.mount_fds:
+                if not stat.S_ISDIR(mode):
+                    raise OSError(errno.EOPNOTSUPP, "no directory on the file's mount")
+                self.mount_fds.remember(h.mount_id, fd)
+        except OSError as e:
+            if self.file_handles == "mandatory":
+                raise OSError(e.errno, f"no file handle (--inode-file-handles=mandatory): "
+                                       f"{e.strerror}") from None
+            return None
+        return h
+
+    def _open_inode(self, inode: Inode) -> int:
+        """An O_PATH fd for a handle-only inode (the inode table calls this)."""
+        h = inode.handle
+        return file_handle.open_handle(self.mount_fds.get(h.mount_id), h,
+                                       os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def _lookup_child(self, parent: Inode, name: bytes) -> Entry:
         fd = syscalls.openat2(parent.fd, name, _PATH_FLAGS, _RESOLVE)
+        return self._entry_for(fd, parent.key[2])
+
+    def _created(self, parent: Inode, name: bytes, ctx: Context, is_dir: bool = False) -> Entry:
+        """The entry of a node just created as ``name``, given the security contexts the
+        guest asked for; if they cannot be set, the node is removed again and the error
+        goes to the guest (a file must not exist unlabelled when a label was asked for)."""
+        fd = syscalls.openat2(parent.fd, name, _PATH_FLAGS, _RESOLVE)
+        if ctx.secctx:
+            try:
+                self._set_secctx(os.path.join(self.proc_self_fd, str(fd)), ctx)
+            except BaseException:
+                os.close(fd)
+                try:
+                    (os.rmdir if is_dir else os.unlink)(name, dir_fd=parent.fd)
+                except OSError as e:
+                    log.warning("cannot remove a node whose security context failed",
+                                name=name, error=str(e))
+                raise
         return self._entry_for(fd)
+
+    def _set_secctx(self, target: str | int, ctx: Context) -> None:
+        """Set each ``(name, value)`` of ``ctx.secctx`` (FUSE_SECURITY_CTX) on ``target``
+        (a path or an open, non-O_PATH fd), through the xattr map, as the daemon."""
+        for name, value in ctx.secctx:
+            host = self.xattrmap.to_host(name) if self.xattrmap is not None else name
+            os.setxattr(target, os.fsdecode(host), value)
+
+    def _create_umask(self, ctx: Context) -> int:
+        """The umask to create with: the guest's when it left applying it to us."""
+        return ctx.umask if self.posix_acl else 0
 
     def _path_fd_of(self, fd: int) -> int:
         """An O_PATH fd for the very file ``fd`` is open on (no name lookup involved)."""
@@ -177,6 +278,8 @@ class PassthroughFs(FileSystem):
         flags = (flags & ~_STRIP_OPEN) | os.O_CLOEXEC
         if not self.allow_direct_io:
             flags &= ~os.O_DIRECT
+        if not self.preserve_noatime:
+            flags &= ~os.O_NOATIME
         if self.writeback:
             # The guest page cache reads around partial writes: a write-only fd would fail.
             if flags & os.O_ACCMODE == os.O_WRONLY:
@@ -283,8 +386,24 @@ class PassthroughFs(FileSystem):
                 syscalls.utimensat(h.fd, None, atime, mtime)
             else:
                 syscalls.utimensat(i.fd, b"", atime, mtime, _STAT_EMPTY)
-        # ctime cannot be set on Linux; kill_suidgid is only sent with HANDLE_KILLPRIV_V2,
-        # which this file system does not negotiate.
+        # ctime cannot be set on Linux.
+        if c.kill_suidgid and stat.S_ISREG(i.mode):
+            # killpriv_v2: a truncate (or open with O_TRUNC) by an unprivileged guest user
+            self._kill_suidgid(h.fd if h is not None else None, i)
+
+    def _kill_suidgid(self, fd: int | None, i: Inode | None = None) -> None:
+        """Clear set-user-ID, and set-group-ID where group-execute is set, as the host
+        kernel does for a write or truncate by a caller without CAP_FSETID."""
+        st = os.fstat(fd) if fd is not None else os.fstat(i.fd)
+        mode = st.st_mode
+        kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if not mode & kill:
+            return
+        new = stat.S_IMODE(mode) & ~kill
+        if fd is not None:
+            os.fchmod(fd, new)
+        else:
+            os.chmod(self._proc_name(i.fd), new, dir_fd=self._proc_fd)
 
     def readlink(self, ctx: Context, inode: int) -> bytes:
         with self.inodes.borrow(inode) as i:
@@ -298,17 +417,17 @@ class PassthroughFs(FileSystem):
     def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int) -> Entry:
         _check_name(name)
         with self.inodes.borrow(parent) as p:
-            with self.credentials.caller(ctx):
+            with self.credentials.caller(ctx, self._create_umask(ctx)):
                 os.mkdir(name, mode & 0o7777, dir_fd=p.fd)
-            return self._lookup_child(p, name)
+            return self._created(p, name, ctx, is_dir=True)
 
     @_modifies
     def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
         _check_name(name)
         with self.inodes.borrow(parent) as p:
-            with self.credentials.caller(ctx):
+            with self.credentials.caller(ctx, self._create_umask(ctx)):
                 os.mknod(name, mode, rdev, dir_fd=p.fd)
-            return self._lookup_child(p, name)
+            return self._created(p, name, ctx)
 
     @_modifies
     def symlink(self, ctx: Context, linkname: bytes, parent: int, name: bytes) -> Entry:
@@ -316,7 +435,7 @@ class PassthroughFs(FileSystem):
         with self.inodes.borrow(parent) as p:
             with self.credentials.caller(ctx):
                 os.symlink(linkname, name, dir_fd=p.fd)
-            return self._lookup_child(p, name)
+            return self._created(p, name, ctx)
 
     @_modifies
     def link(self, ctx: Context, inode: int, newparent: int, newname: bytes) -> Entry:
@@ -369,8 +488,19 @@ class PassthroughFs(FileSystem):
         # O_NOFOLLOW: a symlink already sitting at ``name`` is refused (ELOOP), not followed
         flags = self._open_flags(flags) | (flags & os.O_EXCL) | os.O_CREAT | os.O_NOFOLLOW
         with self.inodes.borrow(parent) as p:
-            with self.credentials.caller(ctx):
+            with self.credentials.caller(ctx, self._create_umask(ctx)):
                 fd = os.open(name, flags, mode & 0o7777, dir_fd=p.fd)
+            if ctx.secctx:
+                try:
+                    self._set_secctx(fd, ctx)
+                except BaseException:
+                    os.close(fd)
+                    if flags & os.O_EXCL:   # only a file this request made is removed
+                        try:
+                            os.unlink(name, dir_fd=p.fd)
+                        except OSError:
+                            pass
+                    raise
             return self._entry_and_handle(fd)
 
     @_modifies
@@ -379,8 +509,14 @@ class PassthroughFs(FileSystem):
         if flags & os.O_ACCMODE == os.O_RDONLY:
             flags |= os.O_RDWR   # O_TMPFILE needs write access; the guest will write to it
         with self.inodes.borrow(parent) as p:
-            with self.credentials.caller(ctx):
+            with self.credentials.caller(ctx, self._create_umask(ctx)):
                 fd = os.open(".", flags, mode & 0o7777, dir_fd=p.fd)
+            if ctx.secctx:
+                try:
+                    self._set_secctx(fd, ctx)
+                except BaseException:
+                    os.close(fd)
+                    raise
             return self._entry_and_handle(fd)
 
     def _entry_and_handle(self, fd: int) -> tuple[Entry, Opened]:
@@ -401,7 +537,12 @@ class PassthroughFs(FileSystem):
     def write(self, ctx: Context, inode: int, fh: int, offset: int, data: WriteData,
               flags: int, kill_priv: bool) -> int:
         with self.handles.borrow(fh) as h:
-            return data.to_fd(h.fd, offset)
+            n = data.to_fd(h.fd, offset)
+            if kill_priv:
+                # killpriv_v2: the guest left clearing set-user/group-ID on a write by an
+                # unprivileged user to us (the C hot path hands such writes to Python).
+                self._kill_suidgid(h.fd)
+            return n
 
     def flush(self, ctx: Context, inode: int, fh: int, lock_owner: int) -> None:
         # close() of a duplicate gives the host file system its close-time semantics
@@ -521,27 +662,43 @@ class PassthroughFs(FileSystem):
         # device is never opened) and never follows a symlink inode's target.
         return os.path.join(self.proc_self_fd, str(i.fd))
 
+    def _host_xattr(self, name: bytes) -> str:
+        return os.fsdecode(self.xattrmap.to_host(name) if self.xattrmap is not None else name)
+
     @_xattr_op
     def getxattr(self, ctx: Context, inode: int, name: bytes) -> bytes:
+        host = self._host_xattr(name)
         with self.inodes.borrow(inode) as i:
-            return os.getxattr(self._xattr_path(i), os.fsdecode(name))
+            return os.getxattr(self._xattr_path(i), host)
 
     @_xattr_op
     def listxattr(self, ctx: Context, inode: int) -> list[bytes]:
         with self.inodes.borrow(inode) as i:
-            return [os.fsencode(n) for n in os.listxattr(self._xattr_path(i))]
+            names = [os.fsencode(n) for n in os.listxattr(self._xattr_path(i))]
+        if self.xattrmap is None:
+            return names
+        return [g for g in map(self.xattrmap.to_guest, names) if g is not None]
 
     @_xattr_op
     @_modifies
     def setxattr(self, ctx: Context, inode: int, name: bytes, value: bytes, flags: int) -> None:
+        host = self._host_xattr(name)
         with self.inodes.borrow(inode) as i:
-            os.setxattr(self._xattr_path(i), os.fsdecode(name), value, flags)
+            os.setxattr(self._xattr_path(i), host, value, flags)
+            if ctx.kill_sgid and name == b"system.posix_acl_access":
+                # The guest caller is not in the file's group: setting an access ACL clears
+                # set-group-ID -- which the host skips for us, holding CAP_FSETID.
+                st = os.fstat(i.fd)
+                if st.st_mode & stat.S_ISGID:
+                    os.chmod(self._proc_name(i.fd), stat.S_IMODE(st.st_mode) & ~stat.S_ISGID,
+                             dir_fd=self._proc_fd)
 
     @_xattr_op
     @_modifies
     def removexattr(self, ctx: Context, inode: int, name: bytes) -> None:
+        host = self._host_xattr(name)
         with self.inodes.borrow(inode) as i:
-            os.removexattr(self._xattr_path(i), os.fsdecode(name))
+            os.removexattr(self._xattr_path(i), host)
 
 
 _GETDENTS_BUFSIZE = 8192   # twice a READDIR(PLUS) reply's worth of short names

@@ -11,6 +11,10 @@ nodeid 1 (FUSE_ROOT_ID) and is never forgotten.
 
 Operations *borrow* an inode for their duration: a FORGET racing with an operation on the
 same inode cannot close the fd under it (and let the number be reused for another file).
+
+With file handles (see :mod:`.file_handle`) an inode keeps a handle instead of an fd: the
+first borrower reopens it (``opener``), the last one to give it back closes it again, so the
+daemon holds fds only for inodes in use right now.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import structlog
 
@@ -42,11 +46,16 @@ class Inode:
     users: int = 0
     dead: bool = False
     """Forgotten while borrowed: close the fd when the last user returns it."""
+    handle: Any = None
+    """A :class:`~.file_handle.FileHandle`: ``fd`` is then open only while borrowed (-1
+    otherwise)."""
 
 
 class InodeTable:
-    def __init__(self, root_fd: int, root_key: InodeKey, root_mode: int):
+    def __init__(self, root_fd: int, root_key: InodeKey, root_mode: int,
+                 opener: Callable[[Inode], int] | None = None):
         self._lock = threading.Lock()
+        self._opener = opener
         self._by_id: dict[int, Inode] = {}
         self._by_key: dict[InodeKey, Inode] = {}
         self._next = FUSE_ROOT_ID + 1
@@ -66,17 +75,43 @@ class InodeTable:
             if inode is None:
                 raise OSError(errno.EBADF, "unknown nodeid", nodeid)
             inode.users += 1
+            reopen = inode.fd < 0
+        if reopen:
+            self._reopen(inode)
         try:
             yield inode
         finally:
             self._unborrow(inode)
 
+    def _reopen(self, inode: Inode) -> None:
+        """Give a handle-only inode an fd for its borrowers (two racing borrowers may both
+        open one; the loser closes its own)."""
+        try:
+            fd = self._opener(inode) if self._opener is not None else -1
+            if fd < 0:
+                raise OSError(errno.ESTALE, "inode has neither fd nor opener", inode.nodeid)
+        except BaseException:
+            self._unborrow(inode)
+            raise
+        with self._lock:
+            if inode.fd < 0:
+                inode.fd, fd = fd, -1
+        if fd >= 0:
+            os.close(fd)
+
     def _unborrow(self, inode: Inode) -> None:
+        close = -1
         with self._lock:
             inode.users -= 1
-            close = inode.dead and inode.users == 0
-        if close:
-            os.close(inode.fd)
+            if inode.users == 0 and (inode.dead or inode.handle is not None):
+                close, inode.fd = inode.fd, -1
+        if close >= 0:
+            os.close(close)
+
+    def open_fds(self) -> int:
+        """How many inode fds are open now (for tests and statistics)."""
+        with self._lock:
+            return sum(1 for i in self._by_id.values() if i.fd >= 0)
 
     def lookup_count(self, nodeid: int) -> int:
         """Lookups the guest holds on ``nodeid`` (0 when unknown).  For tests and logs."""
@@ -84,19 +119,22 @@ class InodeTable:
             inode = self._by_id.get(nodeid)
             return inode.lookups if inode is not None else 0
 
-    def add_lookup(self, fd: int, key: InodeKey, mode: int) -> Inode:
+    def add_lookup(self, fd: int, key: InodeKey, mode: int, handle: Any = None) -> Inode:
         """Count one lookup of the file ``fd`` refers to.  Takes ownership of ``fd``: it
-        becomes the inode's fd, or is closed when the file already has a nodeid."""
+        becomes the inode's fd, or is closed when the file already has a nodeid -- or
+        when ``handle`` is given, which the inode then keeps instead."""
         with self._lock:
             inode = self._by_key.get(key)
             if inode is not None:
                 inode.lookups += 1
             else:
-                inode = Inode(self._next, fd, key, mode, lookups=1)
+                keep = fd if handle is None else -1
+                inode = Inode(self._next, keep, key, mode, lookups=1, handle=handle)
                 self._next += 1
                 self._by_id[inode.nodeid] = inode
                 self._by_key[key] = inode
-                return inode
+                if handle is None:
+                    return inode
         os.close(fd)
         return inode
 
@@ -126,7 +164,7 @@ class InodeTable:
                     close = inode.fd
                 else:
                     inode.dead = True
-        if close is not None:
+        if close is not None and close >= 0:
             os.close(close)
 
     def clear(self) -> None:
@@ -138,7 +176,8 @@ class InodeTable:
             to_close = []
             for inode in doomed:
                 if inode.users == 0:
-                    to_close.append(inode.fd)
+                    if inode.fd >= 0:
+                        to_close.append(inode.fd)
                 else:
                     inode.dead = True
         for fd in to_close:
