@@ -6,9 +6,9 @@ import json
 import os
 import sys
 
-from . import __version__
+from . import __version__, virtiofsd_options
 
-CAPABILITIES = {"type": "fs", "features": ["separate-options"]}
+CAPABILITIES = {"type": "fs", "features": virtiofsd_options.FEATURES}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--shared-dir", metavar="DIR", help="host directory to share")
     fs.add_argument("--tag", help="virtio-fs tag for front-ends that read the config space "
                                   "from the back-end (1-36 bytes)")
-    fs.add_argument("--cache", choices=("auto", "always", "never"), default="auto",
-                    help="guest caching policy (default auto)")
+    fs.add_argument("--cache", choices=("auto", "always", "never", "metadata"), default="auto",
+                    help="guest caching policy (default auto; metadata: cache metadata, "
+                         "never file data)")
     fs.add_argument("--readonly", action="store_true", help="refuse every modification")
     fs.add_argument("--xattr", action="store_true", help="serve extended attributes")
     fs.add_argument("--guest-page-size", type=_page_size, default=4096, metavar="BYTES",
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--num-request-queues", type=_positive, default=1, metavar="N",
                      help="number of request queues (default 1)")
     out = p.add_argument_group("logging")
-    out.add_argument("--log-level", choices=("error", "warn", "info", "debug", "off"), default="info")
+    out.add_argument("--log-level", choices=("error", "warn", "info", "debug", "trace", "off"),
+                     default="info", help="trace is the same as debug")
     out.add_argument("--log-format", choices=("console", "json"), default="console")
     out.add_argument("--ops-log", metavar="FILE",
                      help="append one JSON line per FUSE request to FILE (costs speed; "
@@ -120,8 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     compat.add_argument("-o", dest="legacy_options", action="append", default=[],
                         metavar="OPT[,OPT...]",
                         help="source=DIR, cache=none|auto|always, xattr, no_xattr, "
-                             "sandbox=namespace|chroot, log_level=LEVEL; flock, no_flock, "
-                             "posix_lock, no_posix_lock are accepted and ignored")
+                             "sandbox=namespace|chroot, log_level=LEVEL, [no_]writeback, "
+                             "[no_]readdirplus, [no_]posix_acl, [no_]security_label, "
+                             "[no_]killpriv_v2, [no_]announce_submounts, "
+                             "[no_]allow_direct_io, xattrmap=RULES, modcaps=CAPS, debug, "
+                             "no_flock, no_posix_lock (flock/posix_lock: refused)")
     compat.add_argument("-d", dest="legacy_debug", action="store_true",
                         help="the same as --log-level debug")
     sec = p.add_argument_group("sandbox (see SECURITY.md)")
@@ -141,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "0: leave it alone)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user capabilities JSON and exit")
+    virtiofsd_options.add_arguments(p)
     p.add_argument("-V", "--version", action="version", version=f"pyvirtiofsd {__version__}")
     return p
 
@@ -165,10 +171,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parse_modcaps(args.modcaps)
         except ValueError as e:
             p.error(f"--modcaps: {e}")
+    if args.log_level == "trace":
+        args.log_level = "debug"
+    virtiofsd_options.validate(p, args)
     return args
 
 
-_LEGACY_IGNORED = frozenset({"flock", "no_flock", "posix_lock", "no_posix_lock"})
 _LEGACY_CACHE = {"none": "never", "never": "never", "auto": "auto", "always": "always"}
 _LEGACY_LOG = {"err": "error", "warn": "warn", "info": "info", "debug": "debug"}
 
@@ -214,10 +222,12 @@ def _apply_legacy_options(p: argparse.ArgumentParser, args: argparse.Namespace) 
                     args.sandbox = value
             elif key == "log_level" and value in _LEGACY_LOG:
                 args.log_level = _LEGACY_LOG[value]
-            elif key in _LEGACY_IGNORED and not has_value:
-                pass    # no remote locks: the guest keeps POSIX and flock locks to itself
             else:
-                p.error(f"-o {item}: not an option pyvirtiofsd understands")
+                why = virtiofsd_options.apply_legacy(key, has_value, value, args)
+                if why == "unknown":
+                    p.error(f"-o {item}: not an option pyvirtiofsd understands")
+                elif why is not None:
+                    p.error(why)
 
 
 def build_backend(args: argparse.Namespace, proc_self_fd: str = "/proc/self/fd"):
@@ -228,8 +238,13 @@ def build_backend(args: argparse.Namespace, proc_self_fd: str = "/proc/self/fd")
     from .passthrough import PassthroughFs
     from .server import ServerOptions
 
-    fs = PassthroughFs(args.shared_dir, readonly=args.readonly, xattr=args.xattr,
-                       proc_self_fd=proc_self_fd)
+    from .daemon import StartupError
+
+    try:
+        fs = PassthroughFs(args.shared_dir, readonly=args.readonly, xattr=args.xattr,
+                           proc_self_fd=proc_self_fd, **virtiofsd_options.fs_options(args))
+    except OSError as e:
+        raise StartupError(f"cannot serve {args.shared_dir}: {e.strerror}") from None
     dax = None
     if args.cache_size:
         from .dax import DaxWindow
@@ -238,7 +253,8 @@ def build_backend(args: argparse.Namespace, proc_self_fd: str = "/proc/self/fd")
                         inode_policy=args.dax_inode)
     options = ServerOptions(guest_page_size=args.guest_page_size, readonly=args.readonly,
                             xattr=args.xattr, cache=args.cache,
-                            map_alignment=dax.map_alignment if dax else None)
+                            map_alignment=dax.map_alignment if dax else None,
+                            **virtiofsd_options.server_options(args))
     return build(fs, options, tag=args.tag, num_request_queues=args.num_request_queues,
                  thread_pool_size=args.thread_pool_size, ops_log=args.ops_log,
                  stats=args.stats or args.stats_interval > 0, dax=dax,
@@ -248,7 +264,7 @@ def build_backend(args: argparse.Namespace, proc_self_fd: str = "/proc/self/fd")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.print_capabilities:
-        print(json.dumps(CAPABILITIES))
+        print(json.dumps(CAPABILITIES, indent=2))
         return 0
     from . import api, daemon, logs
 
@@ -308,7 +324,9 @@ def _start(args: argparse.Namespace) -> int:
                                                         keep_fds=(fd, ops_fd))
         if ops_fd is not None:
             args.ops_log = os.path.join(proc_self_fd, str(ops_fd))
-        kept = caps.apply(caps.wanted(args.modcaps))
+        modcaps = ":".join(m for m in (virtiofsd_options.extra_capabilities(args),
+                                       args.modcaps) if m)
+        kept = caps.apply(caps.wanted(modcaps or None))
         backend = build_backend(args, proc_self_fd)
         seccomp.install(args.seccomp)
         structlog.get_logger("pyvirtiofsd").info(

@@ -6,6 +6,10 @@ below (see pyvirtiofsd.seccomp for how the list is used).  Architecture: x86_64.
 
 RUNS = (
     'tests/integration --deselect tests/integration/test_dax.py::test_request_in_a_truncated_file_region_does_not_kill_the_daemon: 121 of 143 daemons filtered',
+    'tests/e2e/test_guest.py tests/e2e/test_dax_guest.py tests/e2e/test_stress.py tests/e2e/test_configs.py -k not hugepages and not libvirt_domain_validates: 19 of 22 daemons filtered',
+    'tests/integration/test_compat.py tests/unit/test_compat_wire.py: 5 of 5 daemons filtered',
+    'tests/integration/test_compat.py: 6 of 6 daemons filtered',
+    'tests/integration/test_compat.py: 6 of 6 daemons filtered',
 )
 
 TRACED = frozenset({
@@ -18,15 +22,18 @@ TRACED = frozenset({
     'exit',
     'exit_group',
     'fallocate',
+    'fchmod',
     'fchmodat',
     'fchownat',
     'fcntl',
     'fdatasync',
+    'fsetxattr',
     'fstatfs',
     'fsync',
     'ftruncate',
     'futex',
     'getdents64',
+    'getgroups',
     'getpeername',
     'getsockname',
     'getsockopt',
@@ -42,7 +49,9 @@ TRACED = frozenset({
     'mmap',
     'mprotect',
     'munmap',
+    'name_to_handle_at',
     'newfstatat',
+    'open_by_handle_at',
     'openat',
     'openat2',
     'poll',
@@ -65,6 +74,7 @@ TRACED = frozenset({
     'set_robust_list',
     'setfsgid',
     'setfsuid',
+    'setgroups',
     'setxattr',
     'statx',
     'symlinkat',

@@ -72,16 +72,19 @@ class FuseClient:
 
     def submit(self, opcode: int, nodeid: int = 0, args: bytes = b"", out_size: int = 0, *,
                data: bytes = b"", uid: int = 0, gid: int = 0, pid: int = 0,
-               queue: int | None = None, no_reply: bool = False, raw_len: int | None = None) -> Pending:
+               queue: int | None = None, no_reply: bool = False, raw_len: int | None = None,
+               extensions: bytes = b"") -> Pending:
         """Make one request available and kick.  ``out_size``: reply bytes after the out
         header (0 with no_reply: FORGET has no writable part).  ``raw_len`` overrides
-        fuse_in_header.len (hostile tests)."""
+        fuse_in_header.len (hostile tests).  ``extensions``: request extensions (7.38+,
+        a multiple of 8 bytes) sent after the arguments and counted in total_extlen."""
         q = self.fe.queues[self.queue_index if queue is None else queue]
         unique = next(self._unique)
-        body = args + data
+        body = args + data + extensions
         in_size = abi.fuse_in_header.size + len(body)
         header = abi.fuse_in_header.build(len=in_size if raw_len is None else raw_len, opcode=opcode,
-                                          unique=unique, nodeid=nodeid, uid=uid, gid=gid, pid=pid)
+                                          unique=unique, nodeid=nodeid, uid=uid, gid=gid, pid=pid,
+                                          total_extlen=len(extensions) // 8)
         in_gpa = self.fe.alloc.alloc(in_size)
         self.fe.ram.write(in_gpa, header + body)
         out_total = 0 if no_reply else abi.fuse_out_header.size + out_size
