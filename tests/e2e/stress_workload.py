@@ -134,7 +134,8 @@ class Worker:
             return self.op_create()
         new = self.fresh_name() if self.rng.random() < 0.7 else self.pick()
         os.rename(self.path(name), self.path(new))
-        if new != name:
+        # rename() between two names of one inode does nothing (both names stay)
+        if new != name and self.names.get(new) != self.names[name]:
             self.names[new] = self.names.pop(name)
 
     def op_link(self):

@@ -253,3 +253,13 @@ def test_hostile_message_sequences(seed, setup, msgs, fresh_dir):
     # The session's objects are gone: so must be every fd and mapping it had.
     assert _ram_mappings() == 0, "guest memory is still mapped after the session ended"
     assert _fd_count() == before, "the back-end leaked file descriptors"
+
+
+def test_backend_channel_fd_that_is_not_a_socket_is_closed(fresh_dir):
+    """Found by this fuzzer: SET_BACKEND_REQ_FD with an eventfd was refused (ENOTSOCK) but
+    the fd it carried stayed open."""
+    before = _fd_count()
+    _run_session(fresh_dir, 0, [("simple", R.SET_BACKEND_REQ_FD, b"", ["eventfd"], True),
+                                ("simple", R.SET_BACKEND_REQ_FD, b"", ["pipe"], False)])
+    assert _ram_mappings() == 0
+    assert _fd_count() == before

@@ -217,10 +217,15 @@ class Backend:
                   regions=[(hex(r.guest_phys_addr), r.memory_size) for r in self.memory.regions])
 
     def _set_backend_channel(self, fd: int) -> None:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)    # not a socket (ENOTSOCK): refused, and not leaked
+            raise
         if self.backend_channel is not None:
             self.device.set_backend_channel(None)
             self.backend_channel.close()
-        self.backend_channel = Connection(socket.socket(fileno=fd))
+        self.backend_channel = Connection(sock)
         self.device.set_backend_channel(self.backend_channel)
 
     def reset(self) -> None:
