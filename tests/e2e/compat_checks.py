@@ -209,6 +209,23 @@ def security_xattr_needs_the_map(a, b):
 
 
 @check
+def security_label_on_create(a, b):
+    """The guest boots with SELinux (no policy loaded: every new file is "unlabeled"), so
+    it sends a security context with each create (FUSE_SECURITY_CTX); the daemon stores
+    it -- through B's xattr map -- as the file is made, and the guest reads it back."""
+    d = workdir(b, "label")
+    f = os.path.join(d, "file")
+    open(f, "wb").close()
+    sub = os.path.join(d, "dir")
+    os.mkdir(sub)
+    labels = {p: os.getxattr(p, "security.selinux") for p in (f, sub)}
+    expect(all(labels.values()), f"no label read back: {labels}")
+    return "labelled", {"file": os.path.relpath(f, b), "dir": os.path.relpath(sub, b),
+                        "label": labels[f].decode(errors="replace")}
+
+
+
+@check
 def translated_owners(a, b):
     d = workdir(b, "idmap")
 

@@ -2,10 +2,11 @@
 daemons, two virtio-fs devices; tests/e2e/compat_checks.py runs in the guest while the host
 samples both daemons' open fds.
 
+The guest runs SELinux without a policy, so it labels every new file "unlabeled".
 Daemon A (/mnt): --posix-acl=auto --killpriv-v2 --announce-submounts (a tmpfs is mounted
 inside its share) --inode-file-handles=prefer --allow-direct-io --preserve-noatime
 --writeback, C hot path on.  Daemon B (/tmp/b): --xattrmap=:map::user.virtiofs.:,
---translate-uid/--translate-gid, --cache=metadata and an ops log.  Both sandboxed
+--security-label=auto, --translate-uid/--translate-gid, --cache=metadata and an ops log.  Both sandboxed
 (namespace, seccomp kill) as by default.
 """
 from __future__ import annotations
@@ -35,13 +36,13 @@ PROBES = ("direct.bin", "noatime.bin", "wronly.bin")
 MANY = 1500
 CHECK_NAMES = ["acl_enforced", "acl_default_and_umask", "killpriv_write_clears_setuid",
                "submount_has_its_own_st_dev", "security_xattr_needs_the_map",
-               "translated_owners", "cache_metadata_is_direct_io",
+               "security_label_on_create", "translated_owners", "cache_metadata_is_direct_io",
                "open_flags_reach_the_host", "many_files_looked_up"]
 
 A_OPTIONS = ["--xattr", "--posix-acl=auto", "--killpriv-v2", "--announce-submounts",
              "--inode-file-handles=prefer", "--allow-direct-io", "--preserve-noatime",
              "--writeback"]
-B_OPTIONS = ["--xattrmap=:map::user.virtiofs.:",
+B_OPTIONS = ["--xattrmap=:map::user.virtiofs.:", "--security-label=auto",
              "--translate-uid=map:1000:101000:1", "--translate-gid=map:1000:101000:1",
              "--translate-uid=squash-guest:2000:4000:10", "--translate-uid=forbid-guest:3000:1",
              "--cache=metadata"]
@@ -132,7 +133,9 @@ def compat_run(tmp_path_factory):
     command = ("mkdir -p /tmp/b && mount -t virtiofs compat /tmp/b && "
                f"/usr/bin/python3 {guest.guest_path(CHECKS)} /mnt /tmp/b")
     argv = [str(RUN_GUEST), "-s", str(sock_a), "-t", "share", "-k", str(assets.boot_image),
-            "-i", str(assets.initrd), "-a", guest.kernel_cmdline(command, "share", "/mnt", ""),
+            "-i", str(assets.initrd),
+            # SELinux on (no policy): the guest sends a security context with every create
+            "-a", guest.kernel_cmdline(command, "share", "/mnt", "") + " security=selinux selinux=1",
             "--", "-virtfs", HOSTROOT,
             "-chardev", f"socket,id=char1,path={sock_b}",
             "-device", "vhost-user-fs-pci,chardev=char1,tag=compat,queue-size=128"]
@@ -244,3 +247,14 @@ def test_file_handles_keep_fds_down(compat_run):
     assert "inode file handles unusable" not in compat_run["a_log"]
     assert fds["B"] > MANY, fds
     assert fds["A"] < 300, fds
+
+
+def test_security_label_stored_at_create(compat_run):
+    """The label arrived with the create requests themselves: the host has it under the
+    map's name, and the only SETXATTR the daemon ever saw is security_xattr's own one."""
+    got = info(compat_run, "security_label_on_create")
+    for rel in (got["file"], got["dir"]):
+        value = os.getxattr(compat_run["b"] / rel, "user.virtiofs.security.selinux")
+        assert value.rstrip(b"\0").decode() == got["label"].rstrip("\0"), value
+    records = [json.loads(l) for l in compat_run["ops_log"].read_text().splitlines()]
+    assert len([r for r in records if r["opcode"] == "SETXATTR"]) == 1
