@@ -883,6 +883,8 @@ class Server:
     def _tmpfile(self, req, hdr, arglen, session) -> bytes:
         a = self._args(req, arglen)
         ci = a.struct(abi.fuse_create_in, size=abi.fuse_create_in.size)
+        if a.pos < len(a.data):
+            a.cstring()     # Linux sends the anonymous dentry's name ("/"): meaningless here
         ctx = self._create_ctx(req, hdr, arglen, session, ci.umask, a.rest())
         entry, opened = self.fs.tmpfile(ctx, hdr.nodeid, ci.mode, ci.flags)
         return self._entry_out(entry, session) + self._open_out(opened, False)

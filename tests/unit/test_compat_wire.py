@@ -368,3 +368,19 @@ def test_translate_uid_gid(share):
 def test_acl_and_translation_do_not_mix():
     with pytest.raises(ValueError, match="ACL"):
         ServerOptions(posix_acl="auto", uid_map=IdMap(["map:0:1000:1"]))
+
+
+def test_tmpfile_with_the_name_linux_sends_and_a_security_context(share):
+    """Linux sends O_TMPFILE's anonymous dentry name "/" after fuse_create_in; a 7.36/7.37
+    guest's security context would follow it."""
+    fs = PassthroughFs(share, xattr=True)
+    c, _ = client_for(fs, xattr=True, security_label="auto")
+    body = c.ok(Opcode.FUSE_TMPFILE, 1, abi.fuse_create_in.pack(os.O_RDWR, 0o600, 0, 0),
+                cstr("/"))
+    assert abi.fuse_entry_out_head.parse(body).nodeid > 1
+    body = c.ok(Opcode.FUSE_TMPFILE, 1, abi.fuse_create_in.pack(os.O_RDWR, 0o600, 0, 0),
+                cstr("/"), secctx_block(SEC))
+    fh = abi.fuse_open_out.parse(body, abi.FUSE_ENTRY_OUT_SIZE).fh
+    with fs.handles.borrow(fh) as h:
+        assert os.getxattr(h.fd, SEC[0].decode()) == SEC[1]
+    fs.close()
