@@ -867,7 +867,12 @@ class Server:
         if open_flags & abi.FUSE_OPEN_KILL_SUIDGID and (
                 self._session is not None
                 and self._session.flags & abi.FUSE_HANDLE_KILLPRIV_V2):
-            self.fs.setattr(ctx, nodeid, SetAttr(kill_suidgid=True), opened.fh)
+            try:
+                self.fs.setattr(ctx, nodeid, SetAttr(kill_suidgid=True), opened.fh)
+            except BaseException:
+                # the open fails as a whole: the guest will never release this handle
+                self.fs.release(ctx, nodeid, opened.fh, 0, False, 0)
+                raise
 
     def _create(self, req, hdr, arglen, session) -> bytes:
         a = self._args(req, arglen)

@@ -246,14 +246,39 @@ def test_o_direct_and_o_noatime_reach_the_host_only_when_asked(start_daemon, con
     fuse.release(head.nodeid, opened.fh)
 
 
-def test_security_label_and_submounts_negotiated(start_daemon, connect, shared):
-    daemon = start_daemon("--security-label=auto", "--posix-acl=auto", "--killpriv-v2")
-    fuse = connect(daemon)
-    fuse.init(flags=0x7BFFFFFB | abi.FUSE_SECURITY_CTX | abi.FUSE_CREATE_SUPP_GROUP)
+GUEST_OFFERS = (0x7BFFFFFB | abi.FUSE_SECURITY_CTX | abi.FUSE_CREATE_SUPP_GROUP
+                | abi.FUSE_DIRECT_IO_ALLOW_MMAP)
+
+
+@pytest.mark.parametrize("options,wanted,unwanted", [
+    ((), ["FUSE_SUBMOUNTS", "FUSE_CREATE_SUPP_GROUP", "FUSE_DO_READDIRPLUS"],
+     ["FUSE_SECURITY_CTX", "FUSE_POSIX_ACL", "FUSE_HANDLE_KILLPRIV_V2", "FUSE_WRITEBACK_CACHE",
+      "FUSE_DIRECT_IO_ALLOW_MMAP"]),
+    (("--security-label=auto", "--posix-acl=auto", "--killpriv-v2", "--writeback",
+      "--allow-mmap", "--no-readdirplus", "--no-announce-submounts"),
+     ["FUSE_SECURITY_CTX", "FUSE_POSIX_ACL", "FUSE_DONT_MASK", "FUSE_SETXATTR_EXT",
+      "FUSE_HANDLE_KILLPRIV_V2", "FUSE_WRITEBACK_CACHE", "FUSE_DIRECT_IO_ALLOW_MMAP"],
+     ["FUSE_SUBMOUNTS", "FUSE_DO_READDIRPLUS", "FUSE_READDIRPLUS_AUTO"]),
+    (("-o", "source=.,posix_acl,security_label,killpriv_v2,writeback,no_readdirplus"),
+     ["FUSE_SECURITY_CTX", "FUSE_POSIX_ACL", "FUSE_HANDLE_KILLPRIV_V2", "FUSE_WRITEBACK_CACHE"],
+     ["FUSE_DO_READDIRPLUS"]),
+])
+def test_options_decide_the_init_flags(start_daemon, connect, shared, options, wanted, unwanted):
+    options = tuple(o.replace("source=.", f"source={shared}") for o in options)
+    daemon = start_daemon(*options)
+    fuse = connect(daemon, init=False)
+    fuse.init(flags=GUEST_OFFERS)
     got = fuse.init_out.flags | fuse.init_out.flags2 << 32
-    for flag in ("FUSE_SECURITY_CTX", "FUSE_POSIX_ACL", "FUSE_DONT_MASK", "FUSE_SETXATTR_EXT",
-                 "FUSE_HANDLE_KILLPRIV_V2", "FUSE_SUBMOUNTS", "FUSE_CREATE_SUPP_GROUP"):
-        assert got & getattr(abi, flag), flag
+    assert [f for f in wanted if not got & getattr(abi, f)] == []
+    assert [f for f in unwanted if got & getattr(abi, f)] == []
+
+
+def test_posix_acl_always_refuses_a_guest_without_acls(start_daemon, connect):
+    daemon = start_daemon("--posix-acl")          # bare: always, as virtiofsd
+    fuse = connect(daemon, init=False)
+    with pytest.raises(OSError) as ei:
+        fuse.init(flags=0x7BFFFFFB & ~abi.FUSE_POSIX_ACL)
+    assert ei.value.errno == 71                    # EPROTO
 
 
 def test_create_time_features_through_the_sandboxed_daemon(start_daemon, connect, shared):
