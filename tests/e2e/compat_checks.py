@@ -173,6 +173,40 @@ def killpriv_write_clears_setuid(a, b):
 
 
 @check
+def supplementary_group_create(a, b):
+    """uid 1000, a member of group 4242 only through its supplementary groups, creates in a
+    root:4242 0775 directory.  The guest's own check passes; the daemon creates with fsuid
+    and fsgid 1000, so the host's check passes only if the guest sent the group along
+    (FUSE_CREATE_SUPP_GROUP, Linux 6.3+).  The host test knows which kernel offered it."""
+    d = os.path.join(workdir(a, "suppgroup"), "shared")
+    os.mkdir(d)
+    os.chown(d, 0, 4242)
+    os.chmod(d, 0o775)
+
+    def create():
+        os.setgroups([4242])
+        os.setgid(USER)
+        os.setuid(USER)
+        open(os.path.join(d, "by-member"), "wb").close()
+        return True
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            create()
+            os.write(w, b"ok")
+        except OSError as e:
+            os.write(w, errno.errorcode.get(e.errno, str(e.errno)).encode())
+        os._exit(0)
+    os.close(w)
+    outcome = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    return f"create: {outcome}", {"outcome": outcome, "path": os.path.relpath(d, a)}
+
+
+@check
 def submount_has_its_own_st_dev(a, b):
     sub = os.path.join(a, "sub")
     # Walking into it triggers the automount; stat() of "sub" itself would not (stat acts

@@ -35,6 +35,7 @@ HOSTROOT = "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,mult
 PROBES = ("direct.bin", "noatime.bin", "wronly.bin")
 MANY = 1500
 CHECK_NAMES = ["acl_enforced", "acl_default_and_umask", "killpriv_write_clears_setuid",
+               "supplementary_group_create",
                "submount_has_its_own_st_dev", "security_xattr_needs_the_map",
                "security_label_on_create", "translated_owners", "cache_metadata_is_direct_io",
                "open_flags_reach_the_host", "many_files_looked_up"]
@@ -99,9 +100,12 @@ class FdSampler(threading.Thread):
                     self.flags.setdefault(probe, set()).add(flags)
 
 
-@pytest.fixture(scope="module")
-def compat_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("compat")
+@pytest.fixture(scope="module", params=["bookworm", "sid"])
+def compat_run(request, tmp_path_factory):
+    """One guest per kernel: Debian 12's 6.1 (FUSE 7.38 as Debian ships it) and sid's
+    (newer: request extensions with supplementary groups)."""
+    flavor = request.param
+    work = tmp_path_factory.mktemp(f"compat-{flavor}")
     share_a, share_b = work / "a", work / "b"
     probes = {}
     for share, label in ((share_a, "A"), (share_b, "B")):
@@ -129,7 +133,7 @@ def compat_run(tmp_path_factory):
     b = guest.Backend(base + ["--socket-path", str(sock_b), "--shared-dir", str(share_b),
                               "--tag", "compat", "--ops-log", str(ops_log), *B_OPTIONS],
                       sock_b, work / "b.log")
-    assets = guest.prepare("bookworm")
+    assets = guest.prepare(flavor)
     command = ("mkdir -p /tmp/b && mount -t virtiofs compat /tmp/b && "
                f"/usr/bin/python3 {guest.guest_path(CHECKS)} /mnt /tmp/b")
     argv = [str(RUN_GUEST), "-s", str(sock_a), "-t", "share", "-k", str(assets.boot_image),
@@ -151,7 +155,7 @@ def compat_run(tmp_path_factory):
         subprocess.run(["umount", "-l", str(share_a / "sub")], check=False)
     console = (r.stdout + r.stderr).decode(errors="replace").replace("\r", "")
     (work / "console.log").write_text(console)
-    print(f"\n[e2e] compat guest: {time.monotonic() - t0:.1f} s; console in {work / 'console.log'}"
+    print(f"\n[e2e] compat guest ({flavor}): {time.monotonic() - t0:.1f} s; console in {work / 'console.log'}"
           f"; daemon fds at most {sampler.max_fds}")
     results = {}
     for payload in re.findall(r"^PVFS-COMPAT (\{.*\})\s*$", console, re.M):
@@ -258,3 +262,24 @@ def test_security_label_stored_at_create(compat_run):
         assert value.rstrip(b"\0").decode() == got["label"].rstrip("\0"), value
     records = [json.loads(l) for l in compat_run["ops_log"].read_text().splitlines()]
     assert len([r for r in records if r["opcode"] == "SETXATTR"]) == 1
+
+
+def negotiated(log: str) -> int:
+    """The INIT flags daemon A enabled, from its "fuse session started" log line."""
+    m = re.search(r"fuse session started.*?\bflags=(0x[0-9a-f]+)", log)
+    assert m, "no session line in the daemon log"
+    return int(m.group(1), 16)
+
+
+def test_supplementary_group_create(compat_run):
+    """With FUSE_CREATE_SUPP_GROUP (newer guests) a group member creates in a group-writable
+    directory; a guest without it gets EACCES from the host's check (the known limit of
+    older kernels, virtiofsd's too)."""
+    got = info(compat_run, "supplementary_group_create")
+    from pyvirtiofsd.fuse import abi
+    made = compat_run["a"] / got["path"] / "by-member"
+    if negotiated(compat_run["a_log"]) & abi.FUSE_CREATE_SUPP_GROUP:
+        assert got["outcome"] == "ok", got
+        assert (os.stat(made).st_uid, os.stat(made).st_gid) == (1000, 1000)
+    else:
+        assert got["outcome"] == "EACCES" and not made.exists(), got
