@@ -268,7 +268,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from . import api, daemon, logs
 
-    logs.configure(args.log_level, args.log_format)
+    args.syslog_fd = None
+    stream = None
+    if args.syslog:
+        try:
+            stream = virtiofsd_options.SyslogStream(
+                os.environ.get("PYVIRTIOFSD_SYSLOG_SOCKET", "/dev/log"))   # tests: elsewhere
+        except OSError as e:
+            print(f"pyvirtiofsd: error: {e.strerror}", file=sys.stderr)
+            return 1
+        args.syslog_fd = stream.fileno()
+    logs.configure(args.log_level, args.log_format, stream=stream)
     try:
         return _start(args)
     except daemon.StartupError as e:
@@ -321,7 +331,7 @@ def _start(args: argparse.Namespace) -> int:
                                           f"{e.strerror}") from None
         fd = args.fd if listener is None else listener.fileno()
         args.shared_dir, proc_self_fd = sandbox.confine(args.sandbox, args.shared_dir,
-                                                        keep_fds=(fd, ops_fd))
+                                                        keep_fds=(fd, ops_fd, args.syslog_fd))
         if ops_fd is not None:
             args.ops_log = os.path.join(proc_self_fd, str(ops_fd))
         modcaps = ":".join(m for m in (virtiofsd_options.extra_capabilities(args),

@@ -11,6 +11,9 @@ the same settings through :func:`apply_legacy`.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import socket
 
 from .passthrough.file_handle import MODES as FILE_HANDLE_MODES
 from .passthrough.idmap import IdMap, IdMapError
@@ -24,7 +27,6 @@ negotiation modes say ``--posix-acl``/``--security-label`` take ``=never|auto|al
 Not ``migrate-precopy``: there is no live-migration support."""
 
 UNSUPPORTED = {
-    "--syslog": "logging goes to stderr (structured; --log-format json for collectors)",
     "--uid-map": "it needs a user-namespace sandbox; use --translate-uid instead",
     "--gid-map": "it needs a user-namespace sandbox; use --translate-gid instead",
     "--migration-mode": "live migration is not supported",
@@ -32,7 +34,7 @@ UNSUPPORTED = {
     "--migration-verify-handles": "live migration is not supported",
     "--migration-confirm-paths": "live migration is not supported",
 }
-_TAKES_NO_VALUE = {"--syslog", "--migration-verify-handles", "--migration-confirm-paths"}
+_TAKES_NO_VALUE = {"--migration-verify-handles", "--migration-confirm-paths"}
 
 
 class _Unsupported(argparse.Action):
@@ -99,6 +101,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the same for gids")
     g.add_argument("--preserve-noatime", action="store_true",
                    help="pass O_NOATIME through (dropped by default)")
+    g.add_argument("--syslog", action="store_true",
+                   help="log to syslog (/dev/log, facility daemon) instead of stderr")
     g.add_argument("-f", dest="legacy_foreground", action="store_true",
                    help=argparse.SUPPRESS)   # virtiofsd: "compatibility option, no effect"
     for name, why in UNSUPPORTED.items():
@@ -146,6 +150,53 @@ def server_options(args: argparse.Namespace) -> dict:
                 security_label=args.security_label,
                 announce_submounts=args.announce_submounts, killpriv_v2=args.killpriv_v2,
                 uid_map=args.uid_map, gid_map=args.gid_map)
+
+
+class SyslogStream:
+    """A write-only stream that sends each log line to syslog as one datagram.
+
+    Why not :mod:`syslog` or ``logging.handlers.SysLogHandler``: both reconnect with a new
+    socket() after an error, a call the daemon's seccomp filter kills it for.  This one
+    connects once, before the sandbox (keep :meth:`fileno` open across it), and drops a
+    line it cannot send.  Severity comes from the rendered line's level."""
+
+    FACILITY_DAEMON = 3
+    _SEVERITY = {"critical": 2, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7}
+    _LEVEL = re.compile(r'\[(\w+)\s*\]|"level": "(\w+)"')
+
+    def __init__(self, path: str = "/dev/log", ident: str = "pyvirtiofsd"):
+        self.ident = ident
+        self._buf = ""
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self._sock.connect(path)
+        except OSError as e:
+            self._sock.close()
+            raise OSError(e.errno, f"--syslog: cannot reach {path}: {e.strerror}") from None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            if line:
+                self._send(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def _send(self, line: str) -> None:
+        m = self._LEVEL.search(line)
+        level = (m.group(1) or m.group(2)).lower() if m else "info"
+        pri = self.FACILITY_DAEMON * 8 + self._SEVERITY.get(level, 6)
+        try:
+            self._sock.send(f"<{pri}>{self.ident}[{os.getpid()}]: {line}".encode(
+                errors="replace")[:8192])
+        except OSError:
+            pass     # syslog gone or full: never block or kill the daemon over a log line
 
 
 _LEGACY_SWITCHES = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -168,7 +169,6 @@ def test_libvirt_lock_options_are_refused_by_name(tmp_path):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--syslog"], "--syslog is not supported"),
     (["--uid-map", ":0:100000:65536:"], "--uid-map is not supported"),
     (["--gid-map", ":0:100000:65536:"], "--gid-map is not supported"),
     (["--migration-mode", "file-handles"], "live migration"),
@@ -188,6 +188,42 @@ def test_unsupported_or_bad_options_fail_with_one_line(tmp_path, argv, needle):
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_syslog_as_kata_passes_it(tmp_path, shared):
+    """Kata starts virtiofsd with --syslog --cache=... --shared-dir=... --fd=3: the log lines
+    arrive as syslog datagrams (facility daemon), from inside the sandbox and its filter."""
+    log_sock = tmp_path / "log"
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(log_sock))
+    sink.settimeout(20)
+    sock_path = tmp_path / "fs.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    fd = listener.fileno()
+    proc = subprocess.Popen([BINARY, "--syslog", "--cache=auto", f"--shared-dir={shared}",
+                             f"--fd={fd}", "--thread-pool-size=1"], pass_fds=[fd],
+                            env={**os.environ, "PYVIRTIOFSD_SYSLOG_SOCKET": str(log_sock)},
+                            stderr=subprocess.PIPE)
+    listener.close()
+    try:
+        fe = VhostUserFrontend(str(sock_path)).connect()
+        try:
+            FuseClient(fe).init()
+        finally:
+            fe.close()
+        lines = []
+        while not any(b"fuse session started" in l for l in lines):
+            lines.append(sink.recv(65536))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        sink.close()
+    assert all(re.match(rb"<\d+>pyvirtiofsd\[\d+\]: ", l) for l in lines), lines[:3]
+    started = next(l for l in lines if b"fuse session started" in l)
+    assert started.startswith(b"<30>")            # daemon.info
+    assert proc.stderr.read() == b""               # nothing went to stderr
 
 
 def test_every_virtiofsd_option_is_known(tmp_path):
