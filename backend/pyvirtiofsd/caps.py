@@ -76,7 +76,10 @@ def wanted(modcaps: str | None) -> frozenset[str]:
     """The capability set ``--modcaps`` asks for (the default set when None)."""
     if not modcaps:
         return DEFAULT
-    added, removed = parse_modcaps(modcaps)
+    try:
+        added, removed = parse_modcaps(modcaps)
+    except ValueError as e:
+        raise CapsError(f"--modcaps: {e}") from None
     return (DEFAULT | added) - removed
 
 

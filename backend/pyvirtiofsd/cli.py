@@ -296,6 +296,7 @@ def _start(args: argparse.Namespace) -> int:
 
     from . import api, caps, daemon, limits, sandbox, seccomp
 
+    sandbox.hold_signals()
     listener = None
     if args.socket_path is not None:
         listener = daemon.listen_unix(args.socket_path, args.socket_group)

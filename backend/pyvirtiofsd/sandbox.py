@@ -28,6 +28,7 @@ from the shared directory.
 """
 from __future__ import annotations
 
+import errno
 import importlib.machinery
 import os
 import pkgutil
@@ -58,9 +59,14 @@ class SandboxError(StartupError):
     """The sandbox could not be set up (the message names the step)."""
 
 
-def _check(rc: int, what: str) -> None:
+def _check(rc: int, what: str, hint: str = "") -> None:
     if rc < 0:
-        raise SandboxError(f"sandbox: {what}: {os.strerror(-rc)}")
+        raise SandboxError(f"sandbox: {what}: {os.strerror(-rc)}"
+                           + (f" ({hint})" if hint and rc == -errno.EPERM else ""))
+
+
+_NO_NAMESPACES = ("namespaces need root (CAP_SYS_ADMIN); where they are not allowed, use "
+                  "--sandbox chroot or --sandbox none")
 
 
 def _thread_count() -> int:
@@ -93,15 +99,23 @@ def seal_imports() -> None:
 # -- the supervisor --------------------------------------------------------------------------
 
 
+def hold_signals() -> None:
+    """Block the forwarded signals from the moment the socket exists -- a front-end or a
+    service manager may signal as soon as it sees it -- until whoever must handle them is
+    ready: the supervisor's forwarding (:func:`supervise`) or the daemon loop's own
+    handlers (:func:`ready`).  Blocked signals stay pending; none is lost."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+
+
 def spawn(mode: str) -> int:
     """Fork the daemon for the confining modes: returns its pid in the supervisor and 0 in
     the daemon; ``none`` does not fork and returns 0.
 
     The fork happens before any thread exists (a pid namespace takes effect for children
     only, and a forked copy of a threaded process is unsafe).  Forwarded signals are blocked
-    across the fork: the daemon, which as pid 1 of its namespace would silently drop any
-    signal it has no handler for, receives them once its handlers are in place
-    (:func:`_daemon_signals`, :func:`ready`)."""
+    across the fork (:func:`hold_signals`): the daemon, which as pid 1 of its namespace
+    would silently drop any signal it has no handler for, receives them once its handlers
+    are in place (:func:`_daemon_signals`, :func:`ready`)."""
     if mode == "none":
         return 0
     if mode not in MODES:
@@ -109,8 +123,9 @@ def spawn(mode: str) -> int:
     if _thread_count() != 1:
         raise SandboxError(f"sandbox: cannot fork with {_thread_count()} threads running")
     if mode == "namespace":
-        _check(lib.pvfs_sb_unshare(lib.PVFS_SB_CLONE_NEWPID), "unshare(CLONE_NEWPID)")
-    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        _check(lib.pvfs_sb_unshare(lib.PVFS_SB_CLONE_NEWPID), "unshare(CLONE_NEWPID)",
+               _NO_NAMESPACES)
+    hold_signals()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -163,6 +178,9 @@ def supervise(pid: int, cleanup: Callable[[], None] | None = None) -> int:
         return os.WEXITSTATUS(status)
     sig = os.WTERMSIG(status)
     log.error("the sandboxed daemon was killed", signal=signal.Signals(sig).name)
+    if sig == signal.SIGSYS:
+        log.error("it made a system call outside the seccomp allow-list: --seccomp trap names "
+                  "it; scripts/gen-seccomp.py regenerates the list (see SECURITY.md)")
     sys.stdout.flush()
     sys.stderr.flush()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # its core, if any, was the daemon's
@@ -222,7 +240,7 @@ def _enter_namespaces(shared_dir: str) -> None:
     ``/proc``; pivot_root into it and detach the old root."""
     L = lib
     _check(L.pvfs_sb_unshare(L.PVFS_SB_CLONE_NEWNS | L.PVFS_SB_CLONE_NEWNET),
-           "unshare(CLONE_NEWNS|CLONE_NEWNET)")
+           "unshare(CLONE_NEWNS|CLONE_NEWNET)", _NO_NAMESPACES)
     # Nothing we mount from here on propagates back to the host.  Slave rather than
     # private: when the host unmounts something below the shared directory, the daemon's
     # copy goes too, instead of keeping the host's file system busy.
@@ -259,6 +277,7 @@ def _enter_chroot(shared_dir: str) -> None:
         os.chroot(shared_dir)
         os.fchdir(proc_fd)
     except OSError as e:
-        raise SandboxError(f"sandbox: chroot {shared_dir}: {e.strerror}") from None
+        hint = " (needs CAP_SYS_CHROOT; else use --sandbox none)" if e.errno == errno.EPERM else ""
+        raise SandboxError(f"sandbox: chroot {shared_dir}: {e.strerror}{hint}") from None
     finally:
         os.close(proc_fd)

@@ -502,3 +502,47 @@ def test_imports_are_sealed_after_confinement(tmp_path):
                        cwd=tmp_path)
     assert "planted code ran" not in r.stdout
     assert "sealed" in r.stdout, r.stderr
+
+
+# -- where namespaces are not allowed ------------------------------------------------------
+
+
+def run_without(cap: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    """Run the daemon as root but with ``cap`` out of its bounding set (what a container
+    that forbids namespaces looks like), until it exits."""
+    return subprocess.run(["setpriv", f"--bounding-set=-{cap}", "--inh-caps=-all", "--",
+                           sys.executable, "-m", "pyvirtiofsd", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_namespace_mode_without_cap_sys_admin_is_a_clear_error(tmp_path, shared):
+    r = run_without("sys_admin", "--socket-path", str(tmp_path / "s.sock"), "--shared-dir", str(shared))
+    assert r.returncode == 1
+    assert "sandbox: unshare(CLONE_NEWPID): Operation not permitted" in r.stderr
+    assert "--sandbox chroot" in r.stderr
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_chroot_mode_works_without_cap_sys_admin(tmp_path, shared):
+    """The reason chroot mode exists.  The daemon is stopped by its front-end leaving."""
+    path = tmp_path / "s.sock"
+    proc = subprocess.Popen(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-all", "--",
+                             sys.executable, "-m", "pyvirtiofsd", "--socket-path", str(path),
+                             "--shared-dir", str(shared), "--sandbox", "chroot", "--xattr"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while not path.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.01)
+        fe = VhostUserFrontend(str(path)).connect()
+        from pyvirtiofsd.frontend import FuseClient
+
+        client = FuseClient(fe)
+        client.init()
+        exercise_every_operation(client, shared)
+        fe.close()
+        assert proc.wait(10) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

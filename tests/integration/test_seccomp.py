@@ -117,7 +117,7 @@ NEVER = {
     "fsopen", "fsmount", "mount_setattr", "init_module", "finit_module", "delete_module",
     "kexec_load", "kexec_file_load", "bpf", "perf_event_open", "keyctl", "add_key",
     "request_key", "reboot", "swapon", "swapoff", "capset", "setuid", "setgid", "setreuid",
-    "setregid", "setresuid", "setresgid", "setgroups", "socket", "socketpair", "connect",
+    "setregid", "setresuid", "setresgid", "socket", "socketpair", "connect",
     "bind", "listen", "userfaultfd", "acct",
     "settimeofday", "clock_settime", "sethostname", "setdomainname", "iopl", "ioperm",
     "personality", "seccomp", "prctl", "setrlimit", "prlimit64",
