@@ -166,12 +166,15 @@ def test_bad_names_in_every_name_position(fuse, shared, canary):
 # ---- hard links ---------------------------------------------------------------------------
 
 
-def test_hard_links_never_reach_outside(fuse, shared, canary, tmp_path):
+def test_hard_links_never_reach_outside(start_daemon, connect, shared, canary, tmp_path):
     # A sub-mount inside the share: LINK across it is EXDEV from the host kernel.
     sub = shared / "mnt"
     sub.mkdir()
     assert os.system(f"mount -t tmpfs -o size=1m tmpfs {sub}") == 0, "needs root to mount"
     try:
+        # Started after the mount: the sandboxed daemon's mount namespace is a copy taken at
+        # start, and later host mounts only reach it from a shared (propagating) host mount.
+        fuse = connect(start_daemon())
         (sub / "onmount").write_bytes(b"m")
         m = fuse.lookup(1, b"mnt")[0].nodeid
         x = fuse.lookup(m, b"onmount")[0].nodeid
