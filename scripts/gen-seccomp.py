@@ -7,15 +7,17 @@ Runs the integration tests (and with ``--e2e`` the real-guest tests) with every 
 (``python -m pyvirtiofsd``) under ``strace -f``, each daemon's filter switched from
 kill/trap to log so that nothing dies while the list is incomplete.  From each trace it
 keeps the system calls made *after* the filter was loaded -- start-up calls (unshare,
-mount, pivot_root, capset...) never need allowing -- by the filtered process: the thread
-group that loaded it and anything it forked afterwards (not the sandbox supervisor).
-The union is written to backend/pyvirtiofsd/seccomp_syscalls.py, merged with the list
-already there unless ``--fresh``; what changed is printed.
+mount, pivot_root, capset...) never need allowing -- by the daemon, not by the sandbox
+supervisor (see :class:`TraceFilter`).  The union is written to
+backend/pyvirtiofsd/seccomp_syscalls.py, merged with the list already there unless
+``--fresh``; what changed is printed.
 
 How a daemon gets traced: a ``sitecustomize`` module on PYTHONPATH, active only when
 PVFS_SECCOMP_TRACE_DIR is set, attaches ``strace -p`` to any ``-m pyvirtiofsd`` process as
 it starts (before the daemon's own code runs) and wraps ``pyvirtiofsd.seccomp.install``.
-Nothing in the daemon knows about it.
+strace writes into this script run as a filter (``--filter-trace``), which keeps only the
+names: a daemon that polls makes gigabytes of trace in a long test.  Nothing in the daemon
+knows about any of it.  ``--keep-traces DIR`` leaves each daemon's list in DIR/calls.PID.
 
 The test outcome does not matter here (a daemon under strace is slow); the traces do.
 Run the normal suite afterwards: it runs every daemon with ``--seccomp kill``.
