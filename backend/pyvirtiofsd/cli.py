@@ -339,7 +339,8 @@ def _start(args: argparse.Namespace) -> int:
                                        args.modcaps) if m)
         kept = caps.apply(caps.wanted(modcaps or None))
         backend = build_backend(args, proc_self_fd)
-        seccomp.install(args.seccomp)
+        seccomp.install(args.seccomp, without=seccomp.FILE_HANDLE_CALLS
+                        if args.inode_file_handles == "never" else ())
         structlog.get_logger("pyvirtiofsd").info(
             "sandbox", mode=args.sandbox, seccomp=args.seccomp, caps=",".join(sorted(kept)))
         return api.run(backend, fd=fd, stats_interval=args.stats_interval,

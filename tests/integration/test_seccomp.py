@@ -143,6 +143,22 @@ def test_unshare_only_for_a_private_fs_struct():
     assert r.returncode == -signal.SIGSYS
 
 
+def test_file_handle_calls_can_be_left_out():
+    """What the daemon does without --inode-file-handles: open_by_handle_at (with
+    CAP_DAC_READ_SEARCH, a way to any file of the share's file system) is refused."""
+    code = ("import ctypes, os\n"
+            "from pyvirtiofsd import logs, seccomp\n"
+            "logs.configure('off')\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "seccomp.install('kill', without=seccomp.FILE_HANDLE_CALLS)\n"
+            "print('filtered', flush=True)\n"
+            "libc.open_by_handle_at(-1, None, 0)\n"
+            "print('reached', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert r.stdout.splitlines() == ["filtered"], r.stderr
+    assert r.returncode == -signal.SIGSYS
+
+
 def test_the_list_was_generated_and_names_real_calls():
     from pyvirtiofsd import seccomp_syscalls
 
