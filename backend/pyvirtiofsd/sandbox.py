@@ -19,10 +19,10 @@ can still see.
 ``none``
     No containment.
 
-In both confining modes the daemon is a child of a small supervisor that stays outside:
-the supervisor binds nothing and reads nothing from the guest; it forwards signals to the
-daemon, waits for it, removes the socket file (which the daemon can no longer name) and
-exits the way the daemon did.  After confinement the import system is sealed -- only
+In both confining modes the daemon is a child of a small supervisor that stays outside
+(the process that bound the socket): it reads nothing from the guest; it forwards signals
+to the daemon, waits for it, removes the socket file (which the daemon can no longer name)
+and exits the way the daemon did.  After confinement the import system is sealed -- only
 built-in and frozen modules -- so a module the daemon did not load beforehand cannot come
 from the shared directory.
 """
@@ -82,8 +82,12 @@ def preload() -> None:
     import pyvirtiofsd
 
     for info in pkgutil.walk_packages(pyvirtiofsd.__path__, "pyvirtiofsd."):
-        if info.name != "pyvirtiofsd.__main__":
+        if info.name == "pyvirtiofsd.__main__":
+            continue
+        try:
             __import__(info.name)
+        except ImportError as e:  # a tool's optional dependency: not the daemon's
+            log.debug("not preloaded", module=info.name, error=str(e))
 
 
 def seal_imports() -> None:
