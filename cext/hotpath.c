@@ -271,9 +271,29 @@ static int route(struct pvfs_hot *h, uint32_t opcode)
     return opcode < 64 && (inl >> opcode) & 1 ? INLINE : TO_POOL;
 }
 
+/* Before a large READ/WRITE, the leader hands the ring over (see pvfs_hot_run); a small
+ * one it serves itself, still leading: a 4 KiB copy costs less than waking a thread. */
+#define HANDOFF_BYTES (32u << 10)
+
+struct handoff {
+    struct pvfs_hotq *q;
+    struct pvfs_vq *vq;
+    int leading;
+};
+
+static void unlead(struct pvfs_hotq *q, int wake_one);
+
+static void before_io(struct handoff *ho, uint32_t size)
+{
+    if (ho && ho->leading && size >= HANDOFF_BYTES) {
+        unlead(ho->q, pvfs_vq_pending(ho->vq) > 0);
+        ho->leading = 0;
+    }
+}
+
 /* Serve req if it is an ordinary READ/WRITE on a known handle (SERVED), else say where
  * Python should serve it (nothing was written to it then). */
-static int try_serve(struct pvfs_hot *h, struct pvfs_req *req)
+static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *ho)
 {
     if (req->err || req->in_len < IN_HDR)
         return TO_POOL;
@@ -311,6 +331,7 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req)
         struct pvfs_fh *e = fh_get(h->t, fh);
         if (!e)
             return TO_POOL;                               /* unknown fh: Python says EBADF */
+        before_io(ho, size);
         int64_t n = pvfs_req_preadv(req, e->fd, OUT_HDR, size, (int64_t)offset);
         fh_put(e);
         /* Counted before the reply is published: whoever sees the reply sees the count. */
@@ -335,6 +356,7 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req)
         fh_put(e);
         return TO_POOL;
     }
+    before_io(ho, size);
     int64_t n = pvfs_req_pwritev(req, e->fd, IN_HDR + RW_IN, size, (int64_t)offset);
     fh_put(e);
     count(h, PVFS_HOT_STAT_WRITES, 1);
@@ -360,7 +382,7 @@ int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out
                 return 0;
             continue;
         }
-        int r = try_serve(h, req);
+        int r = try_serve(h, req, NULL);
         if (r == SERVED)
             continue;
         count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */
@@ -379,17 +401,120 @@ static int wait_stop(int stop_fd, int timeout_ms)
     return n ? 2 : 0;
 }
 
-int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, int kick_fd, int stop_fd,
-                 int timeout_ms, struct pvfs_req **out)
+/* ---- leader/follower ------------------------------------------------------------------
+ * Of the threads serving one queue, one -- the leader -- waits for kicks and pops; the
+ * others wait on a condition variable.  A leader that pops a request for Python, or a
+ * large READ/WRITE, hands the ring over before serving it, waking a follower only if more
+ * requests are pending; small READ/WRITEs it serves itself and goes on popping.  So a lone
+ * request wakes one thread (all of them would wake on a shared eventfd), large requests
+ * and Python's are spread over all of them, and small ones do not pay for hand-offs. */
+
+struct pvfs_hotq {
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    int leader;   /* a thread owns the ring */
+    int stop;
+    int paused;   /* the ring is disabled: nobody may pop */
+};
+
+struct pvfs_hotq *pvfs_hotq_new(void)
 {
+    struct pvfs_hotq *q = calloc(1, sizeof(*q));
+    if (!q)
+        return NULL;
+    pthread_mutex_init(&q->m, NULL);
+    pthread_cond_init(&q->c, NULL);
+    return q;
+}
+
+void pvfs_hotq_free(struct pvfs_hotq *q)
+{
+    if (q) {
+        pthread_cond_destroy(&q->c);
+        pthread_mutex_destroy(&q->m);
+        free(q);
+    }
+}
+
+void pvfs_hotq_stop(struct pvfs_hotq *q)
+{
+    pthread_mutex_lock(&q->m);
+    __atomic_store_n(&q->stop, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&q->c);
+    pthread_mutex_unlock(&q->m);
+}
+
+void pvfs_hotq_set_paused(struct pvfs_hotq *q, int paused)
+{
+    pthread_mutex_lock(&q->m);
+    __atomic_store_n(&q->paused, paused, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&q->c);
+    pthread_mutex_unlock(&q->m);
+}
+
+/* Become the leader: 0, or 2 if the queue is stopping or paused. */
+static int lead(struct pvfs_hotq *q)
+{
+    if (!q)
+        return 0;
+    pthread_mutex_lock(&q->m);
+    while (q->leader && !q->stop && !q->paused)
+        pthread_cond_wait(&q->c, &q->m);
+    int rc = q->stop || q->paused ? 2 : 0;
+    if (!rc)
+        q->leader = 1;
+    pthread_mutex_unlock(&q->m);
+    return rc;
+}
+
+static void unlead(struct pvfs_hotq *q, int wake_one)
+{
+    if (!q)
+        return;
+    pthread_mutex_lock(&q->m);
+    q->leader = 0;
+    if (wake_one)
+        pthread_cond_signal(&q->c);
+    pthread_mutex_unlock(&q->m);
+}
+
+int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, int kick_fd,
+                 int stop_fd, int timeout_ms, struct pvfs_req **out)
+{
+    if (lead(q))
+        return 2;
     for (;;) {
-        int rc = pvfs_hot_serve(h, vq, out);
-        if (rc)
-            return rc;   /* 1 or 3: a request for Python; <0: broken/stopped */
-        rc = kick_fd >= 0 ? pvfs_wait_kick(kick_fd, stop_fd, timeout_ms) : wait_stop(stop_fd, timeout_ms);
-        if (rc == -EINTR)
-            continue;   /* a signal (SIGUSR1 asks for statistics) is no reason to stop */
-        if (rc == 2 || rc < 0)
+        if (q && (__atomic_load_n(&q->paused, __ATOMIC_ACQUIRE) || __atomic_load_n(&q->stop, __ATOMIC_ACQUIRE))) {
+            unlead(q, 1);
+            return 2;       /* disabled or stopping while we led */
+        }
+        struct pvfs_req *req;
+        int rc = pvfs_vq_pop(vq, &req);
+        if (rc < 0) {
+            unlead(q, 1);
             return rc;
+        }
+        if (rc == 0) {
+            if (pvfs_vq_enable_notify(vq))
+                continue;
+            rc = kick_fd >= 0 ? pvfs_wait_kick(kick_fd, stop_fd, timeout_ms)
+                              : wait_stop(stop_fd, timeout_ms);
+            if (rc == 0 || rc == 1 || rc == -EINTR)
+                continue;   /* a kick, a poll tick, or a signal (SIGUSR1: statistics) */
+            unlead(q, 1);
+            return rc;      /* 2: stop or wake (not consumed); <0: the wait failed */
+        }
+        struct handoff ho = {q, vq, 1};
+        int r = try_serve(h, req, q ? &ho : NULL);
+        if (r != SERVED) {
+            /* Python's: hand the ring over first, a follower takes what else is pending. */
+            if (ho.leading)
+                unlead(q, pvfs_vq_pending(vq) > 0);
+            count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */
+            *out = req;
+            return r == INLINE ? 3 : 1;
+        }
+        if (!ho.leading && lead(q))
+            return 2;
     }
 }

@@ -20,9 +20,8 @@
  *   path never answers differently from Python: it answers only the cases where Python's
  *   answer is a plain preadv/pwritev.
  *
- * Several threads may run the loop on one queue (pops are serialised by the queue lock);
- * the loop takes no lock of its own on the hot path besides the handle table's, and does
- * not allocate.
+ * Several threads may run the loop on one queue, leader/follower style (pvfs_hotq); the
+ * loop does not allocate.
  */
 #ifndef PVFS_HOTPATH_H
 #define PVFS_HOTPATH_H
@@ -75,12 +74,24 @@ uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which);
  * pool, 3 for one Python serves on this thread (see pvfs_hot_set_inline), 0 when the ring
  * is empty (notifications re-enabled), -EIO if the queue is broken or stopped. */
 int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out);
+/* The threads serving one queue share a struct pvfs_hotq: one of them at a time (the
+ * leader) waits for kicks and pops, and hands over to another before serving what it
+ * popped, waking it only when more requests are pending (see hotpath.c). */
+struct pvfs_hotq;
+struct pvfs_hotq *pvfs_hotq_new(void);
+void pvfs_hotq_free(struct pvfs_hotq *q);
+/* Every thread of the queue returns 2 from pvfs_hot_run from now on (set before joining
+ * them; a restarted queue gets a new pvfs_hotq). */
+void pvfs_hotq_stop(struct pvfs_hotq *q);
+/* A disabled ring (SET_VRING_ENABLE 0): pvfs_hot_run returns 2 instead of popping. */
+void pvfs_hotq_set_paused(struct pvfs_hotq *q, int paused);
 /* The queue thread's loop: serve, wait for a kick (kick_fd, -1: poll every timeout_ms),
  * serve...  Returns 1 or 3 with *out set (a request for Python, as pvfs_hot_serve), 2 when
- * stop_fd became readable (not consumed), or a negative errno (-EIO: queue broken or
- * stopped). */
-int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, int kick_fd, int stop_fd,
-                 int timeout_ms, struct pvfs_req **out);
+ * stop_fd became readable (not consumed) or the pvfs_hotq was stopped, or a negative
+ * errno (-EIO: queue broken or stopped).  q may be NULL (every thread then waits for
+ * kicks). */
+int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, int kick_fd,
+                 int stop_fd, int timeout_ms, struct pvfs_req **out);
 /* CFFI-END */
 
 #endif

@@ -281,6 +281,18 @@ unsigned pvfs_vq_inflight(struct pvfs_vq *vq)
     return n;
 }
 
+unsigned pvfs_vq_pending(struct pvfs_vq *vq)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&vq->lock);
+    if (vq->started && !vq->broken && vq->avail) {
+        uint16_t avail_idx = le16toh(__atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE));
+        n = (uint16_t)(avail_idx - vq->last_avail_idx);
+    }
+    pthread_mutex_unlock(&vq->lock);
+    return n;
+}
+
 uint64_t pvfs_vq_stat_popped(struct pvfs_vq *vq) { return __atomic_load_n(&vq->popped, __ATOMIC_RELAXED); }
 uint64_t pvfs_vq_stat_signalled(struct pvfs_vq *vq) { return __atomic_load_n(&vq->signalled, __ATOMIC_RELAXED); }
 uint64_t pvfs_vq_stat_bad_chains(struct pvfs_vq *vq) { return __atomic_load_n(&vq->bad_chains, __ATOMIC_RELAXED); }

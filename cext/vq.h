@@ -76,6 +76,8 @@ int pvfs_vq_start(struct pvfs_vq *vq);   /* -EFAULT if the ring is not mapped */
 void pvfs_vq_stop(struct pvfs_vq *vq);
 int pvfs_vq_is_broken(struct pvfs_vq *vq);
 unsigned pvfs_vq_inflight(struct pvfs_vq *vq);
+/* Buffers the driver made available that nobody popped yet (0 if stopped or broken). */
+unsigned pvfs_vq_pending(struct pvfs_vq *vq);
 /* Counters for logs and tests. */
 uint64_t pvfs_vq_stat_popped(struct pvfs_vq *vq);
 uint64_t pvfs_vq_stat_signalled(struct pvfs_vq *vq);

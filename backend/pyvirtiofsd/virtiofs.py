@@ -100,14 +100,15 @@ class HotPath:
     mappings after every WRITE); when ``write`` is overridden.  Nothing is served in C
     while an ops recorder is on (every request must be recorded) or before INIT: the
     context follows the server's session (:meth:`sync`).  ``PYVIRTIOFSD_HOTPATH=0`` in the
-    environment switches it off (for comparisons).
+    environment switches it off, ``PYVIRTIOFSD_HOT_THREADS=N`` sets the threads per queue
+    (for comparisons).
     """
 
     def __init__(self, server, dax, threads: int):
         from .passthrough.fs import PassthroughFs
 
         self.server = server
-        self.threads = threads
+        self.threads = int(os.environ.get("PYVIRTIOFSD_HOT_THREADS", threads))
         self.ctx = None
         self._session = None
         fs = server.fs

@@ -375,3 +375,22 @@ def test_quick_opcodes_are_served_on_the_queue_thread_blocking_ones_by_the_pool(
     rig.client.fsync(node, fh)
     assert fs.threads["getattr"].startswith("vq1")
     assert fs.threads["fsync"].startswith("fuse-worker-")
+
+
+def test_a_disabled_ring_is_not_served_until_enabled_again(rig_factory):
+    """SET_VRING_ENABLE 0 pauses every C thread of the queue (the followers too)."""
+    from pyvirtiofsd.vhost_user.codec import VringState
+    from pyvirtiofsd.vhost_user.protocol import FrontendReq as R
+
+    rig = rig_factory(hot_threads=3)
+    c = rig.client
+    node, fh = create(c)
+    c.write(node, fh, 0, b"paused")
+    rig.fe.request(R.SET_VRING_ENABLE, VringState(1, 0).pack(), need_reply=True)
+    pending = [c.submit(Opcode.FUSE_READ, node, abi.fuse_read_in.build(fh=fh, size=6), 6)
+               for _ in range(4)]
+    with pytest.raises(TimeoutError):
+        c.reap(pending[0], timeout=0.3)
+    rig.fe.request(R.SET_VRING_ENABLE, VringState(1, 1).pack(), need_reply=True)
+    for p in pending:
+        assert c.reap(p).check() == b"paused"

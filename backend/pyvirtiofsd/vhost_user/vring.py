@@ -104,6 +104,7 @@ class Vring:
         self.enabled = False
         self.started = False
         self._threads: list[QueueThread] = []
+        self._hotq = None  # leader/follower state of the threads of a C-served queue
 
     # -- configuration ------------------------------------------------------------------
 
@@ -144,12 +145,16 @@ class Vring:
         if lib.pvfs_vq_start(self.vq) < 0:
             raise ValueError(f"queue {self.index} started before its rings were mapped")
         self.started = True
-        count = max(1, int(getattr(handler, "threads", 1))) if getattr(handler, "hot", None) else 1
+        hot = getattr(handler, "hot", None) is not None
+        count = max(1, int(getattr(handler, "threads", 1))) if hot else 1
         if count > 1 and kick_fd is not None:
-            # Several threads wait on one kick eventfd: the ones that lose the race to read
-            # it must not block in read().
+            # Should two threads ever wait on the kick eventfd at once, the one that loses
+            # the race to read it must not block in read().
             os.set_blocking(kick_fd, False)
-        self._threads = [QueueThread(self, handler, i) for i in range(count)]
+        if hot:
+            self._hotq = ffi.gc(lib.pvfs_hotq_new(), lib.pvfs_hotq_free)
+            lib.pvfs_hotq_set_paused(self._hotq, int(not self.enabled))
+        self._threads = [QueueThread(self, handler, i, self._hotq) for i in range(count)]
         for t in self._threads:
             t.start()
 
@@ -157,8 +162,13 @@ class Vring:
         """Stop serving (GET_VRING_BASE): no guest memory access once this returns.
         Waits up to drain_timeout for requests in flight; later completions are dropped."""
         for t in self._threads:
+            t._stopping = True
+        if self._hotq is not None:
+            lib.pvfs_hotq_stop(self._hotq)   # followers wait on it, not on their stop fd
+        for t in self._threads:
             t.stop()
         self._threads = []
+        self._hotq = None
         deadline = time.monotonic() + drain_timeout
         while self.started and lib.pvfs_vq_inflight(self.vq) and time.monotonic() < deadline:
             time.sleep(0.001)
@@ -174,6 +184,8 @@ class Vring:
 
     def set_enabled(self, on: bool) -> None:
         self.enabled = on
+        if self._hotq is not None:
+            lib.pvfs_hotq_set_paused(self._hotq, int(not on))
         for t in self._threads:
             t.wake()
 
@@ -195,11 +207,12 @@ class QueueThread(threading.Thread):
 
     POLL_MS = 1  # for a ring without a kick fd (VHOST_USER_VRING_NOFD_MASK): poll
 
-    def __init__(self, vring: Vring, handler: Handler, number: int = 0):
+    def __init__(self, vring: Vring, handler: Handler, number: int = 0, hotq=None):
         super().__init__(name=f"vq{vring.index}" + (f".{number}" if number else ""), daemon=True)
         self.vring = vring
         self.handler = handler
         self.hot = getattr(handler, "hot", None)
+        self.hotq = ffi.NULL if hotq is None else hotq
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._stopping = False
 
@@ -224,7 +237,7 @@ class QueueThread(threading.Thread):
         # Buffers may have been made available before the ring started: look once first.
         while not self._stopping:
             if vring.enabled and self.hot is not None:
-                rc = lib.pvfs_hot_run(self.hot, vq, kick, self._stop_fd, timeout, req_p)
+                rc = lib.pvfs_hot_run(self.hot, vq, self.hotq, kick, self._stop_fd, timeout, req_p)
                 if rc == 1 or rc == 3:
                     self._handle(req_p[0], self.handler.inline if rc == 3 else self.handler)
                     continue
@@ -233,6 +246,12 @@ class QueueThread(threading.Thread):
                     if self._stopping:
                         return
                     continue
+            elif self.hot is not None:
+                # A disabled C-served ring: only the leader of its threads may read the
+                # kick eventfd (a kick read here would be lost to it), so just wait to be
+                # woken; once enabled again the leader looks at the ring before waiting.
+                rc = lib.pvfs_wait_kick(self._stop_fd, -1, -1)
+                continue
             else:
                 if vring.enabled:
                     self._drain(vq, req_p)
