@@ -33,6 +33,20 @@ class Daemon:
                 raise TimeoutError(f"daemon did not listen:\n{self.log()}")
             time.sleep(0.01)
 
+    def serving_pid(self, timeout=10.0) -> int:
+        """The process that serves the front-end: with a confining ``--sandbox`` the pid we
+        started is a supervisor and the server is its child; with ``--sandbox none`` it is
+        the pid we started.  Waits until the daemon says it is listening."""
+        deadline = time.monotonic() + timeout
+        while "listening" not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"daemon not listening:\n{self.log()}")
+            time.sleep(0.01)
+        pid = self.proc.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+        return children[0] if children else pid
+
     def log(self) -> str:
         self._log.flush()
         with open(self.log_path, "rb") as f:

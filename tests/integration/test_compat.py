@@ -21,26 +21,6 @@ from pyvirtiofsd.fuse import abi
 BINARY = shutil.which("pyvirtiofsd", path=os.path.dirname(sys.executable))
 
 
-def daemon_pids(root: int) -> list[int]:
-    """``root`` and its descendants (the sandbox supervisor forks the serving daemon)."""
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except FileNotFoundError:
-            pass
-    return out
-
-
-def serving_pid(root: int) -> int:
-    """The process that serves (the one holding the most fds)."""
-    return max(daemon_pids(root), key=lambda p: len(os.listdir(f"/proc/{p}/fd")))
-
-
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -254,7 +234,7 @@ def test_inode_file_handles_hold_no_fd_per_inode(start_daemon, connect, shared):
     for mode in ("never", "mandatory"):
         daemon = start_daemon(f"--inode-file-handles={mode}", socket_name=f"{mode}.sock")
         fuse = connect(daemon)
-        pid = serving_pid(daemon.proc.pid)
+        pid = daemon.serving_pid()
         before = fd_count(pid)
         for k in range(400):
             fuse.lookup(1, b"f%03d" % k)
@@ -275,7 +255,7 @@ def test_o_direct_and_o_noatime_reach_the_host_only_when_asked(start_daemon, con
     fuse = connect(daemon)
     head, _ = fuse.lookup(1, b"f")
     opened = fuse.open(head.nodeid, os.O_RDONLY | os.O_DIRECT | os.O_NOATIME)
-    flags = [f for f in fdinfo_flags_of(serving_pid(daemon.proc.pid), shared / "f")
+    flags = [f for f in fdinfo_flags_of(daemon.serving_pid(), shared / "f")
              if not f & os.O_PATH]                            # the inode's own O_PATH fd
     assert flags, "the daemon holds no open fd on the file"
     assert all(f & wanted == wanted and not f & dropped for f in flags), [oct(f) for f in flags]

@@ -347,7 +347,7 @@ def test_host_page_size_mismatch(start_daemon, connect, shared, page, shift):
 def test_random_setup_remove_cycles_leak_nothing(dax, shared):
     files = [make_file(shared, f"f{i}", (i + 1) * MiB) for i in range(4)]
     nodes = [dax.lookup(ROOT, f"f{i}".encode())[0].nodeid for i in range(4)]
-    pid = dax.daemon.proc.pid
+    pid = dax.daemon.serving_pid()
     base_fds = fd_count(pid)
     rnd = random.Random(1234)
     slots = 64 * MiB // (2 * MiB)

@@ -299,9 +299,9 @@ def test_emfile_under_a_low_fd_limit(start_daemon, connect, shared):
         (shared / f"f{i}").write_bytes(b"")
     daemon = start_daemon()
     fuse = connect(daemon)
-    in_use = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+    in_use = len(os.listdir(f"/proc/{daemon.serving_pid()}/fd"))
     limit = in_use + 40
-    subprocess.run(["prlimit", f"--pid={daemon.proc.pid}", f"--nofile={limit}:{limit}"], check=True)
+    subprocess.run(["prlimit", f"--pid={daemon.serving_pid()}", f"--nofile={limit}:{limit}"], check=True)
     held, codes = [], set()
     for i in range(200):
         r = fuse.call(Opcode.FUSE_LOOKUP, 1, b"f%d\0" % i, abi.FUSE_ENTRY_OUT_SIZE)

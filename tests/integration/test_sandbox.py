@@ -28,21 +28,11 @@ MODES = ("namespace", "chroot", "none")
 CONFINING = ("namespace", "chroot")
 
 
-def served_pid(daemon, mode: str, timeout: float = 10.0) -> int:
-    """The pid of the process that serves (the supervisor's child unless ``none``), once
-    it is confined and listening."""
-    deadline = time.monotonic() + timeout
-    while "listening" not in daemon.log():
-        if daemon.proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"daemon not listening:\n{daemon.log()}")
-        time.sleep(0.01)
-    if mode == "none":
-        return daemon.proc.pid
-    pid = daemon.proc.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        children = [int(c) for c in f.read().split()]
-    assert len(children) >= 1, "the supervisor has no child"
-    return children[0]
+def served_pid(daemon, mode: str) -> int:
+    """The pid of the process that serves, checking the sandbox shape ``mode`` implies."""
+    pid = daemon.serving_pid()
+    assert (pid == daemon.proc.pid) == (mode == "none"), f"{mode}: supervisor {daemon.proc.pid}, server {pid}"
+    return pid
 
 
 def status(pid: int) -> dict[str, str]:
