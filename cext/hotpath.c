@@ -271,8 +271,9 @@ static int route(struct pvfs_hot *h, uint32_t opcode)
     return opcode < 64 && (inl >> opcode) & 1 ? INLINE : TO_POOL;
 }
 
-/* Before a large READ/WRITE, the leader hands the ring over (see pvfs_hot_run); a small
- * one it serves itself, still leading: a 4 KiB copy costs less than waking a thread. */
+/* A small READ whose pages are all cached the leader serves itself (preadv2 RWF_NOWAIT),
+ * still leading: a 4 KiB copy costs less than waking a thread.  Everything else is served
+ * after handing the ring over (see pvfs_hot_run). */
 #define HANDOFF_BYTES (32u << 10)
 
 struct handoff {
@@ -283,10 +284,13 @@ struct handoff {
 
 static void unlead(struct pvfs_hotq *q, int wake_one);
 
-static void before_io(struct handoff *ho, uint32_t size)
+/* Before I/O that may block (a write, a large read, a read not in the page cache): give
+ * up the ring and wake a follower, so that the queue stays watched however long it takes
+ * (a host file on a hung NFS server must not stall GETATTRs behind it). */
+static void before_io(struct handoff *ho)
 {
-    if (ho && ho->leading && size >= HANDOFF_BYTES) {
-        unlead(ho->q, pvfs_vq_pending(ho->vq) > 0);
+    if (ho && ho->leading) {
+        unlead(ho->q, 1);
         ho->leading = 0;
     }
 }
@@ -331,13 +335,21 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *h
         struct pvfs_fh *e = fh_get(h->t, fh);
         if (!e)
             return TO_POOL;                               /* unknown fh: Python says EBADF */
-        before_io(ho, size);
-        int64_t n = pvfs_req_preadv(req, e->fd, OUT_HDR, size, (int64_t)offset);
+        int64_t n = -EAGAIN;
+        if (ho && ho->leading && size < HANDOFF_BYTES) {
+            n = pvfs_req_preadv2_once(req, e->fd, OUT_HDR, size, (int64_t)offset, RWF_NOWAIT);
+            if (n == -EOPNOTSUPP || (n >= 0 && (uint64_t)n < size))
+                n = -EAGAIN;    /* not supported, or partly cached (or EOF): read it normally */
+        }
+        if (n == -EAGAIN) {
+            before_io(ho);
+            n = pvfs_req_preadv(req, e->fd, OUT_HDR, size, (int64_t)offset);
+        }
         fh_put(e);
         /* Counted before the reply is published: whoever sees the reply sees the count. */
         count(h, PVFS_HOT_STAT_READS, 1);
         if (n < 0)
-            reply(req, unique, (int)n, NULL, 0, 0);
+            reply(req, unique, (int)-n, NULL, 0, 0);   /* n is -errno; reply takes errno */
         else {
             count(h, PVFS_HOT_STAT_BYTES, (uint64_t)n);
             reply(req, unique, 0, NULL, 0, (uint32_t)n);
@@ -356,12 +368,12 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *h
         fh_put(e);
         return TO_POOL;
     }
-    before_io(ho, size);
+    before_io(ho);
     int64_t n = pvfs_req_pwritev(req, e->fd, IN_HDR + RW_IN, size, (int64_t)offset);
     fh_put(e);
     count(h, PVFS_HOT_STAT_WRITES, 1);
     if (n < 0)
-        reply(req, unique, (int)n, NULL, 0, 0);
+        reply(req, unique, (int)-n, NULL, 0, 0);   /* n is -errno; reply takes errno */
     else {
         uint32_t wo[2] = {htole32((uint32_t)n), 0};   /* fuse_write_out */
         count(h, PVFS_HOT_STAT_BYTES, (uint64_t)n);
@@ -403,11 +415,13 @@ static int wait_stop(int stop_fd, int timeout_ms)
 
 /* ---- leader/follower ------------------------------------------------------------------
  * Of the threads serving one queue, one -- the leader -- waits for kicks and pops; the
- * others wait on a condition variable.  A leader that pops a request for Python, or a
- * large READ/WRITE, hands the ring over before serving it, waking a follower only if more
- * requests are pending; small READ/WRITEs it serves itself and goes on popping.  So a lone
- * request wakes one thread (all of them would wake on a shared eventfd), large requests
- * and Python's are spread over all of them, and small ones do not pay for hand-offs. */
+ * others wait on a condition variable.  Before I/O that may block (a WRITE, a large READ,
+ * a READ whose pages are not all cached) the leader hands the ring over and wakes a
+ * follower, so the queue stays watched; a small cached READ (RWF_NOWAIT) it serves itself
+ * and goes on popping; for a request Python serves it gives up the ring without waking
+ * anyone (Python runs one thread at a time anyway, and the ops served inline are quick
+ * ones).  So a blocked request never stalls the queue, large requests spread over the
+ * threads, and small cached reads do not pay for hand-offs. */
 
 struct pvfs_hotq {
     pthread_mutex_t m;
@@ -507,9 +521,11 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
         struct handoff ho = {q, vq, 1};
         int r = try_serve(h, req, q ? &ho : NULL);
         if (r != SERVED) {
-            /* Python's: hand the ring over first, a follower takes what else is pending. */
+            /* Python's: hand the ring over, but wake nobody -- a second thread in Python
+             * would only fight this one for the GIL (GETATTR QD16 43k/s with one thread,
+             * 36k/s with two); this thread is back as soon as Python is done. */
             if (ho.leading)
-                unlead(q, pvfs_vq_pending(vq) > 0);
+                unlead(q, 0);
             count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */
             *out = req;
             return r == INLINE ? 3 : 1;

@@ -644,3 +644,15 @@ int64_t pvfs_req_pwritev(struct pvfs_req *req, int fd, uint64_t in_offset, uint6
         return -EINVAL;
     return rw_loop(fd, part, (unsigned)k, file_offset, 1);
 }
+
+int64_t pvfs_req_preadv2_once(struct pvfs_req *req, int fd, uint64_t out_offset, uint64_t size,
+                              int64_t file_offset, int flags)
+{
+    struct iovec part[PVFS_MAX_IOV];
+    uint64_t got;
+    int k = sub_iov(req->iov + req->n_in, req->n_out, out_offset, size, part, &got);
+    if (k < 0)
+        return k;
+    ssize_t n = preadv2(fd, part, k, file_offset, flags);
+    return n < 0 ? -errno : n;
+}

@@ -102,6 +102,10 @@ int64_t pvfs_req_read_in(struct pvfs_req *req, uint64_t offset, void *buf, uint6
 int64_t pvfs_req_write_out(struct pvfs_req *req, uint64_t offset, const void *buf, uint64_t size);
 int64_t pvfs_req_preadv(struct pvfs_req *req, int fd, uint64_t out_offset, uint64_t size, int64_t file_offset);
 int64_t pvfs_req_pwritev(struct pvfs_req *req, int fd, uint64_t in_offset, uint64_t size, int64_t file_offset);
+/* One preadv2 into the writable area with flags (e.g. RWF_NOWAIT): bytes read, which may
+ * be short, or -errno (-EAGAIN: it would block).  No retry loop. */
+int64_t pvfs_req_preadv2_once(struct pvfs_req *req, int fd, uint64_t out_offset, uint64_t size,
+                              int64_t file_offset, int flags);
 /* CFFI-END */
 
 #endif
