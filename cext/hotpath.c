@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- the handle table --------------------------------------------------------------- */
@@ -283,6 +284,8 @@ struct handoff {
 };
 
 static void unlead(struct pvfs_hotq *q, int wake_one);
+static uint64_t busy_begin(struct pvfs_hotq *q);
+static int busy_end(struct pvfs_hotq *q, uint64_t gen);
 
 /* Before I/O that may block (a write, a large read, a read not in the page cache): give
  * up the ring and wake a follower, so that the queue stays watched however long it takes
@@ -368,8 +371,19 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *h
         fh_put(e);
         return TO_POOL;
     }
-    before_io(ho);
-    int64_t n = pvfs_req_pwritev(req, e->fd, IN_HDR + RW_IN, size, (int64_t)offset);
+    int64_t n;
+    if (ho && ho->leading && size < HANDOFF_BYTES) {
+        /* A small write the leader does itself (there is no RWF_NOWAIT for buffered
+         * writes): a follower takes the ring over should it take longer than
+         * PVFS_HOT_STALL_NS (see lead()). */
+        uint64_t gen = busy_begin(ho->q);
+        n = pvfs_req_pwritev(req, e->fd, IN_HDR + RW_IN, size, (int64_t)offset);
+        if (!busy_end(ho->q, gen))
+            ho->leading = 0;
+    } else {
+        before_io(ho);
+        n = pvfs_req_pwritev(req, e->fd, IN_HDR + RW_IN, size, (int64_t)offset);
+    }
     fh_put(e);
     count(h, PVFS_HOT_STAT_WRITES, 1);
     if (n < 0)
@@ -423,13 +437,47 @@ static int wait_stop(int stop_fd, int timeout_ms)
  * ones).  So a blocked request never stalls the queue, large requests spread over the
  * threads, and small cached reads do not pay for hand-offs. */
 
+/* How long the leader may be busy with a small write before a follower takes over, and
+ * how often followers look (they sleep with this timeout while someone leads). */
+#define PVFS_HOT_STALL_NS 10000000ull   /* 10 ms */
+
 struct pvfs_hotq {
     pthread_mutex_t m;
     pthread_cond_t c;
     int leader;   /* a thread owns the ring */
     int stop;
     int paused;   /* the ring is disabled: nobody may pop */
+    uint64_t busy_since;  /* the leader is in a small write since (CLOCK_MONOTONIC ns), or 0 */
+    uint64_t gen;         /* bumped when a follower takes the ring from a busy leader */
 };
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The leader starts a small write; returns the generation to hand to busy_end. */
+static uint64_t busy_begin(struct pvfs_hotq *q)
+{
+    pthread_mutex_lock(&q->m);
+    q->busy_since = mono_ns();
+    uint64_t gen = q->gen;
+    pthread_mutex_unlock(&q->m);
+    return gen;
+}
+
+/* The write is done: 1 if we still lead, 0 if a follower took over meanwhile. */
+static int busy_end(struct pvfs_hotq *q, uint64_t gen)
+{
+    pthread_mutex_lock(&q->m);
+    int still = q->gen == gen;
+    if (still)
+        q->busy_since = 0;
+    pthread_mutex_unlock(&q->m);
+    return still;
+}
 
 struct pvfs_hotq *pvfs_hotq_new(void)
 {
@@ -437,7 +485,11 @@ struct pvfs_hotq *pvfs_hotq_new(void)
     if (!q)
         return NULL;
     pthread_mutex_init(&q->m, NULL);
-    pthread_cond_init(&q->c, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&q->c, &ca);
+    pthread_condattr_destroy(&ca);
     return q;
 }
 
@@ -472,8 +524,20 @@ static int lead(struct pvfs_hotq *q)
     if (!q)
         return 0;
     pthread_mutex_lock(&q->m);
-    while (q->leader && !q->stop && !q->paused)
-        pthread_cond_wait(&q->c, &q->m);
+    while (q->leader && !q->stop && !q->paused) {
+        /* A leader stuck in a small write (a hung host file system) loses the ring after
+         * PVFS_HOT_STALL_NS; followers check that often while anyone leads. */
+        uint64_t now = mono_ns();
+        if (q->busy_since && now - q->busy_since >= PVFS_HOT_STALL_NS) {
+            q->gen++;
+            q->busy_since = 0;
+            break;          /* ours now (leader stays 1) */
+        }
+        uint64_t until = (q->busy_since ? q->busy_since : now) + PVFS_HOT_STALL_NS;
+        struct timespec ts = {.tv_sec = (time_t)(until / 1000000000ull),
+                              .tv_nsec = (long)(until % 1000000000ull)};
+        pthread_cond_timedwait(&q->c, &q->m, &ts);
+    }
     int rc = q->stop || q->paused ? 2 : 0;
     if (!rc)
         q->leader = 1;

@@ -394,3 +394,53 @@ def test_a_disabled_ring_is_not_served_until_enabled_again(rig_factory):
     rig.fe.request(R.SET_VRING_ENABLE, VringState(1, 1).pack(), need_reply=True)
     for p in pending:
         assert c.reap(p).check() == b"paused"
+
+
+class SlowWrites:
+    """A host FUSE file system (test_faults.HostFuse) whose file ``slow`` takes writes only
+    once ``release`` is set."""
+
+    def __new__(cls):
+        from test_faults import FaultyFs
+
+        class Fs(FaultyFs):
+            def __init__(self):
+                super().__init__()
+                self.write_started = threading.Event()
+
+            def write(self, ctx, inode, fh, offset, data, flags, kill_priv):
+                self.write_started.set()
+                if not self.release.wait(60):
+                    raise OSError(errno.ETIMEDOUT, "never released")
+                return len(data)
+
+        return Fs()
+
+
+def test_a_small_write_stuck_in_the_host_fs_does_not_stall_the_queue(rig_factory, tmp_path):
+    """The leader does small writes itself; stuck in one, it loses the ring to a follower
+    (after PVFS_HOT_STALL_NS) and the queue goes on being served."""
+    from test_faults import HostFuse
+
+    fs = SlowWrites()
+    mnt = tmp_path / "faulty"
+    mnt.mkdir()
+    host = HostFuse(fs, str(mnt))
+    try:
+        rig = rig_factory()
+        c = rig.client
+        d = c.lookup(ROOT, b"faulty")[0].nodeid
+        node = c.lookup(d, b"slow")[0].nodeid
+        fh = c.open(node, os.O_WRONLY).fh
+        blocked = c.submit(Opcode.FUSE_WRITE, node, abi.fuse_write_in.build(fh=fh, size=100),
+                           abi.fuse_write_out.size, data=b"w" * 100)
+        assert fs.write_started.wait(10)
+        for _ in range(10):
+            assert c.getattr(ROOT).ino            # served meanwhile
+        assert blocked.reply is None
+        fs.release.set()
+        assert abi.fuse_write_out.parse(c.reap(blocked).check()).size == 100
+        assert rig.stats()["writes"] == 1
+    finally:
+        fs.release.set()
+        host.close()
