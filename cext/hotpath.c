@@ -438,7 +438,8 @@ static int wait_stop(int stop_fd, int timeout_ms)
  * threads, and small cached reads do not pay for hand-offs. */
 
 /* How long the leader may be busy with a small write before a follower takes over, and
- * how often followers look (they sleep with this timeout while someone leads). */
+ * how often followers look (they sleep with this timeout while someone leads, and take an
+ * unattended ring -- its last leader busy in Python -- when they wake). */
 #define PVFS_HOT_STALL_NS 10000000ull   /* 10 ms */
 
 struct pvfs_hotq {
@@ -587,7 +588,9 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
         if (r != SERVED) {
             /* Python's: hand the ring over, but wake nobody -- a second thread in Python
              * would only fight this one for the GIL (GETATTR QD16 43k/s with one thread,
-             * 36k/s with two); this thread is back as soon as Python is done. */
+             * 36k/s with two); this thread is back as soon as Python is done, and should
+             * Python block, a follower finds the ring unattended within
+             * PVFS_HOT_STALL_NS (its timed wait in lead()) and takes it. */
             if (ho.leading)
                 unlead(q, 0);
             count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */

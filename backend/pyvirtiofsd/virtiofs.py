@@ -77,8 +77,8 @@ class WorkerPool:
 # to a worker (a futex wake, a GIL hand-over, ~40 µs on a busy 2-core machine) would cost
 # more than they do.  What may block for long (FSYNC, FLUSH on NFS, FALLOCATE, a truncating
 # SETATTR, DAX mappings that wait for the front-end, READ/WRITE that C left to Python)
-# still goes to the pool, so a queue never stalls behind it: the queue has several
-# threads, and the worker pool has more.
+# still goes to the pool.  Should an inline one block anyway (a hung NFS LOOKUP), another
+# thread of the queue takes the ring over within 10 ms (PVFS_HOT_STALL_NS, hotpath.c).
 INLINE_OPCODES = frozenset({
     Opcode.FUSE_LOOKUP, Opcode.FUSE_GETATTR, Opcode.FUSE_STATX, Opcode.FUSE_ACCESS,
     Opcode.FUSE_READLINK, Opcode.FUSE_OPEN, Opcode.FUSE_OPENDIR, Opcode.FUSE_RELEASE,
