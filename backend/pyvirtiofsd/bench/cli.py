@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guest", action="store_true",
                    help="the guest benchmark: fio and a metadata loop inside QEMU guests, one "
                         "per back-end (see pyvirtiofsd.bench.guestbench)")
+    p.add_argument("--guest-repeat", type=int, default=1, metavar="N",
+                   help="with --guest: guests per back-end, interleaved; the median run is "
+                        "shown (default 1: ~30 s per back-end)")
     return p
 
 

@@ -140,6 +140,21 @@ def run_one(peer: peers_mod.Peer, share: str, work: str, runtime: float, meta_se
     return out
 
 
+def _median_run(rs: list[dict]) -> dict:
+    """One result per row: the run with the median ops/s, plus the spread of the runs."""
+    out = {"load": max(r["load"] for r in rs), "seconds": sum(r["seconds"] for r in rs)}
+    for key in rs[0]:
+        if not isinstance(rs[0][key], dict):
+            continue
+        cells = sorted((r[key] for r in rs if key in r), key=lambda c: c["iops"])
+        mid = dict(cells[len(cells) // 2])
+        if len(cells) > 1 and mid["iops"]:
+            mid["spread"] = (cells[-1]["iops"] - cells[0]["iops"]) / mid["iops"]
+            mid["runs"] = [round(c["iops"], 1) for c in cells]
+        out[key] = mid
+    return out
+
+
 def main(args) -> int:
     specs = args.backend or ["ours", "c-virtiofsd", "rust-virtiofsd"]
     try:
@@ -159,14 +174,19 @@ def main(args) -> int:
     guest.prepare("bookworm")
     results, t_start = {}, time.monotonic()
     load_before = os.getloadavg()
+    runs: dict[str, list[dict]] = {p.name: [] for p in chosen}
     try:
-        for p in chosen:
-            print(f"  guest on {p.name}...", file=sys.stderr, flush=True)
-            results[p.name] = run_one(p, share, work, runtime, meta_seconds, file_size,
-                                      timeout=600)
+        for k in range(args.guest_repeat):      # interleaved, like the front-end benchmark
+            for p in chosen:
+                print(f"  guest {k + 1}/{args.guest_repeat} on {p.name}...", file=sys.stderr,
+                      flush=True)
+                runs[p.name].append(run_one(p, share, work, runtime, meta_seconds, file_size,
+                                            timeout=600))
     finally:
         if not args.keep and not args.dir:
             shutil.rmtree(work, ignore_errors=True)
+    for name, rs in runs.items():
+        results[name] = _median_run(rs)
     names = [p.name for p in chosen]
     rows = [(jid, title) for jid, title, *_ in JOBS] + META_ROWS
     out = sys.stderr if args.json == "-" else sys.stdout
@@ -186,6 +206,8 @@ def main(args) -> int:
             text = f"{c['iops']:,.0f}/s"
             if "mb_per_s" in c:
                 text += f" {c['mb_per_s']:.1f}MB/s {c['p50_us']:.0f}/{c['p99_us']:.0f}µs"
+            if c.get("spread"):
+                text += f" ±{c['spread'] * 50:.0f}%"
             if n != names[0] and first:
                 text += f" ({c['iops'] / first:.2f}x)"
             line.append(text)
@@ -201,13 +223,14 @@ def main(args) -> int:
             print("  ".join("-" * w for w in widths), file=out)
     elapsed = time.monotonic() - t_start
     print(f"fio {runtime:g} s per job (direct=1, libaio), metadata {meta_seconds:g} s per loop; "
+          f"{args.guest_repeat} run(s) per back-end, the median shown (± half the spread); "
           f"p50/p99 = fio completion latency; total {elapsed:.0f} s; load average before "
           f"{load_before[0]:.2f} ({os.cpu_count()} CPUs, guests under TCG)", file=out)
     if args.json:
         doc = {"guest": True, "frontend": "qemu72", "load_before": load_before,
                "elapsed_s": round(elapsed, 1), "columns": names,
                "backends": {p.name: p.command("{socket}", "{dir}") for p in chosen},
-               "results": results}
+               "results": results, "runs": runs}
         text = json.dumps(doc, indent=1)
         if args.json == "-":
             print(text)
