@@ -239,9 +239,10 @@ static void count(struct pvfs_hot *h, int which, uint64_t n)
 static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
 static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
 
-/* Reply with a header (and body) and complete the request. */
+/* Reply with a header (and body) and complete the request; with defer, the interrupt
+ * waits for pvfs_vq_flush_signal (the serving loop batches them). */
 static void reply(struct pvfs_req *req, uint64_t unique, int error, const void *body, uint32_t body_len,
-                  uint32_t data_len)
+                  uint32_t data_len, int defer)
 {
     uint8_t out[OUT_HDR + 8];
     uint32_t len = OUT_HDR + (error ? 0 : body_len + data_len);
@@ -259,7 +260,10 @@ static void reply(struct pvfs_req *req, uint64_t unique, int error, const void *
     /* The reply area was checked to be large enough and hole-free before any I/O. */
     if (pvfs_req_write_out(req, 0, out, n) < 0)
         len = 0;
-    pvfs_req_complete(req, len);
+    if (defer)
+        pvfs_req_complete_deferred(req, len);
+    else
+        pvfs_req_complete(req, len);
 }
 
 enum { TO_POOL = 0, SERVED = 1, INLINE = 2 };
@@ -293,6 +297,7 @@ static int busy_end(struct pvfs_hotq *q, uint64_t gen);
 static void before_io(struct handoff *ho)
 {
     if (ho && ho->leading) {
+        pvfs_vq_flush_signal(ho->vq);   /* what we completed must not wait for this I/O */
         unlead(ho->q, 1);
         ho->leading = 0;
     }
@@ -352,10 +357,10 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *h
         /* Counted before the reply is published: whoever sees the reply sees the count. */
         count(h, PVFS_HOT_STAT_READS, 1);
         if (n < 0)
-            reply(req, unique, (int)-n, NULL, 0, 0);   /* n is -errno; reply takes errno */
+            reply(req, unique, (int)-n, NULL, 0, 0, ho != NULL);   /* n is -errno; reply takes errno */
         else {
             count(h, PVFS_HOT_STAT_BYTES, (uint64_t)n);
-            reply(req, unique, 0, NULL, 0, (uint32_t)n);
+            reply(req, unique, 0, NULL, 0, (uint32_t)n, ho != NULL);
         }
         return SERVED;
     }
@@ -387,11 +392,11 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *h
     fh_put(e);
     count(h, PVFS_HOT_STAT_WRITES, 1);
     if (n < 0)
-        reply(req, unique, (int)-n, NULL, 0, 0);   /* n is -errno; reply takes errno */
+        reply(req, unique, (int)-n, NULL, 0, 0, ho != NULL);   /* n is -errno; reply takes errno */
     else {
         uint32_t wo[2] = {htole32((uint32_t)n), 0};   /* fuse_write_out */
         count(h, PVFS_HOT_STAT_BYTES, (uint64_t)n);
-        reply(req, unique, 0, wo, sizeof(wo), 0);
+        reply(req, unique, 0, wo, sizeof(wo), 0, ho != NULL);
     }
     return SERVED;
 }
@@ -557,23 +562,36 @@ static void unlead(struct pvfs_hotq *q, int wake_one)
     pthread_mutex_unlock(&q->m);
 }
 
+/* Interrupts for requests served in C can be sent once per batch: completions are pushed
+ * deferred and flushed when the ring is empty, before anything that may block or leaves
+ * the loop, and at least every FLUSH_EVERY.  With EVENT_IDX the driver already suppresses
+ * most interrupts; batching 8 showed no gain within the noise on this machine (front-end
+ * rand read 4K QD16 1.20x -> 1.01x of the C virtiofsd; a TCG guest's 4K QD16 reads
+ * 15.3k/12.1k -> 13.6k/12.5k IOPS), so it is 1 (an interrupt decision per request). */
+#define FLUSH_EVERY 1
+
 int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, int kick_fd,
                  int stop_fd, int timeout_ms, struct pvfs_req **out)
 {
     if (lead(q))
         return 2;
+    unsigned unflushed = 0;
     for (;;) {
         if (q && (__atomic_load_n(&q->paused, __ATOMIC_ACQUIRE) || __atomic_load_n(&q->stop, __ATOMIC_ACQUIRE))) {
+            pvfs_vq_flush_signal(vq);
             unlead(q, 1);
             return 2;       /* disabled or stopping while we led */
         }
         struct pvfs_req *req;
         int rc = pvfs_vq_pop(vq, &req);
         if (rc < 0) {
+            pvfs_vq_flush_signal(vq);
             unlead(q, 1);
             return rc;
         }
         if (rc == 0) {
+            pvfs_vq_flush_signal(vq);
+            unflushed = 0;
             if (pvfs_vq_enable_notify(vq))
                 continue;
             rc = kick_fd >= 0 ? pvfs_wait_kick(kick_fd, stop_fd, timeout_ms)
@@ -586,6 +604,7 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
         struct handoff ho = {q, vq, 1};
         int r = try_serve(h, req, q ? &ho : NULL);
         if (r != SERVED) {
+            pvfs_vq_flush_signal(vq);
             /* Python's: hand the ring over, but wake nobody -- a second thread in Python
              * would only fight this one for the GIL (GETATTR QD16 43k/s with one thread,
              * 36k/s with two); this thread is back as soon as Python is done, and should
@@ -596,6 +615,10 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
             count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */
             *out = req;
             return r == INLINE ? 3 : 1;
+        }
+        if (++unflushed >= FLUSH_EVERY || !ho.leading) {
+            pvfs_vq_flush_signal(vq);
+            unflushed = 0;
         }
         if (!ho.leading && lead(q))
             return 2;

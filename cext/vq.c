@@ -59,6 +59,8 @@ struct pvfs_vq {
     uint16_t used_idx;           /* our copy of used->idx */
     uint16_t signalled_used;     /* used_idx at the last interrupt */
     int signalled_used_valid;
+    int deferred;                /* used entries pushed whose interrupt decision waits */
+    uint16_t deferred_old;       /* used_idx before the first of them */
     unsigned inflight;
     struct pvfs_req *free_list;
     uint64_t popped, signalled, bad_chains;
@@ -211,6 +213,7 @@ int pvfs_vq_set_addr(struct pvfs_vq *vq, uint64_t desc_uva, uint64_t used_uva, u
     if (rc == 0)
         vq->used_idx = le16toh(__atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE));
     vq->signalled_used_valid = 0;
+    vq->deferred = 0;
     pthread_mutex_unlock(&vq->lock);
     return rc;
 }
@@ -235,6 +238,7 @@ void pvfs_vq_set_event_idx(struct pvfs_vq *vq, int on)
     pthread_mutex_lock(&vq->lock);
     vq->event_idx = !!on;
     vq->signalled_used_valid = 0;
+    vq->deferred = 0;
     pthread_mutex_unlock(&vq->lock);
 }
 
@@ -256,6 +260,8 @@ int pvfs_vq_start(struct pvfs_vq *vq)
         vq->started = 1;
         vq->broken = 0;
         vq->signalled_used_valid = 0;
+        vq->deferred = 0;
+    vq->deferred = 0;
     }
     pthread_mutex_unlock(&vq->lock);
     return rc;
@@ -461,10 +467,24 @@ static int should_signal(struct pvfs_vq *vq, uint16_t old)
     return v;
 }
 
-void pvfs_req_complete(struct pvfs_req *req, uint32_t used_len)
+/* Decide on an interrupt for the used entries from old on and send it.  Lock held. */
+static void signal_used(struct pvfs_vq *vq, uint16_t old)
+{
+    if (!should_signal(vq, old))
+        return;
+    vq->signalled_used = vq->used_idx;
+    vq->signalled_used_valid = 1;
+    if (vq->call_fd >= 0) {
+        /* Under the lock: the call fd may be replaced and closed by the control thread. */
+        uint64_t one = 1;
+        if (write(vq->call_fd, &one, sizeof(one)) == sizeof(one))
+            vq->signalled++;
+    }
+}
+
+static void complete(struct pvfs_req *req, uint32_t used_len, int defer)
 {
     struct pvfs_vq *vq = req->vq;
-    int signal = 0;
 
     pthread_mutex_lock(&vq->lock);
     if (vq->started && !vq->broken && vq->used) {
@@ -476,17 +496,15 @@ void pvfs_req_complete(struct pvfs_req *req, uint32_t used_len)
         e->len = htole32(used_len);
         vq->used_idx = old + 1;
         __atomic_store_n(&vq->used->idx, htole16(vq->used_idx), __ATOMIC_RELEASE);
-        if (should_signal(vq, old)) {
-            signal = 1;
-            vq->signalled_used = vq->used_idx;
-            vq->signalled_used_valid = 1;
+        if (defer) {
+            if (!vq->deferred) {
+                vq->deferred = 1;
+                vq->deferred_old = old;
+            }
+        } else {
+            signal_used(vq, vq->deferred ? vq->deferred_old : old);
+            vq->deferred = 0;
         }
-    }
-    if (signal && vq->call_fd >= 0) {
-        /* Under the lock: the call fd may be replaced and closed by the control thread. */
-        uint64_t one = 1;
-        if (write(vq->call_fd, &one, sizeof(one)) == sizeof(one))
-            vq->signalled++;
     }
     vq->inflight--;
     struct pvfs_mem *mem = req->mem;
@@ -495,6 +513,25 @@ void pvfs_req_complete(struct pvfs_req *req, uint32_t used_len)
     pthread_mutex_unlock(&vq->lock);
     pvfs_mem_unref(mem);
     pvfs_vq_unref(vq);
+}
+
+void pvfs_req_complete(struct pvfs_req *req, uint32_t used_len)
+{
+    complete(req, used_len, 0);
+}
+
+void pvfs_req_complete_deferred(struct pvfs_req *req, uint32_t used_len)
+{
+    complete(req, used_len, 1);
+}
+
+void pvfs_vq_flush_signal(struct pvfs_vq *vq)
+{
+    pthread_mutex_lock(&vq->lock);
+    if (vq->deferred && vq->started && !vq->broken && vq->used)
+        signal_used(vq, vq->deferred_old);
+    vq->deferred = 0;
+    pthread_mutex_unlock(&vq->lock);
 }
 
 int pvfs_vq_enable_notify(struct pvfs_vq *vq)

@@ -88,6 +88,10 @@ uint64_t pvfs_vq_stat_bad_chains(struct pvfs_vq *vq);
 int pvfs_vq_pop(struct pvfs_vq *vq, struct pvfs_req **out);
 /* Put a used element, signal the driver if it wants it, release the request. */
 void pvfs_req_complete(struct pvfs_req *req, uint32_t used_len);
+/* The same without the interrupt: the decision waits for pvfs_vq_flush_signal (or the next
+ * pvfs_req_complete), so a batch of completions costs the driver one interrupt. */
+void pvfs_req_complete_deferred(struct pvfs_req *req, uint32_t used_len);
+void pvfs_vq_flush_signal(struct pvfs_vq *vq);
 /* After draining: ask for kicks again (EVENT_IDX: publish avail_event).  Returns 1 if more
  * buffers arrived meanwhile (pop again), 0 otherwise. */
 int pvfs_vq_enable_notify(struct pvfs_vq *vq);

@@ -444,3 +444,47 @@ def test_a_small_write_stuck_in_the_host_fs_does_not_stall_the_queue(rig_factory
     finally:
         fs.release.set()
         host.close()
+
+
+def test_deferred_completions_interrupt_once_on_flush():
+    """pvfs_req_complete_deferred pushes used entries at once but leaves the interrupt to
+    pvfs_vq_flush_signal: a batch costs the driver one interrupt (EVENT_IDX off here, so
+    every non-deferred completion would signal)."""
+    from pyvirtiofsd.frontend.memory import Allocator, GuestRAM
+    from pyvirtiofsd.frontend.virtqueue import DriverQueue
+    from pyvirtiofsd.vhost_user.memory import GuestMemory
+    from pyvirtiofsd.vhost_user.vring import Vring
+
+    ram = GuestRAM(1 << 20)
+    drv = DriverQueue(1, 8, ram, Allocator(0, 1 << 20), event_idx=False)
+    mem = GuestMemory()
+    mem.set_table(ram.mem_regions(), [ram.fd])
+    vring = Vring(1)
+    vring.set_num(8)
+    vring.set_mem(mem.table)
+    vring.set_addr(*drv.addr_uva())
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    vring.set_call_fd(os.dup(call))
+    assert lib.pvfs_vq_start(vring.vq) == 0
+    p = ffi.new("struct pvfs_req **")
+    try:
+        for _ in range(3):
+            gpa = drv.alloc.alloc(64)
+            drv.add([], [(gpa, 64)])
+        for _ in range(3):
+            assert lib.pvfs_vq_pop(vring.vq, p) == 1
+            lib.pvfs_req_complete_deferred(p[0], 0)
+        assert lib.pvfs_drv_used_idx(drv._drv) == 3          # visible to the driver at once
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(call)                             # ... but no interrupt yet
+        lib.pvfs_vq_flush_signal(vring.vq)
+        assert os.eventfd_read(call) == 1
+        lib.pvfs_vq_flush_signal(vring.vq)                    # nothing deferred: no interrupt
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(call)
+    finally:
+        vring.close()
+        os.close(call)
+        drv.close()
+        mem.close()
+        ram.close()
