@@ -48,18 +48,25 @@ unsigned pvfs_fhtab_count(struct pvfs_fhtab *t);
 /* Opcodes the loop may serve. */
 #define PVFS_HOT_READ 1
 #define PVFS_HOT_WRITE 2
+#define PVFS_HOT_GETATTR 4
 
 enum {
     PVFS_HOT_STAT_READS = 0,      /* READs served in C */
     PVFS_HOT_STAT_WRITES = 1,     /* WRITEs served in C */
     PVFS_HOT_STAT_PASSED = 2,     /* requests handed to Python */
     PVFS_HOT_STAT_BYTES = 3,      /* bytes read + written in C */
+    PVFS_HOT_STAT_GETATTRS = 4,   /* GETATTRs served in C */
 };
 
 struct pvfs_hot;
 /* A serving context over a handle table (which it keeps a reference to). */
 struct pvfs_hot *pvfs_hot_new(struct pvfs_fhtab *t);
 void pvfs_hot_free(struct pvfs_hot *h);
+/* GETATTR in C (with PVFS_HOT_GETATTR in ops): nodeids are looked up in ``inodes`` (a
+ * table of O_PATH fds the inode table fills, see passthrough/inodes.py); every reply says
+ * blksize and the attribute timeout given here.  Set once, before serving. */
+void pvfs_hot_set_getattr(struct pvfs_hot *h, struct pvfs_fhtab *inodes, uint32_t blksize,
+                          uint64_t valid_sec, uint32_t valid_nsec);
 /* Which opcodes (PVFS_HOT_*) the loop serves; 0 hands everything to Python. */
 void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops);
 unsigned pvfs_hot_get_ops(struct pvfs_hot *h);

@@ -121,9 +121,20 @@ class HotPath:
             if (type(fs).write is PassthroughFs.write and dax is None
                     and not server.options.readonly and not fs.readonly):
                 ops |= lib.PVFS_HOT_WRITE
+            # GETATTR: the C reply is what AttrPacker would build as long as no attribute
+            # flag or id translation applies (DAX sets FUSE_ATTR_DAX and re-fits mappings
+            # after GETATTR; --translate-uid/gid rewrites ids).
+            o = server.options
+            if (type(fs).getattr is PassthroughFs.getattr and dax is None
+                    and not o.uid_map and not o.gid_map):
+                ops |= lib.PVFS_HOT_GETATTR
         self.ops = ops
         if ops:
             self.ctx = ffi.gc(lib.pvfs_hot_new(table), lib.pvfs_hot_free)
+            if ops & lib.PVFS_HOT_GETATTR:
+                whole = int(server.options.timeout)
+                lib.pvfs_hot_set_getattr(self.ctx, fs.inodes.c_table, server.options.guest_page_size,
+                                         whole, int((server.options.timeout - whole) * 1e9))
             lib.pvfs_hot_set_ops(self.ctx, ops)
             lib.pvfs_hot_set_inline(self.ctx, sum(1 << op for op in INLINE_OPCODES if op < 64))
 
@@ -140,7 +151,7 @@ class HotPath:
     def stats(self) -> dict[str, int]:
         if self.ctx is None:
             return {}
-        names = ("reads", "writes", "passed", "bytes")
+        names = ("reads", "writes", "passed", "bytes", "getattrs")
         return {n: lib.pvfs_hot_stat(self.ctx, i) for i, n in enumerate(names)}
 
 

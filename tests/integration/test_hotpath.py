@@ -148,7 +148,7 @@ def test_unknown_and_released_handles_get_ebadf(rig_factory):
 def test_readonly_server_keeps_write_in_python(rig_factory, tmp_path):
     (tmp_path / "f").write_bytes(b"data")
     rig = rig_factory(options=ServerOptions(readonly=True))
-    assert rig.device.hotpath.ops == lib.PVFS_HOT_READ
+    assert rig.device.hotpath.ops & (lib.PVFS_HOT_READ | lib.PVFS_HOT_WRITE) == lib.PVFS_HOT_READ
     c = rig.client
     node = c.lookup(ROOT, b"f")[0].nodeid
     fh = c.open(node, os.O_RDONLY).fh
@@ -161,7 +161,7 @@ def test_readonly_server_keeps_write_in_python(rig_factory, tmp_path):
 
 def test_readonly_file_system_keeps_write_in_python(rig_factory, tmp_path):
     rig = rig_factory(fs=PassthroughFs(tmp_path, readonly=True))
-    assert rig.device.hotpath.ops == lib.PVFS_HOT_READ
+    assert rig.device.hotpath.ops & (lib.PVFS_HOT_READ | lib.PVFS_HOT_WRITE) == lib.PVFS_HOT_READ
 
 
 def test_dax_window_keeps_write_in_python(rig_factory, tmp_path):
@@ -170,7 +170,7 @@ def test_dax_window_keeps_write_in_python(rig_factory, tmp_path):
     fs = PassthroughFs(tmp_path)
     dax = DaxWindow(fs, 64 * MiB)
     rig = rig_factory(fs=fs, dax=dax, options=ServerOptions(map_alignment=dax.map_alignment))
-    assert rig.device.hotpath.ops == lib.PVFS_HOT_READ
+    assert rig.device.hotpath.ops & (lib.PVFS_HOT_READ | lib.PVFS_HOT_WRITE) == lib.PVFS_HOT_READ
     node, fh = create(rig.client)
     assert rig.client.write(node, fh, 0, b"through python") == 14
     assert rig.client.read(node, fh, 0, 14) == b"through python"
@@ -212,7 +212,7 @@ class CountingReads(PassthroughFs):
 def test_a_subclass_that_overrides_read_gets_every_read(rig_factory, tmp_path):
     fs = CountingReads(tmp_path)
     rig = rig_factory(fs=fs)
-    assert rig.device.hotpath.ops == lib.PVFS_HOT_WRITE
+    assert rig.device.hotpath.ops & (lib.PVFS_HOT_READ | lib.PVFS_HOT_WRITE) == lib.PVFS_HOT_WRITE
     node, fh = create(rig.client)
     rig.client.write(node, fh, 0, b"hello")
     assert rig.client.read(node, fh, 0, 5) == b"hello"
@@ -488,3 +488,39 @@ def test_deferred_completions_interrupt_once_on_flush():
         drv.close()
         mem.close()
         ram.close()
+
+
+def test_getattr_in_c_answers_what_python_answers(rig_factory, tmp_path):
+    """The C GETATTR (fstat of the inode's O_PATH fd) must be byte for byte what the
+    server would have sent, blksize clamp included; forgotten inodes go to Python."""
+    import stat as stat_mod
+    (tmp_path / "f").write_bytes(b"x" * 12345)
+    os.mkfifo(tmp_path / "fifo")
+    rig = rig_factory()
+    assert rig.device.hotpath.ops & lib.PVFS_HOT_GETATTR
+    c = rig.client
+    for name in (b"f", b"fifo"):
+        head, attr_lookup = c.lookup(ROOT, name)
+        node = head.nodeid
+        before = rig.stats()["getattrs"]
+        attr = c.getattr(node)
+        assert rig.stats()["getattrs"] == before + 1          # served in C
+        st = os.lstat(tmp_path / name.decode())
+        assert (attr.ino, attr.size, attr.mode, attr.nlink, attr.uid, attr.gid) == \
+            (st.st_ino, st.st_size, st.st_mode, st.st_nlink, st.st_uid, st.st_gid)
+        assert (attr.mtime, attr.mtimensec) == divmod(st.st_mtime_ns, 10**9)
+        assert attr.blksize == 4096 and attr.flags == 0
+        assert attr == attr_lookup._replace(atime=attr.atime, atimensec=attr.atimensec)
+        c.forget(node, 1)
+    assert stat_mod.S_ISFIFO(attr.mode)
+    c.getattr(ROOT)                                              # let the forgets land
+    before = rig.stats()["getattrs"]
+    reply = c.call(Opcode.FUSE_GETATTR, node, abi.fuse_getattr_in.build(), abi.FUSE_ATTR_OUT_SIZE)
+    assert reply.error == -errno.EBADF                           # Python: unknown nodeid
+    assert rig.stats()["getattrs"] == before
+
+
+def test_getattr_stays_in_python_with_id_translation(rig_factory, tmp_path):
+    from pyvirtiofsd.passthrough.idmap import IdMap
+    rig = rig_factory(options=ServerOptions(uid_map=IdMap(["map:0:1000:1"], "uid")))
+    assert not rig.device.hotpath.ops & lib.PVFS_HOT_GETATTR

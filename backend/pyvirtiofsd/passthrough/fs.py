@@ -168,7 +168,7 @@ class PassthroughFs(FileSystem):
     def close(self) -> None:
         """Release every fd (the object is unusable afterwards)."""
         self.destroy()
-        os.close(self.inodes.root.fd)
+        self.inodes.close_root()
         os.close(self._proc_fd)
         self.mount_fds.close()
 

@@ -15,6 +15,11 @@ same inode cannot close the fd under it (and let the number be reused for anothe
 With file handles (see :mod:`.file_handle`) an inode keeps a handle instead of an fd: the
 first borrower reopens it (``opener``), the last one to give it back closes it again, so the
 daemon holds fds only for inodes in use right now.
+
+Inodes with an fd of their own are also registered in a C table (``c_table``, the handle
+table of cext/hotpath.c keyed by nodeid) from which the C hot path answers GETATTR without
+Python.  The C entry then owns the fd: it is removed from the table when the guest forgets
+the inode and closed by whichever of Python and a C GETATTR lets go of it last.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 import structlog
 
+from pyvirtiofsd._cext import ffi, lib
 from pyvirtiofsd.fuse.abi import FUSE_ROOT_ID
 
 log = structlog.get_logger()
@@ -49,6 +55,9 @@ class Inode:
     handle: Any = None
     """A :class:`~.file_handle.FileHandle`: ``fd`` is then open only while borrowed (-1
     otherwise)."""
+    c: Any = None
+    """The C table's entry, which then owns ``fd`` (see the module docstring)."""
+    c_fd: int = -1
 
 
 class InodeTable:
@@ -59,9 +68,35 @@ class InodeTable:
         self._by_id: dict[int, Inode] = {}
         self._by_key: dict[InodeKey, Inode] = {}
         self._next = FUSE_ROOT_ID + 1
+        self._c = ffi.gc(lib.pvfs_fhtab_new(), lib.pvfs_fhtab_unref)
         self.root = Inode(FUSE_ROOT_ID, root_fd, root_key, root_mode, lookups=1)
+        self._register(self.root)
         self._by_id[FUSE_ROOT_ID] = self.root
         self._by_key[root_key] = self.root
+
+    @property
+    def c_table(self):
+        """The C table (``struct pvfs_fhtab *``, nodeid -> fd) the hot path reads."""
+        return self._c
+
+    def _register(self, inode: Inode) -> None:
+        entry = lib.pvfs_fhtab_add(self._c, inode.nodeid, inode.fd)
+        if entry != ffi.NULL:
+            inode.c, inode.c_fd = entry, inode.fd
+
+    def _close(self, inode: Inode, fd: int) -> None:
+        """Close an inode's fd (through its C entry if it has one: a C GETATTR may still
+        be using it).  Call without the lock."""
+        if inode.c is not None and fd == inode.c_fd:
+            entry, inode.c = inode.c, None
+            lib.pvfs_fh_close(entry)
+        else:
+            os.close(fd)
+
+    def close_root(self) -> None:
+        """End of the file system: the root's fd goes too."""
+        lib.pvfs_fhtab_remove(self._c, FUSE_ROOT_ID)
+        self._close(self.root, self.root.fd)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -106,7 +141,7 @@ class InodeTable:
             if inode.users == 0 and (inode.dead or inode.handle is not None):
                 close, inode.fd = inode.fd, -1
         if close >= 0:
-            os.close(close)
+            self._close(inode, close)
 
     def open_fds(self) -> int:
         """How many inode fds are open now (for tests and statistics)."""
@@ -131,6 +166,8 @@ class InodeTable:
                 keep = fd if handle is None else -1
                 inode = Inode(self._next, keep, key, mode, lookups=1, handle=handle)
                 self._next += 1
+                if handle is None:
+                    self._register(inode)
                 self._by_id[inode.nodeid] = inode
                 self._by_key[key] = inode
                 if handle is None:
@@ -158,6 +195,7 @@ class InodeTable:
             inode.lookups = max(0, inode.lookups - nlookup)
             if inode.lookups == 0:
                 del self._by_id[nodeid]
+                lib.pvfs_fhtab_remove(self._c, nodeid)
                 if self._by_key.get(inode.key) is inode:
                     del self._by_key[inode.key]
                 if inode.users == 0:
@@ -165,7 +203,7 @@ class InodeTable:
                 else:
                     inode.dead = True
         if close is not None and close >= 0:
-            os.close(close)
+            self._close(inode, close)
 
     def clear(self) -> None:
         """Forget everything but the root (end of session)."""
@@ -175,10 +213,11 @@ class InodeTable:
             self._by_key = {self.root.key: self.root}
             to_close = []
             for inode in doomed:
+                lib.pvfs_fhtab_remove(self._c, inode.nodeid)
                 if inode.users == 0:
                     if inode.fd >= 0:
-                        to_close.append(inode.fd)
+                        to_close.append(inode)
                 else:
                     inode.dead = True
-        for fd in to_close:
-            os.close(fd)
+        for inode in to_close:
+            self._close(inode, inode.fd)
