@@ -192,3 +192,21 @@ def test_need_reply_on_message_with_reply_gets_one_reply(session):
     reply = session.fe.recv_message()
     assert reply.request == R.GET_FEATURES and len(reply.payload) == 8
     assert session.fe.get_u64(R.GET_QUEUE_NUM) == 2  # next reply is in step
+
+
+def test_close_unmaps_guest_memory():
+    """After Backend.close() no mapping of the front-end's RAM is left in this process
+    (other than the front-end's own)."""
+    s = Session()
+    ram_name = "pyvirtiofsd-guest-ram"
+
+    def maps():
+        with open("/proc/self/maps") as f:
+            return sum(1 for line in f if ram_name in line)
+
+    assert s.echo(b"x") == b"x"
+    assert maps() >= 2          # the front-end's mapping and the back-end's
+    s.fe.close()
+    s.thread.join(5)
+    s.backend.close()
+    assert maps() == 0          # while s (and its queues) are still alive

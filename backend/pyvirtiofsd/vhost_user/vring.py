@@ -193,6 +193,9 @@ class Vring:
         self.stop(drain_timeout=1.0)
         self.set_call_fd(None)
         self.set_err_fd(None)
+        # Drop the queue's reference to the memory table now, so guest memory is unmapped
+        # when the back-end closes rather than whenever the queue object is collected.
+        lib.pvfs_vq_set_mem(self.vq, ffi.NULL)
 
     @property
     def broken(self) -> bool:
