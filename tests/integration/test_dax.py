@@ -259,15 +259,12 @@ def test_read_into_a_buffer_inside_the_window(dax, shared):
     dax.setupmapping(d.nodeid, 0, 2 * MiB, 0, RW)
     s, _ = dax.lookup(ROOT, b"src")
     fh = dax.open(s.nodeid, os.O_RDONLY).fh
-    fe, q = dax.fe, dax.fe.queues[1]
+    fe = dax.fe
     req = abi.fuse_in_header.build(len=80, opcode=Opcode.FUSE_READ, unique=77, nodeid=s.nodeid) \
         + abi.fuse_read_in.build(fh=fh, offset=0, size=8192)
     g_in, g_out = fe.alloc.alloc(80), fe.alloc.alloc(16)
     fe.ram.write(g_in, req)
-    q.add([(g_in, 80)], [(g_out, 16), (WINDOW_GPA + 4096, 8192)])
-    q.kick(force=True)
-    while q.get_used() is None:
-        q.wait(1)
+    assert dax.call_chain([(g_in, 80)], [(g_out, 16), (WINDOW_GPA + 4096, 8192)]) == 16 + 8192
     assert abi.fuse_out_header.parse(fe.ram.read(g_out, 16)).error == 0
     assert (shared / "dst").read_bytes()[4096:4096 + 8192] == src
 
@@ -375,16 +372,13 @@ def test_request_in_a_truncated_file_region_does_not_kill_the_daemon(dax, shared
     make_file(shared, "victim", 2 * MiB)
     e, _ = dax.lookup(ROOT, b"victim")
     dax.setupmapping(e.nodeid, 0, 2 * MiB, 0, RW)
-    fe, q = dax.fe, dax.fe.queues[1]
+    fe = dax.fe
     header = abi.fuse_in_header.build(len=56, opcode=Opcode.FUSE_GETATTR, unique=99, nodeid=ROOT) \
         + abi.fuse_getattr_in.build()
     fe.window.write(8192, header)
     os.truncate(shared / "victim", 0)  # behind the daemon's back: no FUSE op tells it
     g_out = fe.alloc.alloc(abi.FUSE_ATTR_OUT_SIZE + 16)
-    q.add([(WINDOW_GPA + 8192, 56)], [(g_out, abi.FUSE_ATTR_OUT_SIZE + 16)])
-    q.kick(force=True)
-    while q.get_used() is None:
-        q.wait(1)
+    dax.call_chain([(WINDOW_GPA + 8192, 56)], [(g_out, abi.FUSE_ATTR_OUT_SIZE + 16)])
     assert dax.daemon.proc.poll() is None
     assert abi.fuse_out_header.parse(fe.ram.read(g_out, 16)).error < 0
     assert dax.getattr(ROOT).ino != 0

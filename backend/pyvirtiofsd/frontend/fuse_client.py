@@ -135,6 +135,25 @@ class FuseClient:
             p.queue.wait(min(left, 0.5))
         return p.reply
 
+    def call_chain(self, readable: list[tuple[int, int]], writable: list[tuple[int, int]],
+                   timeout: float | None = None) -> int:
+        """Submit a chain shaped by hand (guest addresses anywhere, even outside RAM: for
+        hostile and DAX tests), wait for it and return the used length.  The caller lays
+        out and reads the buffers itself."""
+        q = self.fe.queues[self.queue_index]
+        head = q.add(readable, writable)
+        q.kick(force=True)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            used = q.get_used()
+            if used is not None:
+                if used[0] != head:
+                    raise RuntimeError(f"chain {used[0]} came back, expected {head}")
+                return used[1]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"hand-made chain {head} did not come back")
+            q.wait(0.1)
+
     def call(self, opcode: int, nodeid: int = 0, args: bytes = b"", out_size: int = 0, **kw) -> Reply:
         return self.reap(self.submit(opcode, nodeid, args, out_size, **kw))
 
