@@ -479,6 +479,10 @@ class Server:
         except OSError as e:
             code = e.errno if isinstance(e.errno, int) and 0 < e.errno < 4096 else errno.EIO
             return None, code
+        except OverflowError:
+            # A 64-bit offset or size from the guest that the host's off_t cannot hold
+            # (the kernel would say EINVAL for the negative value it would become).
+            return None, errno.EINVAL
         except Exception:  # noqa: BLE001 - a file-system bug must not reach the guest as a hang
             log.error("file system raised", opcode=_opname(hdr.opcode), nodeid=hdr.nodeid,
                       exc_info=True)

@@ -347,7 +347,7 @@ def test_our_daemon_starts_from_libvirts_command_line(tmp_path):
     (["-o", "source=/tmp"], {"shared_dir": "/tmp"}),
     (["-o", "source=/tmp,cache=none,xattr"], {"cache": "never", "xattr": True}),
     (["-o", "source=/tmp,xattr", "-o", "no_xattr,cache=always"], {"xattr": False, "cache": "always"}),
-    (["-o", "source=/tmp,flock,no_posix_lock", "-d"], {"log_level": "debug"}),
+    (["-o", "source=/tmp,no_flock,no_posix_lock", "-d"], {"log_level": "debug"}),
     (["-o", "source=/tmp,log_level=err"], {"log_level": "error"}),
 ])
 def test_virtiofsd_option_syntax(argv, expect):

@@ -765,3 +765,33 @@ def test_handle_survives_a_transport_whose_complete_fails():
             raise OSError(errno.EIO, "ring gone")
     c, _ = mem_client()
     c.server.handle(Exploding(request(Opcode.FUSE_GETATTR, 1, bytes(16))))   # no exception
+
+
+BIG = 1 << 63          # does not fit a host off_t / ssize_t
+
+
+@pytest.mark.parametrize("opcode,make_body,target,err", [
+    (Opcode.FUSE_READDIR, lambda fh, n: abi.fuse_read_in.build(fh=fh, offset=BIG, size=4096),
+     1, errno.EINVAL),
+    (Opcode.FUSE_READDIRPLUS, lambda fh, n: abi.fuse_read_in.build(fh=fh, offset=BIG, size=4096),
+     1, errno.EINVAL),
+    # LSEEK's offset is signed on the wire; SEEK_DATA from a negative offset is ENXIO on the host
+    (Opcode.FUSE_LSEEK, lambda fh, n: abi.fuse_lseek_in.build(fh=fh, offset=BIG, whence=3),
+     None, errno.ENXIO),
+    (Opcode.FUSE_COPY_FILE_RANGE, lambda fh, n: abi.fuse_copy_file_range_in.build(
+        fh_in=fh, off_in=BIG, nodeid_out=n, fh_out=fh, len=1), None, errno.EINVAL),
+    (Opcode.FUSE_SETATTR, lambda fh, n: abi.fuse_setattr_in.build(
+        valid=abi.FATTR_SIZE, size=(1 << 64) - 1), None, errno.EINVAL),
+], ids=["readdir", "readdirplus", "lseek", "copy_file_range", "setattr-size"])
+def test_out_of_range_offsets_are_refused(make_client, share, opcode, make_body, target, err):
+    """A 64-bit field the host cannot represent is refused on that request with an errno."""
+    (share / "f").write_bytes(b"0123456789")
+    c = make_client()
+    nodeid = c.lookup(1, "f").nodeid
+    fh, _ = c.open(nodeid, os.O_RDWR)
+    if target == 1:
+        fh = c.opendir(1)
+    r = c.call(opcode, nodeid if target is None else target, make_body(fh, nodeid))
+    assert r.error == -err
+    assert (share / "f").read_bytes() == b"0123456789"
+    assert c.getattr(nodeid).size == 10    # the server goes on serving
