@@ -39,6 +39,18 @@ void pvfs_fhtab_unref(struct pvfs_fhtab *t);
 /* Register fh -> fd; the entry takes over closing fd (see pvfs_fh_close).  NULL if fh is
  * 0 or ~0 (reserved), already present, or memory is short: the caller keeps the fd. */
 struct pvfs_fh *pvfs_fhtab_add(struct pvfs_fhtab *t, uint64_t fh, int fd);
+/* An inode: nodeid -> O_PATH fd as pvfs_fhtab_add, plus the file's identity, so that a
+ * C LOOKUP of a name that resolves to it answers with its nodeid and counts the lookup in
+ * the entry.  NULL also if the identity is already registered. */
+struct pvfs_fh *pvfs_fhtab_add_inode(struct pvfs_fhtab *t, uint64_t nodeid, int fd,
+                                     uint64_t dev, uint64_t ino, uint64_t mnt_id);
+/* Settle an inode's lookup count: the owner's count ``held`` plus what C LOOKUPs counted
+ * since the last settle, minus ``n`` (a FORGET's nlookup; 0 to just read it), floored at 0.
+ * At 0 the entry leaves the table (as pvfs_fhtab_remove) under the same lock, so no C
+ * LOOKUP can hand the nodeid out again.  Returns the total, which the owner now holds. */
+uint64_t pvfs_fh_settle(struct pvfs_fhtab *t, struct pvfs_fh *e, uint64_t held, uint64_t n);
+/* Lookups counted in C not yet settled (for statistics and tests). */
+uint64_t pvfs_fh_pending(struct pvfs_fhtab *t, struct pvfs_fh *e);
 /* C lookups of fh fail from now on (RELEASE).  The entry and its fd stay valid. */
 void pvfs_fhtab_remove(struct pvfs_fhtab *t, uint64_t fh);
 /* The owner is done with the entry: its fd is closed now, or by the last C user. */
@@ -49,6 +61,7 @@ unsigned pvfs_fhtab_count(struct pvfs_fhtab *t);
 #define PVFS_HOT_READ 1
 #define PVFS_HOT_WRITE 2
 #define PVFS_HOT_GETATTR 4
+#define PVFS_HOT_LOOKUP 8
 
 enum {
     PVFS_HOT_STAT_READS = 0,      /* READs served in C */
@@ -56,13 +69,14 @@ enum {
     PVFS_HOT_STAT_PASSED = 2,     /* requests handed to Python */
     PVFS_HOT_STAT_BYTES = 3,      /* bytes read + written in C */
     PVFS_HOT_STAT_GETATTRS = 4,   /* GETATTRs served in C */
+    PVFS_HOT_STAT_LOOKUPS = 5,    /* LOOKUPs served in C */
 };
 
 struct pvfs_hot;
 /* A serving context over a handle table (which it keeps a reference to). */
 struct pvfs_hot *pvfs_hot_new(struct pvfs_fhtab *t);
 void pvfs_hot_free(struct pvfs_hot *h);
-/* GETATTR in C (with PVFS_HOT_GETATTR in ops): nodeids are looked up in ``inodes`` (a
+/* GETATTR and LOOKUP in C (with PVFS_HOT_GETATTR/LOOKUP in ops): nodeids are looked up in ``inodes`` (a
  * table of O_PATH fds the inode table fills, see passthrough/inodes.py); every reply says
  * blksize and the attribute timeout given here.  Set once, before serving. */
 void pvfs_hot_set_getattr(struct pvfs_hot *h, struct pvfs_fhtab *inodes, uint32_t blksize,

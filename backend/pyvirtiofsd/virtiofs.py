@@ -128,10 +128,14 @@ class HotPath:
             if (type(fs).getattr is PassthroughFs.getattr and dax is None
                     and not o.uid_map and not o.gid_map):
                 ops |= lib.PVFS_HOT_GETATTR
+                # LOOKUP of a name whose inode the guest holds already, on the same mount
+                # (no submount flag): the entry Python would build.
+                if type(fs).lookup is PassthroughFs.lookup:
+                    ops |= lib.PVFS_HOT_LOOKUP
         self.ops = ops
         if ops:
             self.ctx = ffi.gc(lib.pvfs_hot_new(table), lib.pvfs_hot_free)
-            if ops & lib.PVFS_HOT_GETATTR:
+            if ops & (lib.PVFS_HOT_GETATTR | lib.PVFS_HOT_LOOKUP):
                 whole = int(server.options.timeout)
                 lib.pvfs_hot_set_getattr(self.ctx, fs.inodes.c_table, server.options.guest_page_size,
                                          whole, int((server.options.timeout - whole) * 1e9))
@@ -151,7 +155,7 @@ class HotPath:
     def stats(self) -> dict[str, int]:
         if self.ctx is None:
             return {}
-        names = ("reads", "writes", "passed", "bytes", "getattrs")
+        names = ("reads", "writes", "passed", "bytes", "getattrs", "lookups")
         return {n: lib.pvfs_hot_stat(self.ctx, i) for i, n in enumerate(names)}
 
 

@@ -524,3 +524,91 @@ def test_getattr_stays_in_python_with_id_translation(rig_factory, tmp_path):
     from pyvirtiofsd.passthrough.idmap import IdMap
     rig = rig_factory(options=ServerOptions(uid_map=IdMap(["map:0:1000:1"], "uid")))
     assert not rig.device.hotpath.ops & lib.PVFS_HOT_GETATTR
+    assert not rig.device.hotpath.ops & lib.PVFS_HOT_LOOKUP
+
+
+def test_lookup_in_c_answers_what_python_answers(rig_factory, tmp_path):
+    """A LOOKUP of a name whose inode the guest already holds is answered in C, with the
+    bytes the server would have sent; the lookups it counts are the guest's to FORGET."""
+    (tmp_path / "f").write_bytes(b"x" * 777)
+    os.link(tmp_path / "f", tmp_path / "hard")
+    rig = rig_factory()
+    assert rig.device.hotpath.ops & lib.PVFS_HOT_LOOKUP
+    c, inodes = rig.client, rig.fs.inodes
+    served = lambda: rig.stats()["lookups"]                     # noqa: E731
+    first = c.check(Opcode.FUSE_LOOKUP, ROOT, b"f\0", abi.FUSE_ENTRY_OUT_SIZE)
+    assert served() == 0                                         # a new inode: Python's
+    node = c.parse_entry(first)[0].nodeid
+    again = c.check(Opcode.FUSE_LOOKUP, ROOT, b"f\0", abi.FUSE_ENTRY_OUT_SIZE)
+    assert served() == 1
+    # identical but for atime (a read may not touch it, but the host is free to)
+    cut = abi.fuse_entry_out_head.size + 24
+    assert again[:cut] == first[:cut] and again[cut + 8:cut + 24] == first[cut + 8:cut + 24]
+    assert again[cut + 28:] == first[cut + 28:]
+    head, attr = c.parse_entry(again)
+    assert head.nodeid == node and attr.blksize == 4096 and attr.size == 777
+    assert c.lookup(ROOT, b"hard")[0].nodeid == node              # a hard link: same inode
+    assert served() == 2
+    assert inodes.lookup_count(node) == 3
+    c.forget(node, 2)
+    c.getattr(ROOT)
+    assert inodes.lookup_count(node) == 1 and c.getattr(node).size == 777
+    c.forget(node, 1)
+    c.getattr(ROOT)
+    assert inodes.lookup_count(node) == 0
+    assert c.call(Opcode.FUSE_GETATTR, node, abi.fuse_getattr_in.build(),
+                  abi.FUSE_ATTR_OUT_SIZE).error == -errno.EBADF
+    # forgotten: the next LOOKUP is Python's again, with a new nodeid
+    assert c.lookup(ROOT, b"f")[0].nodeid not in (node, 0)
+    assert served() == 2
+
+
+def test_lookup_cases_c_leaves_to_python(rig_factory, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"")
+    rig = rig_factory()
+    c = rig.client
+    d = c.lookup(ROOT, b"d")[0].nodeid
+    c.lookup(d, b"f")
+    base = rig.stats()["lookups"]
+    assert c.lookup(d, b".")[0].nodeid == d                      # dots: Python
+    assert c.lookup(d, b"..")[0].nodeid == ROOT
+    missing = c.call(Opcode.FUSE_LOOKUP, d, b"nope\0", abi.FUSE_ENTRY_OUT_SIZE)
+    assert missing.error == -errno.ENOENT
+    for bad in (b"f\0junk\0", b"f", b"d/f\0", b"\0"):              # malformed: Python refuses
+        assert c.call(Opcode.FUSE_LOOKUP, ROOT, bad, abi.FUSE_ENTRY_OUT_SIZE).error == -errno.EINVAL
+    assert c.call(Opcode.FUSE_LOOKUP, 999, b"f\0", abi.FUSE_ENTRY_OUT_SIZE).error == -errno.EBADF
+    short = c.call(Opcode.FUSE_LOOKUP, d, b"f\0", 16 + 40)       # no room for the entry
+    assert short.error == -errno.EIO
+    assert rig.stats()["lookups"] == base
+    assert c.lookup(d, b"f")[1].size == 0 and rig.stats()["lookups"] == base + 1
+
+
+def test_lookups_in_c_race_forgets_without_losing_count(rig_factory, tmp_path):
+    """Lookups counted in C and FORGETs settled in Python, concurrently on two queues of
+    one device: every nodeid handed out stays valid until the guest forgets it, and when
+    all are forgotten the inode (and its fd) is gone."""
+    (tmp_path / "f").write_bytes(b"data")
+    rig = rig_factory()
+    c = rig.client
+    fds_before = rig.fs.inodes.open_fds()
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(300):
+                node = c.lookup(ROOT, b"f")[0].nodeid
+                assert c.getattr(node).size == 4
+                c.forget(node, 1)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    c.getattr(ROOT)
+    assert rig.stats()["lookups"] > 0
+    assert len(rig.fs.inodes) == 1 and rig.fs.inodes.open_fds() == fds_before

@@ -198,11 +198,12 @@ def test_close_unmaps_guest_memory():
     """After Backend.close() no mapping of the front-end's RAM is left in this process
     (other than the front-end's own)."""
     s = Session()
-    ram_name = "pyvirtiofsd-guest-ram"
+    ram_ino = str(os.fstat(s.fe.ram.fd).st_ino)   # this session's memfd, not another test's
 
     def maps():
         with open("/proc/self/maps") as f:
-            return sum(1 for line in f if ram_name in line)
+            return sum(1 for line in f
+                       if "pyvirtiofsd-guest-ram" in line and line.split()[4] == ram_ino)
 
     assert s.echo(b"x") == b"x"
     assert maps() >= 2          # the front-end's mapping and the back-end's

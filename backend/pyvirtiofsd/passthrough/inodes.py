@@ -17,9 +17,12 @@ first borrower reopens it (``opener``), the last one to give it back closes it a
 daemon holds fds only for inodes in use right now.
 
 Inodes with an fd of their own are also registered in a C table (``c_table``, the handle
-table of cext/hotpath.c keyed by nodeid) from which the C hot path answers GETATTR without
-Python.  The C entry then owns the fd: it is removed from the table when the guest forgets
-the inode and closed by whichever of Python and a C GETATTR lets go of it last.
+table of cext/hotpath.c keyed by nodeid and by file identity) from which the C hot path
+answers GETATTR, and LOOKUP of names that resolve to them, without Python.  The C entry
+then owns the fd: it is removed from the table when the guest forgets the inode and closed
+by whichever of Python and a C GETATTR lets go of it last.  A C LOOKUP counts its lookup
+in the entry; FORGET settles that count with ours (``pvfs_fh_settle``) under the C table's
+lock, so a nodeid C hands out is never one being dropped.
 """
 from __future__ import annotations
 
@@ -80,7 +83,8 @@ class InodeTable:
         return self._c
 
     def _register(self, inode: Inode) -> None:
-        entry = lib.pvfs_fhtab_add(self._c, inode.nodeid, inode.fd)
+        dev, ino, mnt_id = inode.key
+        entry = lib.pvfs_fhtab_add_inode(self._c, inode.nodeid, inode.fd, dev, ino, mnt_id)
         if entry != ffi.NULL:
             inode.c, inode.c_fd = entry, inode.fd
 
@@ -152,7 +156,11 @@ class InodeTable:
         """Lookups the guest holds on ``nodeid`` (0 when unknown).  For tests and logs."""
         with self._lock:
             inode = self._by_id.get(nodeid)
-            return inode.lookups if inode is not None else 0
+            if inode is None:
+                return 0
+            if inode.c is not None:
+                return inode.lookups + lib.pvfs_fh_pending(self._c, inode.c)
+            return inode.lookups
 
     def add_lookup(self, fd: int, key: InodeKey, mode: int, handle: Any = None) -> Inode:
         """Count one lookup of the file ``fd`` refers to.  Takes ownership of ``fd``: it
@@ -192,7 +200,11 @@ class InodeTable:
             inode = self._by_id.get(nodeid)
             if inode is None or inode is self.root:
                 return
-            inode.lookups = max(0, inode.lookups - nlookup)
+            if inode.c is not None:
+                # with the lookups C LOOKUPs counted; at 0 C has dropped the entry already
+                inode.lookups = lib.pvfs_fh_settle(self._c, inode.c, inode.lookups, nlookup)
+            else:
+                inode.lookups = max(0, inode.lookups - nlookup)
             if inode.lookups == 0:
                 del self._by_id[nodeid]
                 lib.pvfs_fhtab_remove(self._c, nodeid)
