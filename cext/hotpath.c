@@ -7,8 +7,10 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <string.h>
 #include <time.h>
@@ -537,6 +539,49 @@ static int serve_getattr(struct pvfs_hot *h, struct pvfs_req *req, const uint8_t
 /* glibc takes struct statx from <linux/stat.h> (5.8+ headers have stx_mnt_id). */
 #define STX_MNT_ID(x) ((x)->stx_mnt_id)
 
+/* struct fuse_entry_out (128 bytes) for nodeid with the attributes of a statx. */
+static void pack_entry(uint8_t *b, uint64_t nodeid, const struct statx *sx, uint32_t blksize,
+                       uint64_t valid_sec, uint32_t valid_nsec)
+{
+    struct stat st = {0};
+    st.st_ino = sx->stx_ino;
+    st.st_size = (off_t)sx->stx_size;
+    st.st_blocks = (blkcnt_t)sx->stx_blocks;
+    st.st_atim.tv_sec = sx->stx_atime.tv_sec;
+    st.st_atim.tv_nsec = sx->stx_atime.tv_nsec;
+    st.st_mtim.tv_sec = sx->stx_mtime.tv_sec;
+    st.st_mtim.tv_nsec = sx->stx_mtime.tv_nsec;
+    st.st_ctim.tv_sec = sx->stx_ctime.tv_sec;
+    st.st_ctim.tv_nsec = sx->stx_ctime.tv_nsec;
+    st.st_mode = sx->stx_mode;
+    st.st_nlink = sx->stx_nlink;
+    st.st_uid = sx->stx_uid;
+    st.st_gid = sx->stx_gid;
+    st.st_rdev = makedev(sx->stx_rdev_major, sx->stx_rdev_minor);
+    memset(b, 0, 40);
+    put64(b, nodeid);                                     /* generation stays 0 */
+    put64(b + 16, valid_sec);                             /* entry_valid */
+    put64(b + 24, valid_sec);                             /* attr_valid */
+    put32(b + 32, valid_nsec);
+    put32(b + 36, valid_nsec);
+    pack_attr(b + 40, &st, blksize);
+}
+
+#define STATX_WANT (STATX_BASIC_STATS | STATX_MNT_ID)
+
+/* statx a name under a parent O_PATH fd as a LOOKUP does (no symlink followed, no automount);
+ * 0, or -1 with errno (EXDEV: on another mount than the parent -- a submount, Python's). */
+static int stat_child(int parent_fd, const char *name, uint64_t parent_mnt, struct statx *sx)
+{
+    if (statx(parent_fd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_WANT, sx) < 0)
+        return -1;
+    if ((sx->stx_mask & STATX_WANT) != STATX_WANT || STX_MNT_ID(sx) != parent_mnt) {
+        errno = EXDEV;
+        return -1;
+    }
+    return 0;
+}
+
 /* LOOKUP of a name that resolves to an inode the guest already holds (the common repeat:
  * a dentry revalidated after its timeout): statx the name under the parent's O_PATH fd,
  * find the identity in the inode table, count the lookup there (the owner settles it on
@@ -561,34 +606,12 @@ static int serve_lookup(struct pvfs_hot *h, struct pvfs_req *req, const uint8_t 
         return TO_POOL;
     }
     struct statx sx;
-    int rc = statx(p->fd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT,
-                   STATX_BASIC_STATS | STATX_MNT_ID, &sx);
-    uint64_t parent_mnt = p->mnt_id;
+    int rc = stat_child(p->fd, name, p->mnt_id, &sx);
     fh_put(p);
-    if (rc < 0 || (sx.stx_mask & (STATX_BASIC_STATS | STATX_MNT_ID)) !=
-                  (STATX_BASIC_STATS | STATX_MNT_ID) || STX_MNT_ID(&sx) != parent_mnt)
+    if (rc < 0)
         return TO_POOL;
-    struct stat st = {0};
-    st.st_ino = sx.stx_ino;
-    st.st_size = (off_t)sx.stx_size;
-    st.st_blocks = (blkcnt_t)sx.stx_blocks;
-    st.st_atim.tv_sec = sx.stx_atime.tv_sec;
-    st.st_atim.tv_nsec = sx.stx_atime.tv_nsec;
-    st.st_mtim.tv_sec = sx.stx_mtime.tv_sec;
-    st.st_mtim.tv_nsec = sx.stx_mtime.tv_nsec;
-    st.st_ctim.tv_sec = sx.stx_ctime.tv_sec;
-    st.st_ctim.tv_nsec = sx.stx_ctime.tv_nsec;
-    st.st_mode = sx.stx_mode;
-    st.st_nlink = sx.stx_nlink;
-    st.st_uid = sx.stx_uid;
-    st.st_gid = sx.stx_gid;
-    st.st_rdev = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
-    uint8_t b[128] = {0};                                 /* struct fuse_entry_out */
-    put64(b + 16, h->attr_valid);                         /* entry_valid */
-    put64(b + 24, h->attr_valid);                         /* attr_valid */
-    put32(b + 32, h->attr_valid_nsec);
-    put32(b + 36, h->attr_valid_nsec);
-    pack_attr(b + 40, &st, h->blksize);
+    uint8_t b[128];                                       /* struct fuse_entry_out */
+    pack_entry(b, 0, &sx, h->blksize, h->attr_valid, h->attr_valid_nsec);
     /* Written before the lookup is counted: once counted, the guest must get the reply. */
     if (pvfs_req_write_out(req, OUT_HDR, b, sizeof(b)) < 0)
         return TO_POOL;                                   /* a hole: Python explains */
@@ -596,11 +619,95 @@ static int serve_lookup(struct pvfs_hot *h, struct pvfs_req *req, const uint8_t 
                                    sx.stx_ino, STX_MNT_ID(&sx));
     if (!nodeid)
         return TO_POOL;                                   /* a new inode: Python opens it */
-    put64(b, nodeid);                                     /* generation stays 0 */
+    put64(b, nodeid);
     pvfs_req_write_out(req, OUT_HDR, b, 8);               /* the range just written */
     count(h, PVFS_HOT_STAT_LOOKUPS, 1);
     reply(req, get64(a + 8), 0, NULL, 0, sizeof(b), 0);
     return SERVED;
+}
+
+/* ---- READDIRPLUS of held inodes ---- */
+
+struct dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+int64_t pvfs_dirplus_held(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd,
+                          uint64_t parent_mnt, uint64_t offset, uint8_t *out, uint32_t room,
+                          uint32_t blksize, uint64_t valid_sec, uint32_t valid_nsec,
+                          uint64_t *next_offset, int *why)
+{
+    *next_offset = offset;
+    *why = PVFS_DIRPLUS_PYTHON;
+    if (offset > INT64_MAX)
+        return -EINVAL;
+    if (lseek(dir_fd, (off_t)offset, SEEK_SET) < 0)
+        return -errno;
+    char buf[8192] __attribute__((aligned(8)));
+    uint32_t used = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir_fd, buf, sizeof(buf));
+        if (n < 0)
+            return used ? (int64_t)used : -errno;         /* with entries: Python goes on */
+        if (n == 0) {
+            *why = PVFS_DIRPLUS_END;
+            return used;
+        }
+        for (long pos = 0; pos < n;) {
+            const struct dirent64 *d = (const void *)(buf + pos);
+            const size_t name_at = offsetof(struct dirent64, d_name);
+            if (d->d_reclen <= name_at || pos + d->d_reclen > n)
+                return used ? (int64_t)used : -EIO;
+            pos += d->d_reclen;
+            size_t nl = strnlen(d->d_name, d->d_reclen - name_at);
+            if (nl == 0 || nl > 255)
+                return used ? (int64_t)used : -EIO;
+            uint32_t rec = 128 + (((uint32_t)(24 + nl) + 7) & ~7u);
+            if (used + rec > room) {
+                *why = PVFS_DIRPLUS_FULL;
+                return used;
+            }
+            uint8_t *e = out + used;
+            memset(e, 0, rec);
+            int dots = (nl == 1 && d->d_name[0] == '.') ||
+                       (nl == 2 && d->d_name[0] == '.' && d->d_name[1] == '.');
+            if (dots) {
+                /* nodeid 0, no timeouts, only ino, type and nlink 1 (filesystem.Attr's
+                 * defaults): the guest skips these */
+                struct stat st = {0};
+                st.st_ino = d->d_ino;
+                st.st_mode = (mode_t)d->d_type << 12;
+                st.st_nlink = 1;
+                pack_attr(e + 40, &st, blksize);
+            } else {
+                struct statx sx;
+                if (stat_child(parent_fd, d->d_name, parent_mnt, &sx) < 0) {
+                    if (errno == ENOENT) {                /* gone since getdents: skipped */
+                        *next_offset = (uint64_t)d->d_off;
+                        continue;
+                    }
+                    return used;                          /* Python's, from this entry */
+                }
+                uint64_t nodeid = count_lookup(inodes, makedev(sx.stx_dev_major, sx.stx_dev_minor),
+                                               sx.stx_ino, STX_MNT_ID(&sx));
+                if (!nodeid)
+                    return used;                          /* a new inode: Python's */
+                pack_entry(e, nodeid, &sx, blksize, valid_sec, valid_nsec);
+            }
+            uint8_t *de = e + 128;                        /* struct fuse_dirent */
+            put64(de, d->d_ino);
+            put64(de + 8, (uint64_t)d->d_off);
+            put32(de + 16, (uint32_t)nl);
+            put32(de + 20, d->d_type);
+            memcpy(de + 24, d->d_name, nl);
+            used += rec;
+            *next_offset = (uint64_t)d->d_off;
+        }
+    }
 }
 
 /* Serve req if it is an ordinary READ/WRITE on a known handle (SERVED), else say where

@@ -57,6 +57,21 @@ void pvfs_fhtab_remove(struct pvfs_fhtab *t, uint64_t fh);
 void pvfs_fh_close(struct pvfs_fh *e);
 unsigned pvfs_fhtab_count(struct pvfs_fhtab *t);
 
+/* READDIRPLUS entries of the directory open as dir_fd (whose O_PATH fd is parent_fd, on
+ * mount parent_mnt), from offset on, packed into out (room bytes) as server.py packs them,
+ * for as long as each entry's inode is one the table holds already (its lookup is counted
+ * there, as a C LOOKUP's); "." and ".." as nodeid 0.  Returns the bytes packed, or a
+ * negative errno when nothing was; *next_offset is where the entries packed (or skipped:
+ * gone since getdents) end, *why why it stopped: */
+#define PVFS_DIRPLUS_END 0      /* end of the directory */
+#define PVFS_DIRPLUS_FULL 1     /* the next entry does not fit */
+#define PVFS_DIRPLUS_PYTHON 2   /* the entry at *next_offset is Python's (new inode, submount,
+                                   error: Python looks it up or reports the error) */
+int64_t pvfs_dirplus_held(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd,
+                          uint64_t parent_mnt, uint64_t offset, uint8_t *out, uint32_t room,
+                          uint32_t blksize, uint64_t valid_sec, uint32_t valid_nsec,
+                          uint64_t *next_offset, int *why);
+
 /* Opcodes the loop may serve. */
 #define PVFS_HOT_READ 1
 #define PVFS_HOT_WRITE 2

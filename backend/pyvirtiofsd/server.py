@@ -30,7 +30,8 @@ from typing import Any, Callable, Protocol
 import structlog
 
 from pyvirtiofsd.filesystem import (
-    Attr, Context, Entry, FileRange, FileSystem, Opened, SetAttr, Statx, WriteData,
+    DIRPLUS_FULL, DIRPLUS_PYTHON, Attr, Context, Entry, FileRange, FileSystem, Opened, SetAttr,
+    Statx, WriteData,
 )
 from pyvirtiofsd.fuse import abi, extensions
 from pyvirtiofsd.fuse.abi import Opcode
@@ -361,6 +362,11 @@ class Server:
         self.attrs = AttrPacker(self.options.guest_page_size,
                                 dax_policy=getattr(dax, "inode_dax", None),
                                 uid_map=self.options.uid_map, gid_map=self.options.gid_map)
+        # READDIRPLUS records for inodes the guest holds, packed by the file system itself
+        # (PassthroughFs: in C) -- only where AttrPacker adds nothing to the host's attributes.
+        self._dirplus_held = (getattr(fs, "readdirplus_held", None)
+                              if self.attrs.dax_policy is None and not self.options.uid_map
+                              and not self.options.gid_map else None)
         self._session: Session | None = None
         self._lifecycle = threading.Lock()
         self._handlers: dict[int, Callable[..., Any]] = {
@@ -1004,7 +1010,25 @@ class Server:
         limit = min(ri.size, req.out_len - _OUT_HDR)
         ctx = self._ctx(hdr)
         out = bytearray()
-        entries = self.fs.readdir(ctx, hdr.nodeid, ri.fh, ri.offset)
+        offset = ri.offset
+        if plus and self._dirplus_held is not None:
+            held, offset, why = self._dirplus_held(ctx, hdr.nodeid, ri.fh, offset, limit,
+                                                   self.attrs.blksize, self.options.timeout)
+            if why != DIRPLUS_PYTHON:
+                if not held and why == DIRPLUS_FULL:
+                    raise _err(errno.EINVAL)       # not even one entry fits
+                return held
+            out += held
+        try:
+            return self._pack_entries(ctx, hdr, session, ri.fh, offset, limit, plus, out)
+        except OSError:
+            if out:
+                return bytes(out)   # lookups were counted for these: they must reach the guest
+            raise
+
+    def _pack_entries(self, ctx: Context, hdr, session: Session, fh: int, offset: int,
+                      limit: int, plus: bool, out: bytearray) -> bytes:
+        entries = self.fs.readdir(ctx, hdr.nodeid, fh, offset)
         it = iter(entries)
         try:
             for d in it:

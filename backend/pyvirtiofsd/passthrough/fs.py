@@ -26,9 +26,10 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import structlog
 
+from pyvirtiofsd._cext import ffi, lib
 from pyvirtiofsd.filesystem import (
-    Attr, Context, DirEntry, Entry, FileRange, FileSystem, Opened, SetAttr, StatFs, Statx,
-    WriteData,
+    DIRPLUS_END, DIRPLUS_FULL, DIRPLUS_PYTHON, Attr, Context, DirEntry, Entry, FileRange,
+    FileSystem, Opened, SetAttr, StatFs, Statx, WriteData,
 )
 from pyvirtiofsd.fuse import abi
 from pyvirtiofsd.passthrough import file_handle, syscalls
@@ -95,6 +96,11 @@ def _attr_from_statx(stx) -> Attr:
         mode=stx.mode, nlink=stx.nlink, uid=stx.uid, gid=stx.gid,
         rdev=os.makedev(stx.rdev_major, stx.rdev_minor), blksize=stx.blksize,
     )
+
+
+# the C side's stop reasons are the server's
+assert (lib.PVFS_DIRPLUS_END, lib.PVFS_DIRPLUS_FULL, lib.PVFS_DIRPLUS_PYTHON) == \
+    (DIRPLUS_END, DIRPLUS_FULL, DIRPLUS_PYTHON)
 
 
 class PassthroughFs(FileSystem):
@@ -588,6 +594,25 @@ class PassthroughFs(FileSystem):
 
     def readdir(self, ctx: Context, inode: int, fh: int, offset: int) -> "_DirStream":
         return _DirStream(self.handles, self.handles.acquire(fh), offset)
+
+    def readdirplus_held(self, ctx: Context, inode: int, fh: int, offset: int, room: int,
+                         blksize: int, timeout: float) -> tuple[bytes, int, int]:
+        """READDIRPLUS records packed in C while the entries are inodes the guest holds
+        (see :meth:`FileSystem.readdir`); the first new one is left to :meth:`lookup`."""
+        if type(self).lookup is not PassthroughFs.lookup or room <= 0:
+            return b"", offset, DIRPLUS_PYTHON
+        with self.handles.borrow(fh) as h, h.lock, self.inodes.borrow(inode) as p:
+            if p.c is None or p.fd < 0:
+                return b"", offset, DIRPLUS_PYTHON          # not in the C table
+            buf = ffi.new("uint8_t[]", room)
+            nxt, why = ffi.new("uint64_t *"), ffi.new("int *")
+            whole = int(timeout)
+            n = lib.pvfs_dirplus_held(self.inodes.c_table, h.fd, p.fd, p.key[2], offset, buf,
+                                      room, blksize, whole, int((timeout - whole) * 1e9),
+                                      nxt, why)
+        if n < 0:
+            raise OSError(-n, os.strerror(-n))
+        return ffi.buffer(buf, n)[:], nxt[0], why[0]
 
     def releasedir(self, ctx: Context, inode: int, fh: int, flags: int) -> None:
         self.handles.remove(fh)
