@@ -648,9 +648,14 @@ int64_t pvfs_dirplus_held(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd,
     if (lseek(dir_fd, (off_t)offset, SEEK_SET) < 0)
         return -errno;
     char buf[8192] __attribute__((aligned(8)));
+    /* Read about what fits: a reply re-seeks, so entries read past it are read again.  A
+     * dirent64 is at most ~2/3 of its direntplus record (a quarter for short names). */
+    size_t want = room / 4 + 512;
+    if (want > sizeof(buf))
+        want = sizeof(buf);
     uint32_t used = 0;
     for (;;) {
-        long n = syscall(SYS_getdents64, dir_fd, buf, sizeof(buf));
+        long n = syscall(SYS_getdents64, dir_fd, buf, want);
         if (n < 0)
             return used ? (int64_t)used : -errno;         /* with entries: Python goes on */
         if (n == 0) {
