@@ -91,21 +91,36 @@ void pvfs_fhtab_unref(struct pvfs_fhtab *t)
     free(t);
 }
 
-/* Rehash into a table of cap slots.  Called with the lock held. */
-static int rehash(struct pvfs_fhtab *t, unsigned cap)
+static unsigned kslot_of(uint64_t dev, uint64_t ino, uint64_t mnt_id, unsigned cap)
+{
+    return slot_of(ino ^ (dev * 0xff51afd7ed558ccdull) ^ (mnt_id << 40), cap);
+}
+
+/* The live entries of an index (by fh, or by_key) re-placed in a new array of cap slots;
+ * NULL if memory is short. */
+static struct pvfs_fh **rebuild(struct pvfs_fh **old, unsigned old_cap, unsigned cap, int by_key)
 {
     struct pvfs_fh **slots = calloc(cap, sizeof(*slots));
     if (!slots)
-        return -ENOMEM;
-    for (unsigned i = 0; i < t->cap; i++) {
-        struct pvfs_fh *e = t->slots[i];
+        return NULL;
+    for (unsigned i = 0; old && i < old_cap; i++) {
+        struct pvfs_fh *e = old[i];
         if (e == EMPTY || e == GONE)
             continue;
-        unsigned j = slot_of(e->fh, cap);
+        unsigned j = by_key ? kslot_of(e->dev, e->ino, e->mnt_id, cap) : slot_of(e->fh, cap);
         while (slots[j])
             j = (j + 1) & (cap - 1);
         slots[j] = e;
     }
+    return slots;
+}
+
+/* Rehash into a table of cap slots.  Called with the lock held. */
+static int rehash(struct pvfs_fhtab *t, unsigned cap)
+{
+    struct pvfs_fh **slots = rebuild(t->slots, t->cap, cap, 0);
+    if (!slots)
+        return -ENOMEM;
     free(t->slots);
     t->slots = slots;
     t->cap = cap;
@@ -129,11 +144,6 @@ static int find(const struct pvfs_fhtab *t, uint64_t fh)
 
 /* ---- the key index (inodes by identity) ---- */
 
-static unsigned kslot_of(uint64_t dev, uint64_t ino, uint64_t mnt_id, unsigned cap)
-{
-    return slot_of(ino ^ (dev * 0xff51afd7ed558ccdull) ^ (mnt_id << 40), cap);
-}
-
 /* The kslot holding the key, or -1.  Called with the lock held. */
 static int kfind(const struct pvfs_fhtab *t, uint64_t dev, uint64_t ino, uint64_t mnt_id)
 {
@@ -156,18 +166,9 @@ static int kreserve(struct pvfs_fhtab *t)
     if (t->kslots && (t->kused + 1) * 2 <= t->kcap)
         return 0;
     unsigned cap = !t->kslots ? 64 : t->kcount * 4 > t->kcap ? t->kcap * 2 : t->kcap;
-    struct pvfs_fh **slots = calloc(cap, sizeof(*slots));
+    struct pvfs_fh **slots = rebuild(t->kslots, t->kcap, cap, 1);
     if (!slots)
         return -ENOMEM;
-    for (unsigned i = 0; t->kslots && i < t->kcap; i++) {
-        struct pvfs_fh *e = t->kslots[i];
-        if (e == EMPTY || e == GONE)
-            continue;
-        unsigned j = kslot_of(e->dev, e->ino, e->mnt_id, cap);
-        while (slots[j])
-            j = (j + 1) & (cap - 1);
-        slots[j] = e;
-    }
     free(t->kslots);
     t->kslots = slots;
     t->kcap = cap;
