@@ -1,6 +1,7 @@
 /* READ/WRITE served in C (see hotpath.h). */
 #define _GNU_SOURCE
 #include "hotpath.h"
+#include "fsops.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -28,6 +29,10 @@ struct pvfs_fh {
     int keyed;
     uint64_t dev, ino, mnt_id;
     uint64_t c_lookups;
+    /* Inodes a C LOOKUP opened (the owner has not seen them yet: pvfs_fhtab_adopt) hold
+     * their reference in the table; adopted = 1 once the owner holds it. */
+    int adopted;
+    uint32_t mode;
     /* Large WRITEs through this handle, one at a time: two threads writing one file would
      * serialise on its inode lock anyway, the second spinning on it (rwsem_spin_on_owner:
      * a quarter of the CPU of seq write 1M QD16); here it sleeps instead. */
@@ -47,6 +52,8 @@ struct pvfs_fhtab {
     /* The same entries by (dev, ino, mnt_id), for the keyed ones (allocated on first use). */
     struct pvfs_fh **kslots;
     unsigned kcap, kcount, kused;
+    uint64_t next_id;  /* atomic: the next nodeid (pvfs_fhtab_new_id) */
+    unsigned unadopted;
 };
 
 static unsigned slot_of(uint64_t fh, unsigned cap)
@@ -68,6 +75,7 @@ struct pvfs_fhtab *pvfs_fhtab_new(void)
     }
     pthread_mutex_init(&t->lock, NULL);
     t->refs = 1;
+    t->next_id = 2;    /* 1 is FUSE_ROOT_ID */
     return t;
 }
 
@@ -202,7 +210,8 @@ static void drop(struct pvfs_fhtab *t, int j)
     }
 }
 
-static struct pvfs_fh *add(struct pvfs_fhtab *t, uint64_t fh, int fd, const uint64_t *key)
+static struct pvfs_fh *add(struct pvfs_fhtab *t, uint64_t fh, int fd, const uint64_t *key,
+                           uint32_t mode)
 {
     if (fh == 0 || fh == UINT64_MAX || fd < 0)
         return NULL;
@@ -214,6 +223,8 @@ static struct pvfs_fh *add(struct pvfs_fhtab *t, uint64_t fh, int fd, const uint
     e->fd = fd;
     e->append = fl < 0 || (fl & O_APPEND);
     e->refs = 1;
+    e->adopted = 1;
+    e->mode = mode;
     pthread_mutex_init(&e->wlock, NULL);
     if (key) {
         e->keyed = 1;
@@ -244,23 +255,135 @@ static struct pvfs_fh *add(struct pvfs_fhtab *t, uint64_t fh, int fd, const uint
 
 struct pvfs_fh *pvfs_fhtab_add(struct pvfs_fhtab *t, uint64_t fh, int fd)
 {
-    return add(t, fh, fd, NULL);
+    return add(t, fh, fd, NULL, 0);
 }
 
 struct pvfs_fh *pvfs_fhtab_add_inode(struct pvfs_fhtab *t, uint64_t nodeid, int fd,
-                                     uint64_t dev, uint64_t ino, uint64_t mnt_id)
+                                     uint64_t dev, uint64_t ino, uint64_t mnt_id, uint32_t mode)
 {
     const uint64_t key[3] = {dev, ino, mnt_id};
-    return add(t, nodeid, fd, key);
+    return add(t, nodeid, fd, key, mode);
+}
+
+uint64_t pvfs_fhtab_new_id(struct pvfs_fhtab *t)
+{
+    return __atomic_fetch_add(&t->next_id, 1, __ATOMIC_RELAXED);
+}
+
+struct pvfs_fh *pvfs_fhtab_adopt(struct pvfs_fhtab *t, uint64_t nodeid, const uint64_t *key,
+                                 struct pvfs_inode_info *info)
+{
+    struct pvfs_fh *e = NULL;
+    pthread_mutex_lock(&t->lock);
+    int j = key ? kfind(t, key[0], key[1], key[2]) : find(t, nodeid);
+    struct pvfs_fh *c = j < 0 ? NULL : key ? t->kslots[j] : t->slots[j];
+    if (c && c->keyed && !c->adopted) {
+        c->adopted = 1;
+        t->unadopted--;
+        info->nodeid = c->fh;
+        info->fd = c->fd;
+        info->dev = c->dev;
+        info->ino = c->ino;
+        info->mnt_id = c->mnt_id;
+        info->mode = c->mode;
+        e = c;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return e;
+}
+
+unsigned pvfs_fhtab_unadopted(struct pvfs_fhtab *t)
+{
+    pthread_mutex_lock(&t->lock);
+    unsigned n = t->unadopted;
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}
+
+unsigned pvfs_fhtab_purge_unadopted(struct pvfs_fhtab *t)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&t->lock);
+    for (unsigned i = 0; i < t->cap; i++) {
+        struct pvfs_fh *e = t->slots[i];
+        if (e == EMPTY || e == GONE || !e->keyed || e->adopted)
+            continue;
+        drop(t, (int)i);
+        t->unadopted--;
+        fh_put(e);    /* the table's reference: no C user can find it any more */
+        n++;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}
+
+/* Count one lookup of the file O_PATH fd refers to (identity from sx), registering it as a
+ * new, not yet adopted inode if the table does not hold it: its nodeid (fd now the table's),
+ * or, when the identity is held already, that nodeid (fd closed).  0 if memory is short
+ * (fd closed). */
+static uint64_t count_or_register(struct pvfs_fhtab *t, int fd, const struct statx *sx)
+{
+    const uint64_t key[3] = {makedev(sx->stx_dev_major, sx->stx_dev_minor), sx->stx_ino,
+                             sx->stx_mnt_id};
+    struct pvfs_fh *e = calloc(1, sizeof(*e));
+    if (!e) {
+        close(fd);
+        return 0;
+    }
+    uint64_t nodeid = 0;
+    pthread_mutex_lock(&t->lock);
+    int k = kfind(t, key[0], key[1], key[2]);
+    if (k >= 0) {
+        t->kslots[k]->c_lookups++;
+        nodeid = t->kslots[k]->fh;
+    } else if (kreserve(t) == 0 &&
+               ((t->used + 1) * 2 <= t->cap || rehash(t, t->count * 4 > t->cap ? t->cap * 2 : t->cap) == 0)) {
+        e->fh = nodeid = __atomic_fetch_add(&t->next_id, 1, __ATOMIC_RELAXED);
+        e->fd = fd;
+        e->append = 0;
+        e->refs = 1;
+        e->keyed = 1;
+        e->dev = key[0];
+        e->ino = key[1];
+        e->mnt_id = key[2];
+        e->mode = sx->stx_mode;
+        e->c_lookups = 1;
+        pthread_mutex_init(&e->wlock, NULL);
+        kinsert(t, e);
+        unsigned j = slot_of(e->fh, t->cap);
+        while (t->slots[j] != EMPTY && t->slots[j] != GONE)
+            j = (j + 1) & (t->cap - 1);
+        if (t->slots[j] == EMPTY)
+            t->used++;
+        t->slots[j] = e;
+        t->count++;
+        t->unadopted++;
+        e = NULL;    /* the table's now */
+        fd = -1;
+    }
+    pthread_mutex_unlock(&t->lock);
+    free(e);
+    if (fd >= 0)
+        close(fd);
+    return nodeid;
 }
 
 void pvfs_fhtab_remove(struct pvfs_fhtab *t, uint64_t fh)
 {
+    struct pvfs_fh *mine = NULL;
     pthread_mutex_lock(&t->lock);
     int j = find(t, fh);
-    if (j >= 0)
+    if (j >= 0) {
+        struct pvfs_fh *e = t->slots[j];
         drop(t, j);
+        if (e->keyed && !e->adopted) {   /* never adopted: the table's reference goes */
+            t->unadopted--;
+            mine = e;
+        }
+    }
     pthread_mutex_unlock(&t->lock);
+    if (mine)
+        fh_put(mine);
 }
 
 uint64_t pvfs_fh_settle(struct pvfs_fhtab *t, struct pvfs_fh *e, uint64_t held, uint64_t n)
@@ -343,6 +466,7 @@ struct pvfs_hot {
     uint32_t blksize;           /* what every attribute says (the guest page size) */
     uint64_t attr_valid;        /* seconds of the attribute timeout */
     uint32_t attr_valid_nsec;
+    int lookup_new;      /* atomic: LOOKUP in C may open and register new inodes */
     unsigned ops;        /* atomic */
     uint64_t inline_ops; /* atomic: bit n set: opcode n is served on the queue thread */
     uint64_t session;    /* atomic: on << 63 | minor << 32 | max_write */
@@ -369,6 +493,11 @@ void pvfs_hot_set_getattr(struct pvfs_hot *h, struct pvfs_fhtab *inodes, uint32_
     h->attr_valid = valid_sec;
     h->attr_valid_nsec = valid_nsec;
     h->inodes = inodes;
+}
+
+void pvfs_hot_set_lookup_new(struct pvfs_hot *h, int on)
+{
+    __atomic_store_n(&h->lookup_new, on ? 1 : 0, __ATOMIC_RELAXED);
 }
 
 void pvfs_hot_free(struct pvfs_hot *h)
@@ -590,6 +719,32 @@ static int stat_child(int parent_fd, const char *name, uint64_t parent_mnt, stru
     return 0;
 }
 
+/* Open name under the parent (nodeid from the request header) as PassthroughFs._lookup_child
+ * does -- openat2(O_PATH | O_NOFOLLOW, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) -- and count
+ * a lookup of what it opened, registering it if new; b gets its fuse_entry_out (nodeid left
+ * 0).  0 when Python should do it instead (an error, another mount, no memory). */
+static uint64_t open_new(struct pvfs_hot *h, const uint8_t *a, const char *name, uint8_t *b)
+{
+    struct pvfs_fh *p = fh_get(h->inodes, get64(a + 16));
+    if (!p)
+        return 0;
+    int fd = p->keyed ? pvfs_fs_openat2(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0,
+                                        PVFS_FS_RESOLVE_BENEATH | PVFS_FS_RESOLVE_NO_MAGICLINKS)
+                      : -EINVAL;
+    uint64_t parent_mnt = p->mnt_id;
+    fh_put(p);
+    if (fd < 0)
+        return 0;
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_WANT, &sx) < 0 ||
+        (sx.stx_mask & STATX_WANT) != STATX_WANT || STX_MNT_ID(&sx) != parent_mnt) {
+        close(fd);
+        return 0;
+    }
+    pack_entry(b, 0, &sx, h->blksize, h->attr_valid, h->attr_valid_nsec);
+    return count_or_register(h->inodes, fd, &sx);
+}
+
 /* LOOKUP of a name that resolves to an inode the guest already holds (the common repeat:
  * a dentry revalidated after its timeout): statx the name under the parent's O_PATH fd,
  * find the identity in the inode table, count the lookup there (the owner settles it on
@@ -625,8 +780,15 @@ static int serve_lookup(struct pvfs_hot *h, struct pvfs_req *req, const uint8_t 
         return TO_POOL;                                   /* a hole: Python explains */
     uint64_t nodeid = count_lookup(h->inodes, makedev(sx.stx_dev_major, sx.stx_dev_minor),
                                    sx.stx_ino, STX_MNT_ID(&sx));
+    if (!nodeid && __atomic_load_n(&h->lookup_new, __ATOMIC_RELAXED)) {
+        /* A new inode: open it as Python would and register it (Python adopts it when it
+         * first meets the nodeid); the reply carries the attributes of what was opened. */
+        nodeid = open_new(h, a, name, b);
+        if (nodeid)
+            pvfs_req_write_out(req, OUT_HDR, b, sizeof(b));
+    }
     if (!nodeid)
-        return TO_POOL;                                   /* a new inode: Python opens it */
+        return TO_POOL;                                   /* Python opens it */
     put64(b, nodeid);
     pvfs_req_write_out(req, OUT_HDR, b, 8);               /* the range just written */
     count(h, PVFS_HOT_STAT_LOOKUPS, 1);
@@ -634,7 +796,7 @@ static int serve_lookup(struct pvfs_hot *h, struct pvfs_req *req, const uint8_t 
     return SERVED;
 }
 
-/* ---- READDIRPLUS of held inodes ---- */
+/* ---- READDIRPLUS records ---- */
 
 struct dirent64 {
     uint64_t d_ino;
@@ -644,10 +806,9 @@ struct dirent64 {
     char d_name[];
 };
 
-int64_t pvfs_dirplus_held(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd,
-                          uint64_t parent_mnt, uint64_t offset, uint8_t *out, uint32_t room,
-                          uint32_t blksize, uint64_t valid_sec, uint32_t valid_nsec,
-                          uint64_t *next_offset, int *why)
+int64_t pvfs_dirplus(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd, uint64_t parent_mnt,
+                     int new_ok, uint64_t offset, uint8_t *out, uint32_t room, uint32_t blksize,
+                     uint64_t valid_sec, uint32_t valid_nsec, uint64_t *next_offset, int *why)
 {
     *next_offset = offset;
     *why = PVFS_DIRPLUS_PYTHON;
@@ -707,8 +868,21 @@ int64_t pvfs_dirplus_held(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd,
                 }
                 uint64_t nodeid = count_lookup(inodes, makedev(sx.stx_dev_major, sx.stx_dev_minor),
                                                sx.stx_ino, STX_MNT_ID(&sx));
+                if (!nodeid && new_ok) {
+                    /* a new inode: opened as a LOOKUP would, the entry from what was opened */
+                    int fd = pvfs_fs_openat2(parent_fd, d->d_name, O_PATH | O_NOFOLLOW | O_CLOEXEC,
+                                             0, PVFS_FS_RESOLVE_BENEATH | PVFS_FS_RESOLVE_NO_MAGICLINKS);
+                    if (fd < 0)
+                        return used;                      /* Python's (and its error) */
+                    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_WANT, &sx) < 0 ||
+                        (sx.stx_mask & STATX_WANT) != STATX_WANT || STX_MNT_ID(&sx) != parent_mnt) {
+                        close(fd);
+                        return used;
+                    }
+                    nodeid = count_or_register(inodes, fd, &sx);
+                }
                 if (!nodeid)
-                    return used;                          /* a new inode: Python's */
+                    return used;                          /* Python's */
                 pack_entry(e, nodeid, &sx, blksize, valid_sec, valid_nsec);
             }
             uint8_t *de = e + 128;                        /* struct fuse_dirent */

@@ -43,7 +43,25 @@ struct pvfs_fh *pvfs_fhtab_add(struct pvfs_fhtab *t, uint64_t fh, int fd);
  * C LOOKUP of a name that resolves to it answers with its nodeid and counts the lookup in
  * the entry.  NULL also if the identity is already registered. */
 struct pvfs_fh *pvfs_fhtab_add_inode(struct pvfs_fhtab *t, uint64_t nodeid, int fd,
-                                     uint64_t dev, uint64_t ino, uint64_t mnt_id);
+                                     uint64_t dev, uint64_t ino, uint64_t mnt_id, uint32_t mode);
+/* A fresh nodeid (C LOOKUPs that open new inodes take theirs from the same counter). */
+uint64_t pvfs_fhtab_new_id(struct pvfs_fhtab *t);
+/* What the owner needs to know of an inode a C LOOKUP registered. */
+struct pvfs_inode_info {
+    uint64_t nodeid;
+    int fd;            /* the entry's: closed through pvfs_fh_close */
+    uint64_t dev, ino, mnt_id;
+    uint32_t mode;
+};
+/* Take over an inode a C LOOKUP registered and the owner has not seen yet, found by nodeid
+ * (key NULL) or by identity (key: dev, ino, mnt_id): the entry (the owner now holds its
+ * reference; its lookups are all in the entry's count, see pvfs_fh_settle) with *info
+ * filled, or NULL if there is none not yet adopted. */
+struct pvfs_fh *pvfs_fhtab_adopt(struct pvfs_fhtab *t, uint64_t nodeid, const uint64_t *key,
+                                 struct pvfs_inode_info *info);
+/* How many registered inodes no owner has adopted yet; drop them all (end of session). */
+unsigned pvfs_fhtab_unadopted(struct pvfs_fhtab *t);
+unsigned pvfs_fhtab_purge_unadopted(struct pvfs_fhtab *t);
 /* Settle an inode's lookup count: the owner's count ``held`` plus what C LOOKUPs counted
  * since the last settle, minus ``n`` (a FORGET's nlookup; 0 to just read it), floored at 0.
  * At 0 the entry leaves the table (as pvfs_fhtab_remove) under the same lock, so no C
@@ -57,20 +75,21 @@ void pvfs_fhtab_remove(struct pvfs_fhtab *t, uint64_t fh);
 void pvfs_fh_close(struct pvfs_fh *e);
 unsigned pvfs_fhtab_count(struct pvfs_fhtab *t);
 
-/* READDIRPLUS entries of the directory open as dir_fd (whose O_PATH fd is parent_fd, on
- * mount parent_mnt), from offset on, packed into out (room bytes) as server.py packs them,
- * for as long as each entry's inode is one the table holds already (its lookup is counted
- * there, as a C LOOKUP's); "." and ".." as nodeid 0.  Returns the bytes packed, or a
- * negative errno when nothing was; *next_offset is where the entries packed (or skipped:
- * gone since getdents) end, *why why it stopped: */
+/* READDIRPLUS records of the directory open as dir_fd (whose O_PATH fd is parent_fd, on
+ * mount parent_mnt), from offset on, packed into out (room bytes) as server.py packs them:
+ * each entry's lookup counted in the table (as a C LOOKUP's), an inode the table does not
+ * hold opened and registered when new_ok (else the entry is left to Python); "." and ".."
+ * as nodeid 0.  Returns the bytes packed, or a negative errno when nothing was;
+ * *next_offset is where the entries packed (or skipped: gone since getdents) end, *why why
+ * it stopped: */
 #define PVFS_DIRPLUS_END 0      /* end of the directory */
 #define PVFS_DIRPLUS_FULL 1     /* the next entry does not fit */
-#define PVFS_DIRPLUS_PYTHON 2   /* the entry at *next_offset is Python's (new inode, submount,
-                                   error: Python looks it up or reports the error) */
-int64_t pvfs_dirplus_held(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd,
-                          uint64_t parent_mnt, uint64_t offset, uint8_t *out, uint32_t room,
-                          uint32_t blksize, uint64_t valid_sec, uint32_t valid_nsec,
-                          uint64_t *next_offset, int *why);
+#define PVFS_DIRPLUS_PYTHON 2   /* the entry at *next_offset is Python's (another mount, an
+                                   error, a new inode without new_ok: Python looks it up
+                                   or reports the error) */
+int64_t pvfs_dirplus(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd, uint64_t parent_mnt,
+                     int new_ok, uint64_t offset, uint8_t *out, uint32_t room, uint32_t blksize,
+                     uint64_t valid_sec, uint32_t valid_nsec, uint64_t *next_offset, int *why);
 
 /* Opcodes the loop may serve. */
 #define PVFS_HOT_READ 1
@@ -96,6 +115,9 @@ void pvfs_hot_free(struct pvfs_hot *h);
  * blksize and the attribute timeout given here.  Set once, before serving. */
 void pvfs_hot_set_getattr(struct pvfs_hot *h, struct pvfs_fhtab *inodes, uint32_t blksize,
                           uint64_t valid_sec, uint32_t valid_nsec);
+/* With PVFS_HOT_LOOKUP: may a C LOOKUP also open and register inodes the table does not
+ * hold (only when the owner keeps an fd per inode, i.e. no file handles)?  Default 0. */
+void pvfs_hot_set_lookup_new(struct pvfs_hot *h, int on);
 /* Which opcodes (PVFS_HOT_*) the loop serves; 0 hands everything to Python. */
 void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops);
 unsigned pvfs_hot_get_ops(struct pvfs_hot *h);

@@ -313,7 +313,7 @@ class WriteData:
 
 
 DIRPLUS_END, DIRPLUS_FULL, DIRPLUS_PYTHON = 0, 1, 2
-"""Why an optional ``readdirplus_held`` stopped (see :meth:`FileSystem.readdir`)."""
+"""Why an optional ``readdirplus_records`` stopped (see :meth:`FileSystem.readdir`)."""
 
 
 class FileSystem:
@@ -470,13 +470,13 @@ class FileSystem:
         continue right after it.  For READDIRPLUS the server calls :meth:`lookup` on each
         entry it sends (not on ``.`` and ``..``).
 
-        A file system may also offer ``readdirplus_held(ctx, inode, fh, offset, room,
+        A file system may also offer ``readdirplus_records(ctx, inode, fh, offset, room,
         blksize, timeout) -> (records, next_offset, why)``: whole ``fuse_direntplus``
         records from ``offset`` on, each lookup counted as :meth:`lookup` would, for as long
-        as it can build them faster itself (PassthroughFs: in C, for inodes the guest holds
-        already); ``why`` is ``DIRPLUS_END`` (end of directory), ``DIRPLUS_FULL`` (the next
-        record does not fit ``room``) or ``DIRPLUS_PYTHON`` (the server continues from
-        ``next_offset`` with :meth:`readdir` and :meth:`lookup`).
+        as it can build them faster itself (PassthroughFs: in C); ``why`` is
+        ``DIRPLUS_END`` (end of directory), ``DIRPLUS_FULL`` (the next record does not fit
+        ``room``) or ``DIRPLUS_PYTHON`` (the server continues from ``next_offset`` with
+        :meth:`readdir` and :meth:`lookup`).
         """
         raise _enosys()
 

@@ -362,9 +362,9 @@ class Server:
         self.attrs = AttrPacker(self.options.guest_page_size,
                                 dax_policy=getattr(dax, "inode_dax", None),
                                 uid_map=self.options.uid_map, gid_map=self.options.gid_map)
-        # READDIRPLUS records for inodes the guest holds, packed by the file system itself
-        # (PassthroughFs: in C) -- only where AttrPacker adds nothing to the host's attributes.
-        self._dirplus_held = (getattr(fs, "readdirplus_held", None)
+        # READDIRPLUS records packed by the file system itself (PassthroughFs: in C) -- only
+        # where AttrPacker adds nothing to the host's attributes.
+        self._dirplus = (getattr(fs, "readdirplus_records", None)
                               if self.attrs.dax_policy is None and not self.options.uid_map
                               and not self.options.gid_map else None)
         self._session: Session | None = None
@@ -1011,14 +1011,14 @@ class Server:
         ctx = self._ctx(hdr)
         out = bytearray()
         offset = ri.offset
-        if plus and self._dirplus_held is not None:
-            held, offset, why = self._dirplus_held(ctx, hdr.nodeid, ri.fh, offset, limit,
+        if plus and self._dirplus is not None:
+            records, offset, why = self._dirplus(ctx, hdr.nodeid, ri.fh, offset, limit,
                                                    self.attrs.blksize, self.options.timeout)
             if why != DIRPLUS_PYTHON:
-                if not held and why == DIRPLUS_FULL:
+                if not records and why == DIRPLUS_FULL:
                     raise _err(errno.EINVAL)       # not even one entry fits
-                return held
-            out += held
+                return records
+            out += records
         try:
             return self._pack_entries(ctx, hdr, session, ri.fh, offset, limit, plus, out)
         except OSError:

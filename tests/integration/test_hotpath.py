@@ -14,7 +14,7 @@ import time
 import pytest
 
 from pyvirtiofsd._cext import ffi, lib
-from pyvirtiofsd.filesystem import FileRange
+from pyvirtiofsd.filesystem import Context, FileRange
 from pyvirtiofsd.frontend import FuseClient, VhostUserFrontend
 from pyvirtiofsd.fuse import abi
 from pyvirtiofsd.fuse.abi import Opcode
@@ -528,28 +528,39 @@ def test_getattr_stays_in_python_with_id_translation(rig_factory, tmp_path):
 
 
 def test_lookup_in_c_answers_what_python_answers(rig_factory, tmp_path):
-    """A LOOKUP of a name whose inode the guest already holds is answered in C, with the
-    bytes the server would have sent; the lookups it counts are the guest's to FORGET."""
+    """A LOOKUP is answered in C -- of an inode the guest holds already, and (without file
+    handles) of a new one, which C opens and registers and Python adopts when it first meets
+    the nodeid -- with the bytes the server would have sent; the lookups it counts are the
+    guest's to FORGET."""
     (tmp_path / "f").write_bytes(b"x" * 777)
     os.link(tmp_path / "f", tmp_path / "hard")
+    (tmp_path / "g").write_bytes(b"y" * 5)
     rig = rig_factory()
     assert rig.device.hotpath.ops & lib.PVFS_HOT_LOOKUP
     c, inodes = rig.client, rig.fs.inodes
     served = lambda: rig.stats()["lookups"]                     # noqa: E731
+    # the Python answer for a new inode, with C's new-inode path off
+    lib.pvfs_hot_set_lookup_new(rig.device.hotpath.ctx, 0)
+    py_g = c.check(Opcode.FUSE_LOOKUP, ROOT, b"g\0", abi.FUSE_ENTRY_OUT_SIZE)
+    assert served() == 0
+    lib.pvfs_hot_set_lookup_new(rig.device.hotpath.ctx, 1)
     first = c.check(Opcode.FUSE_LOOKUP, ROOT, b"f\0", abi.FUSE_ENTRY_OUT_SIZE)
-    assert served() == 0                                         # a new inode: Python's
+    assert served() == 1                                         # a new inode, in C
     node = c.parse_entry(first)[0].nodeid
+    assert node > c.parse_entry(py_g)[0].nodeid                  # one nodeid counter
     again = c.check(Opcode.FUSE_LOOKUP, ROOT, b"f\0", abi.FUSE_ENTRY_OUT_SIZE)
-    assert served() == 1
+    assert served() == 2
     # identical but for atime (a read may not touch it, but the host is free to)
     cut = abi.fuse_entry_out_head.size + 24
-    assert again[:cut] == first[:cut] and again[cut + 8:cut + 24] == first[cut + 8:cut + 24]
-    assert again[cut + 28:] == first[cut + 28:]
+    assert again[:cut] == first[:cut] and again[cut + 8:] == first[cut + 8:]
     head, attr = c.parse_entry(again)
     assert head.nodeid == node and attr.blksize == 4096 and attr.size == 777
+    # C's entry for g (held now) is what Python sent for it
+    c_g = c.check(Opcode.FUSE_LOOKUP, ROOT, b"g\0", abi.FUSE_ENTRY_OUT_SIZE)
+    assert c_g[:cut] == py_g[:cut] and c_g[cut + 8:] == py_g[cut + 8:]
     assert c.lookup(ROOT, b"hard")[0].nodeid == node              # a hard link: same inode
-    assert served() == 2
-    assert inodes.lookup_count(node) == 3
+    assert served() == 4
+    assert inodes.lookup_count(node) == 3                         # adopted by Python here
     c.forget(node, 2)
     c.getattr(ROOT)
     assert inodes.lookup_count(node) == 1 and c.getattr(node).size == 777
@@ -558,9 +569,39 @@ def test_lookup_in_c_answers_what_python_answers(rig_factory, tmp_path):
     assert inodes.lookup_count(node) == 0
     assert c.call(Opcode.FUSE_GETATTR, node, abi.fuse_getattr_in.build(),
                   abi.FUSE_ATTR_OUT_SIZE).error == -errno.EBADF
-    # forgotten: the next LOOKUP is Python's again, with a new nodeid
+    # forgotten: the next LOOKUP registers it again, with a new nodeid
     assert c.lookup(ROOT, b"f")[0].nodeid not in (node, 0)
-    assert served() == 2
+
+
+def test_inodes_registered_in_c_are_adopted_or_dropped(rig_factory, tmp_path):
+    """Python meets C-registered inodes by nodeid (GETATTR in Python, FORGET), by identity
+    (its own LOOKUP of the same file), and drops the ones it never met at session end."""
+    for n in "abc":
+        (tmp_path / n).write_bytes(n.encode())
+    rig = rig_factory()
+    c, inodes = rig.client, rig.fs.inodes
+    base_fds = inodes.open_fds()
+    a = c.lookup(ROOT, b"a")[0].nodeid
+    b = c.lookup(ROOT, b"b")[0].nodeid
+    cc = c.lookup(ROOT, b"c")[0].nodeid
+    assert rig.stats()["lookups"] == 3
+    assert len(inodes) == 4 and inodes.open_fds() == base_fds + 3
+    # by nodeid: an OPEN (Python) of a
+    fh = c.open(a, os.O_RDONLY).fh
+    assert c.read(a, fh, 0, 10) == b"a"
+    c.release(a, fh)
+    # by identity: Python's own lookup of b (through a hard link name it resolves itself)
+    os.link(tmp_path / "b", tmp_path / "b2")
+    assert rig.fs.lookup(Context(0, 0, 0), ROOT, b"b2").nodeid == b
+    assert inodes.lookup_count(b) == 2
+    # FORGET of one Python never met
+    c.forget(cc, 1)
+    c.getattr(ROOT)
+    assert len(inodes) == 3
+    # session end: everything but the root goes, C-only inodes included
+    c.lookup(ROOT, b"c")
+    rig.server.reset()
+    assert len(inodes) == 1 and inodes.open_fds() == base_fds
 
 
 def test_lookup_cases_c_leaves_to_python(rig_factory, tmp_path):

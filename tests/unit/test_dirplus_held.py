@@ -1,6 +1,6 @@
-"""READDIRPLUS of inodes the guest already holds, packed in C (PassthroughFs.readdirplus_held):
-the records must be byte for byte what the Python path (readdir + lookup + AttrPacker)
-sends, and every lookup they carry must be counted exactly once."""
+"""READDIRPLUS records packed in C (PassthroughFs.readdirplus_records), for inodes the guest
+holds and for new ones: byte for byte what the Python path (readdir + lookup + AttrPacker)
+sends, and every lookup they carry counted exactly once."""
 import errno
 import os
 import struct
@@ -54,9 +54,9 @@ def pair(share):
 
 def test_second_listing_is_served_held_and_identical(pair):
     fs, c = pair
-    first, names = listing(c)                # every inode new: Python looks each up
+    first, names = listing(c)                # every inode new: opened and registered in C
     assert fs.inodes.lookup_count(names[-1][1]) == 1
-    second, names2 = listing(c)              # every inode held: packed in C
+    second, names2 = listing(c)              # every inode held
     assert second == first and names2 == names
     nodes = {node for name, node in names if name not in (b".", b"..")}
     hard = dict(names)
@@ -81,22 +81,42 @@ def test_held_records_equal_the_python_path(share):
         c = Client(server)
         c.init()
         listing(c)
-        fast = server._dirplus_held
+        fast = server._dirplus
         assert fast is not None
-        server._dirplus_held = None
+        server._dirplus = None
         python_made, _ = listing(c)
-        server._dirplus_held = fast
+        server._dirplus = fast
         held, _ = listing(c)
         assert held == python_made
     finally:
         fs.close()
 
 
+def test_new_inodes_equal_the_python_path(share):
+    """A first listing (every inode new) packed in C is what the Python path sends for it,
+    nodeids included (both number new inodes in listing order)."""
+    populate(share, 80)
+    made = []
+    for c_path in (False, True):
+        fs = PassthroughFs(share)
+        try:
+            server = Server(fs, ServerOptions())
+            if not c_path:
+                server._dirplus = None
+            c = Client(server)
+            c.init()
+            made.append(listing(c)[0])
+            assert len(fs.inodes) == 80 + 4 + 1 - 1       # files, sub, link, fifo, root; 1 hard link
+        finally:
+            fs.close()
+    assert made[0] == made[1]
+
+
 def test_no_c_path_with_id_translation(share):
     from pyvirtiofsd.passthrough.idmap import IdMap
     fs = PassthroughFs(share)
     try:
-        assert Server(fs, ServerOptions(uid_map=IdMap(["map:0:1000:1"], "uid")))._dirplus_held is None
+        assert Server(fs, ServerOptions(uid_map=IdMap(["map:0:1000:1"], "uid")))._dirplus is None
     finally:
         fs.close()
 

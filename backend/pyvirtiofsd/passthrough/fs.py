@@ -595,10 +595,11 @@ class PassthroughFs(FileSystem):
     def readdir(self, ctx: Context, inode: int, fh: int, offset: int) -> "_DirStream":
         return _DirStream(self.handles, self.handles.acquire(fh), offset)
 
-    def readdirplus_held(self, ctx: Context, inode: int, fh: int, offset: int, room: int,
-                         blksize: int, timeout: float) -> tuple[bytes, int, int]:
-        """READDIRPLUS records packed in C while the entries are inodes the guest holds
-        (see :meth:`FileSystem.readdir`); the first new one is left to :meth:`lookup`."""
+    def readdirplus_records(self, ctx: Context, inode: int, fh: int, offset: int, room: int,
+                            blksize: int, timeout: float) -> tuple[bytes, int, int]:
+        """READDIRPLUS records packed in C (see :meth:`FileSystem.readdir`): getdents64,
+        then per entry statx and the C inode table -- new inodes opened and registered there
+        too unless inodes keep file handles, which only :meth:`lookup` makes."""
         if type(self).lookup is not PassthroughFs.lookup or room <= 0:
             return b"", offset, DIRPLUS_PYTHON
         with self.handles.borrow(fh) as h, h.lock, self.inodes.borrow(inode) as p:
@@ -607,9 +608,9 @@ class PassthroughFs(FileSystem):
             buf = ffi.new("uint8_t[]", room)
             nxt, why = ffi.new("uint64_t *"), ffi.new("int *")
             whole = int(timeout)
-            n = lib.pvfs_dirplus_held(self.inodes.c_table, h.fd, p.fd, p.key[2], offset, buf,
-                                      room, blksize, whole, int((timeout - whole) * 1e9),
-                                      nxt, why)
+            n = lib.pvfs_dirplus(self.inodes.c_table, h.fd, p.fd, p.key[2],
+                                 int(self.file_handles == "never"), offset, buf, room, blksize,
+                                 whole, int((timeout - whole) * 1e9), nxt, why)
         if n < 0:
             raise OSError(-n, os.strerror(-n))
         return ffi.buffer(buf, n)[:], nxt[0], why[0]

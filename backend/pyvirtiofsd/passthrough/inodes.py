@@ -70,8 +70,8 @@ class InodeTable:
         self._opener = opener
         self._by_id: dict[int, Inode] = {}
         self._by_key: dict[InodeKey, Inode] = {}
-        self._next = FUSE_ROOT_ID + 1
         self._c = ffi.gc(lib.pvfs_fhtab_new(), lib.pvfs_fhtab_unref)
+        self._info = ffi.new("struct pvfs_inode_info *")
         self.root = Inode(FUSE_ROOT_ID, root_fd, root_key, root_mode, lookups=1)
         self._register(self.root)
         self._by_id[FUSE_ROOT_ID] = self.root
@@ -82,11 +82,37 @@ class InodeTable:
         """The C table (``struct pvfs_fhtab *``, nodeid -> fd) the hot path reads."""
         return self._c
 
-    def _register(self, inode: Inode) -> None:
+    def _register(self, inode: Inode) -> bool:
         dev, ino, mnt_id = inode.key
-        entry = lib.pvfs_fhtab_add_inode(self._c, inode.nodeid, inode.fd, dev, ino, mnt_id)
+        entry = lib.pvfs_fhtab_add_inode(self._c, inode.nodeid, inode.fd, dev, ino, mnt_id,
+                                         inode.mode)
         if entry != ffi.NULL:
             inode.c, inode.c_fd = entry, inode.fd
+        return entry != ffi.NULL
+
+    def _adopt(self, nodeid: int = 0, key: InodeKey | None = None) -> Inode | None:
+        """An inode a C LOOKUP opened and registered that we have not met yet (by nodeid or
+        by identity), now ours: its lookups are all in the C entry's count.  Call with the
+        lock held."""
+        info = self._info
+        entry = lib.pvfs_fhtab_adopt(self._c, nodeid,
+                                     ffi.new("uint64_t[3]", key) if key else ffi.NULL, info)
+        if entry == ffi.NULL:
+            return None
+        inode = Inode(info.nodeid, info.fd, (info.dev, info.ino, info.mnt_id), info.mode,
+                      lookups=0, c=entry, c_fd=info.fd)
+        self._by_id[inode.nodeid] = inode
+        self._by_key[inode.key] = inode
+        return inode
+
+    def _get(self, nodeid: int) -> Inode | None:
+        """The inode ``nodeid``, adopting it from C if need be.  Call with the lock held."""
+        inode = self._by_id.get(nodeid)
+        return inode if inode is not None else self._adopt(nodeid)
+
+    def _find(self, key: InodeKey) -> Inode | None:
+        inode = self._by_key.get(key)
+        return inode if inode is not None else self._adopt(key=key)
 
     def _close(self, inode: Inode, fd: int) -> None:
         """Close an inode's fd (through its C entry if it has one: a C GETATTR may still
@@ -99,18 +125,20 @@ class InodeTable:
 
     def close_root(self) -> None:
         """End of the file system: the root's fd goes too."""
+        lib.pvfs_fhtab_purge_unadopted(self._c)
         lib.pvfs_fhtab_remove(self._c, FUSE_ROOT_ID)
         self._close(self.root, self.root.fd)
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        with self._lock:
+            return len(self._by_id) + lib.pvfs_fhtab_unadopted(self._c)
 
     @contextmanager
     def borrow(self, nodeid: int) -> Iterator[Inode]:
         """The live inode ``nodeid`` for the duration of the ``with`` block; EBADF if the
         guest names one we do not have."""
         with self._lock:
-            inode = self._by_id.get(nodeid)
+            inode = self._get(nodeid)
             if inode is None:
                 raise OSError(errno.EBADF, "unknown nodeid", nodeid)
             inode.users += 1
@@ -150,12 +178,13 @@ class InodeTable:
     def open_fds(self) -> int:
         """How many inode fds are open now (for tests and statistics)."""
         with self._lock:
-            return sum(1 for i in self._by_id.values() if i.fd >= 0)
+            return (sum(1 for i in self._by_id.values() if i.fd >= 0)
+                    + lib.pvfs_fhtab_unadopted(self._c))
 
     def lookup_count(self, nodeid: int) -> int:
         """Lookups the guest holds on ``nodeid`` (0 when unknown).  For tests and logs."""
         with self._lock:
-            inode = self._by_id.get(nodeid)
+            inode = self._get(nodeid)
             if inode is None:
                 return 0
             if inode.c is not None:
@@ -167,19 +196,24 @@ class InodeTable:
         becomes the inode's fd, or is closed when the file already has a nodeid -- or
         when ``handle`` is given, which the inode then keeps instead."""
         with self._lock:
-            inode = self._by_key.get(key)
+            inode = self._find(key)
             if inode is not None:
                 inode.lookups += 1
             else:
-                keep = fd if handle is None else -1
-                inode = Inode(self._next, keep, key, mode, lookups=1, handle=handle)
-                self._next += 1
-                if handle is None:
-                    self._register(inode)
-                self._by_id[inode.nodeid] = inode
-                self._by_key[key] = inode
-                if handle is None:
-                    return inode
+                inode = Inode(lib.pvfs_fhtab_new_id(self._c), fd if handle is None else -1,
+                              key, mode, lookups=1, handle=handle)
+                found = None
+                if handle is None and not self._register(inode):
+                    # a C LOOKUP registered the same file meanwhile (or memory is short)
+                    found = self._adopt(key=key)
+                if found is not None:
+                    found.lookups += 1
+                    inode = found
+                else:
+                    self._by_id[inode.nodeid] = inode
+                    self._by_key[key] = inode
+                    if handle is None:
+                        return inode       # fd is the inode's now
         os.close(fd)
         return inode
 
@@ -190,14 +224,14 @@ class InodeTable:
 
     def find(self, key: InodeKey) -> Inode | None:
         with self._lock:
-            return self._by_key.get(key)
+            return self._find(key)
 
     def forget(self, nodeid: int, nlookup: int) -> None:
         """The guest gave back ``nlookup`` lookups.  Unknown nodeids are ignored (the
         guest cannot be told: FORGET has no reply)."""
         close = None
         with self._lock:
-            inode = self._by_id.get(nodeid)
+            inode = self._get(nodeid)
             if inode is None or inode is self.root:
                 return
             if inode.c is not None:
@@ -224,6 +258,7 @@ class InodeTable:
             self._by_id = {FUSE_ROOT_ID: self.root}
             self._by_key = {self.root.key: self.root}
             to_close = []
+            lib.pvfs_fhtab_purge_unadopted(self._c)
             for inode in doomed:
                 lib.pvfs_fhtab_remove(self._c, inode.nodeid)
                 if inode.users == 0:
