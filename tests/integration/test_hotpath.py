@@ -653,3 +653,45 @@ def test_lookups_in_c_race_forgets_without_losing_count(rig_factory, tmp_path):
     c.getattr(ROOT)
     assert rig.stats()["lookups"] > 0
     assert len(rig.fs.inodes) == 1 and rig.fs.inodes.open_fds() == fds_before
+
+
+def test_python_and_c_registering_the_same_new_inodes_race(rig_factory, tmp_path):
+    """C LOOKUPs (queue threads) and Python lookups (here, directly) of the same new files
+    at once: one nodeid per file, every lookup counted once, nothing left after FORGET."""
+    names = [f"n{i}".encode() for i in range(40)]
+    for n in names:
+        (tmp_path / n.decode()).write_bytes(b"")
+    rig = rig_factory()
+    c, fs = rig.client, rig.fs
+    fds_before = fs.inodes.open_fds()
+    got: dict[bytes, set] = {n: set() for n in names}
+    errors = []
+
+    def c_side():
+        try:
+            for n in names:
+                got[n].add(c.lookup(ROOT, n)[0].nodeid)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def py_side():
+        try:
+            for n in reversed(names):
+                got[n].add(fs.lookup(Context(0, 0, 0), ROOT, n).nodeid)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=f) for f in (c_side, py_side, c_side, py_side)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert rig.stats()["lookups"] > 0
+    for n in names:
+        assert len(got[n]) == 1, (n, got[n])              # one nodeid per file
+        node = next(iter(got[n]))
+        assert fs.inodes.lookup_count(node) == 4
+        c.forget(node, 4)
+    c.getattr(ROOT)
+    assert len(fs.inodes) == 1 and fs.inodes.open_fds() == fds_before
