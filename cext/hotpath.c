@@ -989,11 +989,16 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *h
             ho->leading = 0;
     } else {
         before_io(ho);
-        /* (the ring is handed over already: a write stuck in the host holds up only
-         * other large writes through this handle, which its inode lock would anyway) */
-        pthread_mutex_lock(&e->wlock);
+        /* Large writes take turns (the ring is handed over already: a write stuck in the
+         * host holds up only other large writes through this handle, which its inode lock
+         * would anyway).  Small ones do not: sleeping and waking for a 4 KiB copy costs
+         * more than the spin (rand write 4K QD16 went 176k -> 96k/s when they did). */
+        int big = size >= HANDOFF_BYTES;
+        if (big)
+            pthread_mutex_lock(&e->wlock);
         n = pvfs_req_pwritev(req, e->fd, IN_HDR + RW_IN, size, (int64_t)offset);
-        pthread_mutex_unlock(&e->wlock);
+        if (big)
+            pthread_mutex_unlock(&e->wlock);
     }
     fh_put(e);
     count(h, PVFS_HOT_STAT_WRITES, 1);
