@@ -104,14 +104,15 @@ static unsigned kslot_of(uint64_t dev, uint64_t ino, uint64_t mnt_id, unsigned c
     return slot_of(ino ^ (dev * 0xff51afd7ed558ccdull) ^ (mnt_id << 40), cap);
 }
 
-/* The live entries of an index (by fh, or by_key) re-placed in a new array of cap slots;
- * NULL if memory is short. */
-static struct pvfs_fh **rebuild(struct pvfs_fh **old, unsigned old_cap, unsigned cap, int by_key)
+/* Re-place the live entries of an index (by fh, or by_key) in a new array of cap slots.
+ * Called with the lock held. */
+static int regrow(struct pvfs_fh ***slots_p, unsigned *cap_p, unsigned *used_p, unsigned count,
+                  unsigned cap, int by_key)
 {
-    struct pvfs_fh **slots = calloc(cap, sizeof(*slots));
+    struct pvfs_fh **old = *slots_p, **slots = calloc(cap, sizeof(*slots));
     if (!slots)
-        return NULL;
-    for (unsigned i = 0; old && i < old_cap; i++) {
+        return -ENOMEM;
+    for (unsigned i = 0; old && i < *cap_p; i++) {
         struct pvfs_fh *e = old[i];
         if (e == EMPTY || e == GONE)
             continue;
@@ -120,20 +121,17 @@ static struct pvfs_fh **rebuild(struct pvfs_fh **old, unsigned old_cap, unsigned
             j = (j + 1) & (cap - 1);
         slots[j] = e;
     }
-    return slots;
+    free(old);
+    *slots_p = slots;
+    *cap_p = cap;
+    *used_p = count;
+    return 0;
 }
 
 /* Rehash into a table of cap slots.  Called with the lock held. */
 static int rehash(struct pvfs_fhtab *t, unsigned cap)
 {
-    struct pvfs_fh **slots = rebuild(t->slots, t->cap, cap, 0);
-    if (!slots)
-        return -ENOMEM;
-    free(t->slots);
-    t->slots = slots;
-    t->cap = cap;
-    t->used = t->count;
-    return 0;
+    return regrow(&t->slots, &t->cap, &t->used, t->count, cap, 0);
 }
 
 /* The slot holding fh, or -1.  Called with the lock held. */
@@ -174,25 +172,29 @@ static int kreserve(struct pvfs_fhtab *t)
     if (t->kslots && (t->kused + 1) * 2 <= t->kcap)
         return 0;
     unsigned cap = !t->kslots ? 64 : t->kcount * 4 > t->kcap ? t->kcap * 2 : t->kcap;
-    struct pvfs_fh **slots = rebuild(t->kslots, t->kcap, cap, 1);
-    if (!slots)
-        return -ENOMEM;
-    free(t->kslots);
-    t->kslots = slots;
-    t->kcap = cap;
-    t->kused = t->kcount;
-    return 0;
+    return regrow(&t->kslots, &t->kcap, &t->kused, t->kcount, cap, 1);
 }
 
-static void kinsert(struct pvfs_fhtab *t, struct pvfs_fh *e)
+/* Put e in the first free slot of an index (by fh, or by_key).  Called with the lock held
+ * and room made. */
+static void place(struct pvfs_fh **slots, unsigned cap, unsigned *used, unsigned *count,
+                  struct pvfs_fh *e, int by_key)
 {
-    unsigned j = kslot_of(e->dev, e->ino, e->mnt_id, t->kcap);
-    while (t->kslots[j] != EMPTY && t->kslots[j] != GONE)
-        j = (j + 1) & (t->kcap - 1);
-    if (t->kslots[j] == EMPTY)
-        t->kused++;
-    t->kslots[j] = e;
-    t->kcount++;
+    unsigned j = by_key ? kslot_of(e->dev, e->ino, e->mnt_id, cap) : slot_of(e->fh, cap);
+    while (slots[j] != EMPTY && slots[j] != GONE)
+        j = (j + 1) & (cap - 1);
+    if (slots[j] == EMPTY)
+        (*used)++;
+    slots[j] = e;
+    (*count)++;
+}
+
+/* e in both indexes (the key one if it has a key). */
+static void insert(struct pvfs_fhtab *t, struct pvfs_fh *e)
+{
+    if (e->keyed)
+        place(t->kslots, t->kcap, &t->kused, &t->kcount, e, 1);
+    place(t->slots, t->cap, &t->used, &t->count, e, 0);
 }
 
 /* Drop the entry in slot j from both indexes.  Called with the lock held. */
@@ -240,15 +242,7 @@ static struct pvfs_fh *add(struct pvfs_fhtab *t, uint64_t fh, int fd, const uint
         free(e);
         return NULL;
     }
-    if (key)
-        kinsert(t, e);
-    unsigned j = slot_of(fh, t->cap);
-    while (t->slots[j] != EMPTY && t->slots[j] != GONE)
-        j = (j + 1) & (t->cap - 1);
-    if (t->slots[j] == EMPTY)
-        t->used++;
-    t->slots[j] = e;
-    t->count++;
+    insert(t, e);
     pthread_mutex_unlock(&t->lock);
     return e;
 }
@@ -349,14 +343,7 @@ static uint64_t count_or_register(struct pvfs_fhtab *t, int fd, const struct sta
         e->mode = sx->stx_mode;
         e->c_lookups = 1;
         pthread_mutex_init(&e->wlock, NULL);
-        kinsert(t, e);
-        unsigned j = slot_of(e->fh, t->cap);
-        while (t->slots[j] != EMPTY && t->slots[j] != GONE)
-            j = (j + 1) & (t->cap - 1);
-        if (t->slots[j] == EMPTY)
-            t->used++;
-        t->slots[j] = e;
-        t->count++;
+        insert(t, e);
         t->unadopted++;
         e = NULL;    /* the table's now */
         fd = -1;
