@@ -978,8 +978,9 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *h
         before_io(ho);
         /* Large writes take turns (the ring is handed over already: a write stuck in the
          * host holds up only other large writes through this handle, which its inode lock
-         * would anyway).  Small ones do not: sleeping and waking for a 4 KiB copy costs
-         * more than the spin (rand write 4K QD16 went 176k -> 96k/s when they did). */
+         * would anyway).  Small ones do not: a sleep and a wake-up cost more than a 4 KiB
+         * copy (not measured apart: the run that suggested it was skewed by the bench's
+         * writeback bias, see BENCHMARKS.md). */
         int big = size >= HANDOFF_BYTES;
         if (big)
             pthread_mutex_lock(&e->wlock);
