@@ -212,18 +212,14 @@ static void drop(struct pvfs_fhtab *t, int j)
     }
 }
 
-static struct pvfs_fh *add(struct pvfs_fhtab *t, uint64_t fh, int fd, const uint64_t *key,
-                           uint32_t mode)
+/* A new entry owning fd (one reference: its owner's), adopted; NULL if memory is short. */
+static struct pvfs_fh *entry_new(uint64_t fh, int fd, const uint64_t *key, uint32_t mode)
 {
-    if (fh == 0 || fh == UINT64_MAX || fd < 0)
-        return NULL;
-    int fl = fcntl(fd, F_GETFL);
     struct pvfs_fh *e = calloc(1, sizeof(*e));
     if (!e)
         return NULL;
     e->fh = fh;
     e->fd = fd;
-    e->append = fl < 0 || (fl & O_APPEND);
     e->refs = 1;
     e->adopted = 1;
     e->mode = mode;
@@ -234,12 +230,43 @@ static struct pvfs_fh *add(struct pvfs_fhtab *t, uint64_t fh, int fd, const uint
         e->ino = key[1];
         e->mnt_id = key[2];
     }
-    pthread_mutex_lock(&t->lock);
-    if (find(t, fh) >= 0 || (key && (kfind(t, key[0], key[1], key[2]) >= 0 || kreserve(t) < 0)) ||
-        ((t->used + 1) * 2 > t->cap && rehash(t, t->count * 4 > t->cap ? t->cap * 2 : t->cap) < 0)) {
-        pthread_mutex_unlock(&t->lock);
+    return e;
+}
+
+/* An entry that never made it into the table (its fd stays the caller's). */
+static void entry_free(struct pvfs_fh *e)
+{
+    if (e) {
         pthread_mutex_destroy(&e->wlock);
         free(e);
+    }
+}
+
+/* Room for one more entry (keyed: in the key index too).  Called with the lock held. */
+static int reserve(struct pvfs_fhtab *t, int keyed)
+{
+    if (keyed && kreserve(t) < 0)
+        return -ENOMEM;
+    if ((t->used + 1) * 2 <= t->cap)
+        return 0;
+    return rehash(t, t->count * 4 > t->cap ? t->cap * 2 : t->cap);
+}
+
+static struct pvfs_fh *add(struct pvfs_fhtab *t, uint64_t fh, int fd, const uint64_t *key,
+                           uint32_t mode)
+{
+    if (fh == 0 || fh == UINT64_MAX || fd < 0)
+        return NULL;
+    int fl = fcntl(fd, F_GETFL);
+    struct pvfs_fh *e = entry_new(fh, fd, key, mode);
+    if (!e)
+        return NULL;
+    e->append = fl < 0 || (fl & O_APPEND);
+    pthread_mutex_lock(&t->lock);
+    if (find(t, fh) >= 0 || (key && kfind(t, key[0], key[1], key[2]) >= 0) ||
+        reserve(t, key != NULL) < 0) {
+        pthread_mutex_unlock(&t->lock);
+        entry_free(e);
         return NULL;
     }
     insert(t, e);
@@ -311,45 +338,55 @@ unsigned pvfs_fhtab_purge_unadopted(struct pvfs_fhtab *t)
     return n;
 }
 
+/* A file's identity as the key index has it. */
+static void key_of(const struct statx *sx, uint64_t key[3])
+{
+    key[0] = makedev(sx->stx_dev_major, sx->stx_dev_minor);
+    key[1] = sx->stx_ino;
+    key[2] = sx->stx_mnt_id;
+}
+
+/* One more lookup of the registered inode with this identity: its nodeid (0: none).
+ * Called with the lock held. */
+static uint64_t count_held(struct pvfs_fhtab *t, const uint64_t key[3])
+{
+    int k = kfind(t, key[0], key[1], key[2]);
+    if (k < 0)
+        return 0;
+    t->kslots[k]->c_lookups++;
+    return t->kslots[k]->fh;
+}
+
+static uint64_t count_lookup(struct pvfs_fhtab *t, const uint64_t key[3])
+{
+    pthread_mutex_lock(&t->lock);
+    uint64_t nodeid = count_held(t, key);
+    pthread_mutex_unlock(&t->lock);
+    return nodeid;
+}
+
 /* Count one lookup of the file O_PATH fd refers to (identity from sx), registering it as a
  * new, not yet adopted inode if the table does not hold it: its nodeid (fd now the table's),
  * or, when the identity is held already, that nodeid (fd closed).  0 if memory is short
  * (fd closed). */
 static uint64_t count_or_register(struct pvfs_fhtab *t, int fd, const struct statx *sx)
 {
-    const uint64_t key[3] = {makedev(sx->stx_dev_major, sx->stx_dev_minor), sx->stx_ino,
-                             sx->stx_mnt_id};
-    struct pvfs_fh *e = calloc(1, sizeof(*e));
-    if (!e) {
-        close(fd);
-        return 0;
-    }
-    uint64_t nodeid = 0;
+    uint64_t key[3];
+    key_of(sx, key);
+    struct pvfs_fh *e = entry_new(0, fd, key, sx->stx_mode);
     pthread_mutex_lock(&t->lock);
-    int k = kfind(t, key[0], key[1], key[2]);
-    if (k >= 0) {
-        t->kslots[k]->c_lookups++;
-        nodeid = t->kslots[k]->fh;
-    } else if (kreserve(t) == 0 &&
-               ((t->used + 1) * 2 <= t->cap || rehash(t, t->count * 4 > t->cap ? t->cap * 2 : t->cap) == 0)) {
+    uint64_t nodeid = count_held(t, key);
+    if (!nodeid && e && reserve(t, 1) == 0) {
         e->fh = nodeid = __atomic_fetch_add(&t->next_id, 1, __ATOMIC_RELAXED);
-        e->fd = fd;
-        e->append = 0;
-        e->refs = 1;
-        e->keyed = 1;
-        e->dev = key[0];
-        e->ino = key[1];
-        e->mnt_id = key[2];
-        e->mode = sx->stx_mode;
+        e->adopted = 0;
         e->c_lookups = 1;
-        pthread_mutex_init(&e->wlock, NULL);
         insert(t, e);
         t->unadopted++;
-        e = NULL;    /* the table's now */
+        e = NULL;    /* the table's now, fd with it */
         fd = -1;
     }
     pthread_mutex_unlock(&t->lock);
-    free(e);
+    entry_free(e);
     if (fd >= 0)
         close(fd);
     return nodeid;
@@ -394,20 +431,6 @@ uint64_t pvfs_fh_pending(struct pvfs_fhtab *t, struct pvfs_fh *e)
     uint64_t n = e->c_lookups;
     pthread_mutex_unlock(&t->lock);
     return n;
-}
-
-/* The nodeid of the registered inode with this identity, one lookup counted (0: none). */
-static uint64_t count_lookup(struct pvfs_fhtab *t, uint64_t dev, uint64_t ino, uint64_t mnt_id)
-{
-    uint64_t nodeid = 0;
-    pthread_mutex_lock(&t->lock);
-    int k = kfind(t, dev, ino, mnt_id);
-    if (k >= 0) {
-        t->kslots[k]->c_lookups++;
-        nodeid = t->kslots[k]->fh;
-    }
-    pthread_mutex_unlock(&t->lock);
-    return nodeid;
 }
 
 void pvfs_fh_close(struct pvfs_fh *e)
@@ -706,37 +729,48 @@ static int stat_child(int parent_fd, const char *name, uint64_t parent_mnt, stru
     return 0;
 }
 
-/* Open name under the parent (nodeid from the request header) as PassthroughFs._lookup_child
- * does -- openat2(O_PATH | O_NOFOLLOW, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) -- and count
- * a lookup of what it opened, registering it if new; b gets its fuse_entry_out (nodeid left
- * 0).  0 when Python should do it instead (an error, another mount, no memory). */
-static uint64_t open_new(struct pvfs_hot *h, const uint8_t *a, const char *name, uint8_t *b)
+/* What a LOOKUP of name under the parent (its O_PATH fd, on mount parent_mnt) gives: the
+ * nodeid, one lookup counted, and in sx the attributes the reply carries.  statx of the
+ * name finds an inode the table holds; any other file is opened as
+ * PassthroughFs._lookup_child opens it -- openat2(O_PATH | O_NOFOLLOW, RESOLVE_BENEATH |
+ * RESOLVE_NO_MAGICLINKS) -- and registered, when new_ok.  0 with errno when the Python path
+ * should answer instead (EXDEV: another mount, a submount; EAGAIN: new and not new_ok). */
+static uint64_t lookup_child(struct pvfs_fhtab *t, int parent_fd, uint64_t parent_mnt,
+                             const char *name, int new_ok, struct statx *sx)
 {
-    struct pvfs_fh *p = fh_get(h->inodes, get64(a + 16));
-    if (!p)
+    if (stat_child(parent_fd, name, parent_mnt, sx) < 0)
         return 0;
-    int fd = p->keyed ? pvfs_fs_openat2(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0,
-                                        PVFS_FS_RESOLVE_BENEATH | PVFS_FS_RESOLVE_NO_MAGICLINKS)
-                      : -EINVAL;
-    uint64_t parent_mnt = p->mnt_id;
-    fh_put(p);
-    if (fd < 0)
-        return 0;
-    struct statx sx;
-    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_WANT, &sx) < 0 ||
-        (sx.stx_mask & STATX_WANT) != STATX_WANT || STX_MNT_ID(&sx) != parent_mnt) {
-        close(fd);
+    uint64_t key[3];
+    key_of(sx, key);
+    uint64_t nodeid = count_lookup(t, key);
+    if (nodeid)
+        return nodeid;
+    if (!new_ok) {
+        errno = EAGAIN;
         return 0;
     }
-    pack_entry(b, 0, &sx, h->blksize, h->attr_valid, h->attr_valid_nsec);
-    return count_or_register(h->inodes, fd, &sx);
+    int fd = pvfs_fs_openat2(parent_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0,
+                             PVFS_FS_RESOLVE_BENEATH | PVFS_FS_RESOLVE_NO_MAGICLINKS);
+    if (fd < 0) {
+        errno = -fd;
+        return 0;
+    }
+    /* the attributes of what was opened (the name may have changed files since the statx) */
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_WANT, sx) < 0 ||
+        (sx->stx_mask & STATX_WANT) != STATX_WANT || STX_MNT_ID(sx) != parent_mnt) {
+        close(fd);
+        errno = EXDEV;
+        return 0;
+    }
+    nodeid = count_or_register(t, fd, sx);
+    if (!nodeid)
+        errno = ENOMEM;
+    return nodeid;
 }
 
-/* LOOKUP of a name that resolves to an inode the guest already holds (the common repeat:
- * a dentry revalidated after its timeout): statx the name under the parent's O_PATH fd,
- * find the identity in the inode table, count the lookup there (the owner settles it on
- * FORGET, see pvfs_fh_settle) and answer fuse_entry_out as server.py would.  Anything else
- * -- a new file, ".", "..", an odd name, a submount, an error -- is Python's. */
+/* LOOKUP in C (see lookup_child): the lookup counted in the inode table (the owner settles
+ * it on FORGET, see pvfs_fh_settle), fuse_entry_out as server.py would answer.  ".", "..",
+ * an odd name, a submount, an error are Python's. */
 static int serve_lookup(struct pvfs_hot *h, struct pvfs_req *req, const uint8_t *a, uint32_t have)
 {
     uint32_t len = meta_request_ok(h, req, a, have, 128);
@@ -748,36 +782,23 @@ static int serve_lookup(struct pvfs_hot *h, struct pvfs_req *req, const uint8_t 
         memchr(name, '\0', n - 1) || memchr(name, '/', n - 1) ||
         !strcmp(name, ".") || !strcmp(name, ".."))
         return TO_POOL;
-    struct pvfs_fh *p = fh_get(h->inodes, get64(a + 16));
-    if (!p)
-        return TO_POOL;
-    if (!p->keyed) {
-        fh_put(p);
-        return TO_POOL;
-    }
-    struct statx sx;
-    int rc = stat_child(p->fd, name, p->mnt_id, &sx);
-    fh_put(p);
-    if (rc < 0)
-        return TO_POOL;
-    uint8_t b[128];                                       /* struct fuse_entry_out */
-    pack_entry(b, 0, &sx, h->blksize, h->attr_valid, h->attr_valid_nsec);
-    /* Written before the lookup is counted: once counted, the guest must get the reply. */
+    /* The reply area must take the entry before a lookup is counted: once counted, the
+     * guest must get the reply. */
+    uint8_t b[128] = {0};                                 /* struct fuse_entry_out */
     if (pvfs_req_write_out(req, OUT_HDR, b, sizeof(b)) < 0)
         return TO_POOL;                                   /* a hole: Python explains */
-    uint64_t nodeid = count_lookup(h->inodes, makedev(sx.stx_dev_major, sx.stx_dev_minor),
-                                   sx.stx_ino, STX_MNT_ID(&sx));
-    if (!nodeid && __atomic_load_n(&h->lookup_new, __ATOMIC_RELAXED)) {
-        /* A new inode: open it as Python would and register it (Python adopts it when it
-         * first meets the nodeid); the reply carries the attributes of what was opened. */
-        nodeid = open_new(h, a, name, b);
-        if (nodeid)
-            pvfs_req_write_out(req, OUT_HDR, b, sizeof(b));
-    }
+    struct pvfs_fh *p = fh_get(h->inodes, get64(a + 16));
+    if (!p)
+        return TO_POOL;                                   /* unknown nodeid: Python says EBADF */
+    struct statx sx;
+    uint64_t nodeid = p->keyed ? lookup_child(h->inodes, p->fd, p->mnt_id, name,
+                                              __atomic_load_n(&h->lookup_new, __ATOMIC_RELAXED), &sx)
+                               : 0;
+    fh_put(p);
     if (!nodeid)
-        return TO_POOL;                                   /* Python opens it */
-    put64(b, nodeid);
-    pvfs_req_write_out(req, OUT_HDR, b, 8);               /* the range just written */
+        return TO_POOL;                                   /* an error, a submount...: Python's */
+    pack_entry(b, nodeid, &sx, h->blksize, h->attr_valid, h->attr_valid_nsec);
+    pvfs_req_write_out(req, OUT_HDR, b, sizeof(b));       /* the range just written */
     count(h, PVFS_HOT_STAT_LOOKUPS, 1);
     reply(req, get64(a + 8), 0, NULL, 0, sizeof(b), 0);
     return SERVED;
@@ -846,30 +867,13 @@ int64_t pvfs_dirplus(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd, uint6
                 pack_attr(e + 40, &st, blksize);
             } else {
                 struct statx sx;
-                if (stat_child(parent_fd, d->d_name, parent_mnt, &sx) < 0) {
-                    if (errno == ENOENT) {                /* gone since getdents: skipped */
-                        *next_offset = (uint64_t)d->d_off;
-                        continue;
-                    }
-                    return used;                          /* Python's, from this entry */
-                }
-                uint64_t nodeid = count_lookup(inodes, makedev(sx.stx_dev_major, sx.stx_dev_minor),
-                                               sx.stx_ino, STX_MNT_ID(&sx));
-                if (!nodeid && new_ok) {
-                    /* a new inode: opened as a LOOKUP would, the entry from what was opened */
-                    int fd = pvfs_fs_openat2(parent_fd, d->d_name, O_PATH | O_NOFOLLOW | O_CLOEXEC,
-                                             0, PVFS_FS_RESOLVE_BENEATH | PVFS_FS_RESOLVE_NO_MAGICLINKS);
-                    if (fd < 0)
-                        return used;                      /* Python's (and its error) */
-                    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_WANT, &sx) < 0 ||
-                        (sx.stx_mask & STATX_WANT) != STATX_WANT || STX_MNT_ID(&sx) != parent_mnt) {
-                        close(fd);
-                        return used;
-                    }
-                    nodeid = count_or_register(inodes, fd, &sx);
+                uint64_t nodeid = lookup_child(inodes, parent_fd, parent_mnt, d->d_name, new_ok, &sx);
+                if (!nodeid && errno == ENOENT) {         /* gone since getdents: skipped */
+                    *next_offset = (uint64_t)d->d_off;
+                    continue;
                 }
                 if (!nodeid)
-                    return used;                          /* Python's */
+                    return used;                          /* Python's, from this entry */
                 pack_entry(e, nodeid, &sx, blksize, valid_sec, valid_nsec);
             }
             uint8_t *de = e + 128;                        /* struct fuse_dirent */
