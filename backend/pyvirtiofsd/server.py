@@ -364,9 +364,9 @@ class Server:
                                 uid_map=self.options.uid_map, gid_map=self.options.gid_map)
         # READDIRPLUS records packed by the file system itself (PassthroughFs: in C) -- only
         # where AttrPacker adds nothing to the host's attributes.
-        self._dirplus = (getattr(fs, "readdirplus_records", None)
-                              if self.attrs.dax_policy is None and not self.options.uid_map
-                              and not self.options.gid_map else None)
+        plain = (self.attrs.dax_policy is None and not self.options.uid_map
+                 and not self.options.gid_map)
+        self._dirplus = getattr(fs, "readdirplus_records", None) if plain else None
         self._session: Session | None = None
         self._lifecycle = threading.Lock()
         self._handlers: dict[int, Callable[..., Any]] = {
@@ -1013,7 +1013,7 @@ class Server:
         offset = ri.offset
         if plus and self._dirplus is not None:
             records, offset, why = self._dirplus(ctx, hdr.nodeid, ri.fh, offset, limit,
-                                                   self.attrs.blksize, self.options.timeout)
+                                                 self.attrs.blksize, self.options.timeout)
             if why != DIRPLUS_PYTHON:
                 if not records and why == DIRPLUS_FULL:
                     raise _err(errno.EINVAL)       # not even one entry fits

@@ -60,7 +60,6 @@ class Inode:
     otherwise)."""
     c: Any = None
     """The C table's entry, which then owns ``fd`` (see the module docstring)."""
-    c_fd: int = -1
 
 
 class InodeTable:
@@ -87,7 +86,7 @@ class InodeTable:
         entry = lib.pvfs_fhtab_add_inode(self._c, inode.nodeid, inode.fd, dev, ino, mnt_id,
                                          inode.mode)
         if entry != ffi.NULL:
-            inode.c, inode.c_fd = entry, inode.fd
+            inode.c = entry
         return entry != ffi.NULL
 
     def _adopt(self, nodeid: int = 0, key: InodeKey | None = None) -> Inode | None:
@@ -100,7 +99,7 @@ class InodeTable:
         if entry == ffi.NULL:
             return None
         inode = Inode(info.nodeid, info.fd, (info.dev, info.ino, info.mnt_id), info.mode,
-                      lookups=0, c=entry, c_fd=info.fd)
+                      lookups=0, c=entry)
         self._by_id[inode.nodeid] = inode
         self._by_key[inode.key] = inode
         return inode
@@ -115,9 +114,9 @@ class InodeTable:
         return inode if inode is not None else self._adopt(key=key)
 
     def _close(self, inode: Inode, fd: int) -> None:
-        """Close an inode's fd (through its C entry if it has one: a C GETATTR may still
-        be using it).  Call without the lock."""
-        if inode.c is not None and fd == inode.c_fd:
+        """Close an inode's fd (through its C entry if it has one, which owns it: a C
+        GETATTR may still be using it).  Call without the lock."""
+        if inode.c is not None:
             entry, inode.c = inode.c, None
             lib.pvfs_fh_close(entry)
         else:
