@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -68,20 +68,15 @@ def libvirt_argv(fd: int, source: Path, *, cache="always", sandbox="chroot", xat
     return argv + (["-d"] if debug else [])
 
 
-@pytest.mark.parametrize("sandbox", ["chroot", "namespace"])
-def test_libvirt_argv_serves_the_front_end(tmp_path, sandbox):
-    """The exact argv libvirt passes, with a listening socket as its --fd (libvirt binds
-    and listens itself, then hands the fd over); our front-end then connects to the path."""
-    share = tmp_path / "a,dir"          # a comma, as libvirt escapes it
-    share.mkdir()
-    (share / "hello").write_bytes(b"hi from the host\n")
-    os.setxattr(share / "hello", "user.origin", b"host")
+@contextmanager
+def libvirt_started(tmp_path: Path, share: Path, log, **argv_kw):
+    """The daemon started as libvirt starts it -- libvirt binds and listens itself, then
+    passes the socket as ``--fd`` -- and an INITed FuseClient of ours connected to it."""
     sock_path = tmp_path / "fs.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock_path))
     listener.listen(1)
-    log = open(tmp_path / "virtiofsd.log", "wb")
-    argv = libvirt_argv(listener.fileno(), share, sandbox=sandbox)
+    argv = libvirt_argv(listener.fileno(), share, **argv_kw)
     proc = subprocess.Popen(argv, pass_fds=[listener.fileno()], stdout=log,
                             stderr=subprocess.STDOUT)
     listener.close()
@@ -90,21 +85,33 @@ def test_libvirt_argv_serves_the_front_end(tmp_path, sandbox):
         try:
             fuse = FuseClient(fe)
             fuse.init()
-            head, attr = fuse.lookup(1, b"hello")
-            assert attr.size == len(b"hi from the host\n")
-            assert head.entry_valid == 86400                   # cache=always
-            opened = fuse.open(head.nodeid, os.O_RDONLY)
-            assert opened.open_flags & abi.FOPEN_KEEP_CACHE
-            assert fuse.read(head.nodeid, opened.fh, 0, 100) == b"hi from the host\n"
-            value = fuse.check(abi.Opcode.FUSE_GETXATTR, head.nodeid,
-                               abi.fuse_getxattr_in.pack(64, 0) + b"user.origin\0", 64)
-            assert value == b"host"                            # ,xattr took effect
+            yield fuse
         finally:
             fe.close()
     finally:
         proc.terminate()
         proc.wait(10)
-        log.close()
+
+
+@pytest.mark.parametrize("sandbox", ["chroot", "namespace"])
+def test_libvirt_argv_serves_the_front_end(tmp_path, sandbox):
+    """The exact argv libvirt passes, with a listening socket as its --fd; our front-end
+    then connects to the path."""
+    share = tmp_path / "a,dir"          # a comma, as libvirt escapes it
+    share.mkdir()
+    (share / "hello").write_bytes(b"hi from the host\n")
+    os.setxattr(share / "hello", "user.origin", b"host")
+    with open(tmp_path / "virtiofsd.log", "wb") as log, \
+            libvirt_started(tmp_path, share, log, sandbox=sandbox) as fuse:
+        head, attr = fuse.lookup(1, b"hello")
+        assert attr.size == len(b"hi from the host\n")
+        assert head.entry_valid == 86400                   # cache=always
+        opened = fuse.open(head.nodeid, os.O_RDONLY)
+        assert opened.open_flags & abi.FOPEN_KEEP_CACHE
+        assert fuse.read(head.nodeid, opened.fh, 0, 100) == b"hi from the host\n"
+        value = fuse.check(abi.Opcode.FUSE_GETXATTR, head.nodeid,
+                           abi.fuse_getxattr_in.pack(64, 0) + b"user.origin\0", 64)
+        assert value == b"host"                            # ,xattr took effect
     text = (tmp_path / "virtiofsd.log").read_text()
     assert f"mode={sandbox}" in text and "debug" in text.lower(), text[-2000:]
 
@@ -113,29 +120,14 @@ def test_libvirt_cache_none_and_no_xattr(tmp_path):
     share = tmp_path / "s"
     share.mkdir()
     (share / "f").write_bytes(b"x")
-    sock_path = tmp_path / "fs.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(sock_path))
-    listener.listen(1)
-    argv = libvirt_argv(listener.fileno(), share, cache="none", xattr="no_xattr", debug=False)
-    proc = subprocess.Popen(argv, pass_fds=[listener.fileno()], stderr=subprocess.PIPE)
-    listener.close()
-    try:
-        fe = VhostUserFrontend(str(sock_path)).connect()
-        try:
-            fuse = FuseClient(fe)
-            fuse.init()
-            head, _ = fuse.lookup(1, b"f")
-            assert head.entry_valid == 0
-            assert fuse.open(head.nodeid, os.O_RDONLY).open_flags & abi.FOPEN_DIRECT_IO
-            r = fuse.call(abi.Opcode.FUSE_GETXATTR, head.nodeid,
-                          abi.fuse_getxattr_in.pack(64, 0) + b"user.x\0", 64)
-            assert r.error == -38                              # ENOSYS: xattrs off
-        finally:
-            fe.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with libvirt_started(tmp_path, share, subprocess.DEVNULL, cache="none", xattr="no_xattr",
+                         debug=False) as fuse:
+        head, _ = fuse.lookup(1, b"f")
+        assert head.entry_valid == 0
+        assert fuse.open(head.nodeid, os.O_RDONLY).open_flags & abi.FOPEN_DIRECT_IO
+        r = fuse.call(abi.Opcode.FUSE_GETXATTR, head.nodeid,
+                      abi.fuse_getxattr_in.pack(64, 0) + b"user.x\0", 64)
+        assert r.error == -38                              # ENOSYS: xattrs off
 
 
 def test_libvirt_lock_options_are_refused_by_name(tmp_path):

@@ -12,7 +12,6 @@ test_sandbox.py serves every FUSE operation under it in each sandbox mode.
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
 import subprocess
 import sys
@@ -128,35 +127,33 @@ def test_the_list_holds_no_dangerous_call():
     assert not seccomp.ALLOWED & NEVER, sorted(seccomp.ALLOWED & NEVER)
 
 
+def killed_by_filter(*lines: str) -> subprocess.CompletedProcess:
+    """Run ``lines`` in a fresh interpreter (logs off; ctypes, seccomp and the C library at
+    hand), then print 'reached': the filter must kill it with SIGSYS before that."""
+    code = "\n".join(["import ctypes", "from pyvirtiofsd import logs, seccomp",
+                      "from pyvirtiofsd._cext import lib", "logs.configure('off')", *lines,
+                      "print('reached', flush=True)"])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert r.returncode == -signal.SIGSYS, (r.returncode, r.stdout, r.stderr)
+    return r
+
+
 def test_unshare_only_for_a_private_fs_struct():
     """Worker threads unshare(CLONE_FS); any other unshare -- a user namespace in particular,
     which needs no capability -- is refused."""
-    code = ("from pyvirtiofsd import logs, seccomp\n"
-            "from pyvirtiofsd._cext import lib\n"
-            "logs.configure('off')\n"
-            "seccomp.install('kill')\n"
-            "print('fs', lib.pvfs_fs_unshare_fs(), flush=True)\n"
-            "lib.pvfs_sb_unshare(lib.PVFS_SB_CLONE_NEWUSER)\n"
-            "print('user namespace', flush=True)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    r = killed_by_filter("seccomp.install('kill')",
+                         "print('fs', lib.pvfs_fs_unshare_fs(), flush=True)",
+                         "lib.pvfs_sb_unshare(lib.PVFS_SB_CLONE_NEWUSER)")
     assert r.stdout.splitlines() == ["fs 0"], r.stderr
-    assert r.returncode == -signal.SIGSYS
 
 
 def test_file_handle_calls_can_be_left_out():
     """What the daemon does without --inode-file-handles: open_by_handle_at (with
     CAP_DAC_READ_SEARCH, a way to any file of the share's file system) is refused."""
-    code = ("import ctypes, os\n"
-            "from pyvirtiofsd import logs, seccomp\n"
-            "logs.configure('off')\n"
-            "libc = ctypes.CDLL(None, use_errno=True)\n"
-            "seccomp.install('kill', without=seccomp.FILE_HANDLE_CALLS)\n"
-            "print('filtered', flush=True)\n"
-            "libc.open_by_handle_at(-1, None, 0)\n"
-            "print('reached', flush=True)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    r = killed_by_filter("seccomp.install('kill', without=seccomp.FILE_HANDLE_CALLS)",
+                         "print('filtered', flush=True)",
+                         "ctypes.CDLL(None, use_errno=True).open_by_handle_at(-1, None, 0)")
     assert r.stdout.splitlines() == ["filtered"], r.stderr
-    assert r.returncode == -signal.SIGSYS
 
 
 def test_the_list_was_generated_and_names_real_calls():
