@@ -139,9 +139,8 @@ class HotPath:
                 whole = int(server.options.timeout)
                 lib.pvfs_hot_set_getattr(self.ctx, fs.inodes.c_table, server.options.guest_page_size,
                                          whole, int((server.options.timeout - whole) * 1e9))
-                # New inodes too, where each inode is an fd the C table can own (no file
-                # handles): the table registers them and Python adopts them on first sight.
-                lib.pvfs_hot_set_lookup_new(self.ctx, int(fs.file_handles == "never"))
+                # new inodes too where C may register them (Python adopts them on sight)
+                lib.pvfs_hot_set_lookup_new(self.ctx, int(fs.c_registers_inodes))
             lib.pvfs_hot_set_ops(self.ctx, ops)
             lib.pvfs_hot_set_inline(self.ctx, sum(1 << op for op in INLINE_OPCODES if op < 64))
 

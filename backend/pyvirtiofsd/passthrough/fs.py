@@ -157,6 +157,9 @@ class PassthroughFs(FileSystem):
             raise
         self.mount_fds = file_handle.MountFds()
         self.file_handles = inode_file_handles
+        # C may open and register new inodes (LOOKUP, READDIRPLUS) only where each inode is
+        # an fd its C entry can own, i.e. without file handles
+        self.c_registers_inodes = inode_file_handles == "never"
         if inode_file_handles != "never":
             why = file_handle.probe(root_fd)
             if why is not None:
@@ -609,7 +612,7 @@ class PassthroughFs(FileSystem):
             nxt, why = ffi.new("uint64_t *"), ffi.new("int *")
             whole = int(timeout)
             n = lib.pvfs_dirplus(self.inodes.c_table, h.fd, p.fd, p.key[2],
-                                 int(self.file_handles == "never"), offset, buf, room, blksize,
+                                 int(self.c_registers_inodes), offset, buf, room, blksize,
                                  whole, int((timeout - whole) * 1e9), nxt, why)
         if n < 0:
             raise OSError(-n, os.strerror(-n))
