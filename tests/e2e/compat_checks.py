@@ -19,27 +19,15 @@ import stat
 import subprocess
 import sys
 import time
-import traceback
+
+from guest_harness import Checks, Failed, expect
 
 USER, OTHER, SQUASHED, FORBIDDEN = 1000, 1001, 2005, 3000
 MANY = 1500
 HOLD = 3.0      # seconds the open-flag probes stay open for the host's sampler
 
-CHECKS = []
-
-
-def check(fn):
-    CHECKS.append(fn)
-    return fn
-
-
-class Failed(Exception):
-    pass
-
-
-def expect(cond, what):
-    if not cond:
-        raise Failed(what)
+CHECKS = Checks()
+check = CHECKS.add
 
 
 def as_user(fn, uid, gid=None):
@@ -348,23 +336,7 @@ def many_files_looked_up(a, b):
 
 
 def main():
-    a, b = sys.argv[1], sys.argv[2]
-    passed = 0
-    for fn in CHECKS:
-        t0 = time.monotonic()
-        try:
-            out = fn(a, b)
-            detail, info = out if isinstance(out, tuple) else (out, {})
-            ok = True
-        except Exception as e:  # noqa: BLE001 - one failing check must not hide the others
-            detail, info, ok = f"{type(e).__name__}: {e}", {"trace": traceback.format_exc()}, False
-        passed += ok
-        print("PVFS-COMPAT " + json.dumps({"name": fn.__name__, "ok": ok, "detail": detail,
-                                           "info": info,
-                                           "seconds": round(time.monotonic() - t0, 2)}),
-              flush=True)
-    print(f"PVFS-COMPAT-DONE {passed} {len(CHECKS)}", flush=True)
-    return 0 if passed == len(CHECKS) else 1
+    return CHECKS.run("PVFS-COMPAT", sys.argv[1], sys.argv[2])
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ first time), and anything that cannot be prepared fails the tests with the reaso
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import re
 import shlex
 import subprocess
 from dataclasses import dataclass, field
@@ -29,6 +27,8 @@ from pathlib import Path
 import pytest
 
 from pyvirtiofsd import guest
+
+from guest_harness import parse_lines
 
 HERE = Path(__file__).resolve().parent
 CHECKS_SCRIPT = HERE / "guest_checks.py"
@@ -91,16 +91,6 @@ class GuestRun:
     def describe(self) -> str:
         return (f"guest exit {self.result.exit_status}; back-end log tail:\n"
                 + "\n".join(self.backend_log.splitlines()[-15:]))
-
-
-def parse_lines(console: str) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for marker, payload in re.findall(r"(PVFS-[A-Z]+) (\{.*\})\s*$", console, re.M):
-        try:
-            out.setdefault(marker, []).append(json.loads(payload))
-        except json.JSONDecodeError:  # a line garbled by interleaved kernel output: counts as missing
-            pass
-    return out
 
 
 def run_guest(frontend: str, share: Path, workdir: Path, command: str) -> GuestRun:

@@ -16,14 +16,11 @@ import json
 import os
 import stat
 import sys
-import traceback
 
-CHECKS = []
+from guest_harness import Checks
 
-
-def check(fn):
-    CHECKS.append(fn)
-    return fn
+CHECKS = Checks()
+check = CHECKS.add
 
 
 def sha(path: str) -> str:
@@ -160,19 +157,7 @@ def main() -> int:
     m, a, manifest_path = sys.argv[1:4]
     with open(manifest_path) as f:
         manifest = json.load(f)
-    passed = 0
-    for fn in CHECKS:
-        try:
-            info = fn(m, a, manifest) or {}
-            ok, detail = True, ""
-        except Exception as e:  # noqa: BLE001 - reported, not raised
-            ok, detail, info = False, f"{type(e).__name__}: {e}", {
-                "trace": traceback.format_exc().splitlines()[-4:]}
-        passed += ok
-        print("PVFS-CUSTOM " + json.dumps({"name": fn.__name__, "ok": ok, "detail": detail,
-                                           "info": info}), flush=True)
-    print(f"PVFS-CUSTOM-DONE {passed} {len(CHECKS)}", flush=True)
-    return 0 if passed == len(CHECKS) else 1
+    return CHECKS.run("PVFS-CUSTOM", m, a, manifest)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ import sys
 import time
 import traceback
 
+from guest_harness import Checks, Failed, emit, expect
+
 USER = 1000  # the unprivileged guest user (uid and gid); needs no passwd entry
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HOST_FILE = "host-created.txt"
@@ -47,22 +49,8 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 
-CHECKS = []
-
-
-def check(fn):
-    """Register a check; its name is the function name. It returns (detail, info) or raises."""
-    CHECKS.append(fn)
-    return fn
-
-
-class Failed(Exception):
-    pass
-
-
-def expect(cond, what):
-    if not cond:
-        raise Failed(what)
+CHECKS = Checks()
+check = CHECKS.add   # a check is named by its function; it returns (detail, info) or raises
 
 
 def expect_errno(code, fn, *args, **kw):
@@ -720,12 +708,6 @@ def error_mapping(c):
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-def emit(tag, obj):
-    # One write per line keeps results whole on the serial console.
-    sys.stdout.write(f"{tag} {json.dumps(obj, sort_keys=True)}\n")
-    sys.stdout.flush()
 
 
 def run_check(fn, mount):

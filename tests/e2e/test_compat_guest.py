@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from guest_harness import parse_lines
 from pyvirtiofsd import guest
 
 pytestmark = pytest.mark.e2e
@@ -157,10 +158,7 @@ def compat_run(request, tmp_path_factory):
     (work / "console.log").write_text(console)
     print(f"\n[e2e] compat guest ({flavor}): {time.monotonic() - t0:.1f} s; console in {work / 'console.log'}"
           f"; daemon fds at most {sampler.max_fds}")
-    results = {}
-    for payload in re.findall(r"^PVFS-COMPAT (\{.*\})\s*$", console, re.M):
-        d = json.loads(payload)
-        results[d["name"]] = d
+    results = {d["name"]: d for d in parse_lines(console).get("PVFS-COMPAT", [])}
     return {"console": console, "results": results, "a": share_a, "b": share_b,
             "sampler": sampler, "ops_log": ops_log, "a_log": a.log, "b_log": b.log}
 

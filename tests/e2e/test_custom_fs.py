@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from guest_harness import parse_lines
 from pyvirtiofsd import guest
 
 pytestmark = pytest.mark.e2e
@@ -85,10 +84,7 @@ def custom_run(tmp_path_factory):
     (work / "console.log").write_text(console)
     print(f"\n[e2e] memfs + archivefs guest: {time.monotonic() - t0:.1f} s; console in "
           f"{work / 'console.log'}")
-    results = {}
-    for payload in re.findall(r"^PVFS-CUSTOM (\{.*\})\s*$", console, re.M):
-        d = json.loads(payload)
-        results[d["name"]] = d
+    results = {d["name"]: d for d in parse_lines(console).get("PVFS-CUSTOM", [])}
     return {"console": console, "results": results, "statuses": statuses,
             "ops_log": ops_log, "memfs_log": memfs.log, "archive_log": archive.log}
 

@@ -8,15 +8,14 @@ blksize through; ours reports the guest page size, so they succeed.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from guest_harness import parse_lines
 from pyvirtiofsd import guest
 
 pytestmark = pytest.mark.e2e
@@ -52,11 +51,7 @@ def wait_for(g: guest.Guest, marker: str, timeout: float = 300) -> None:
 
 
 def results(console: str) -> dict[str, dict]:
-    out = {}
-    for payload in re.findall(r"PVFS-DAX (\{.*\})\s*$", console, re.M):
-        r = json.loads(payload)
-        out[r["step"]] = r
-    return out
+    return {r["step"]: r for r in parse_lines(console).get("PVFS-DAX", [])}
 
 
 @pytest.mark.parametrize("flavor", ["bookworm", "sid"])

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 from pathlib import Path
 
 import pytest
 
+from guest_harness import parse_lines
 from pyvirtiofsd import guest
 
 GUEST_PYTHON = "/usr/bin/python3"   # the host's python3, run by the guest through 9p
@@ -28,17 +28,6 @@ HERE = Path(__file__).resolve().parent
 WORKLOAD = HERE / "stress_workload.py"
 FRONTEND, FLAVOR = "qemu72", "bookworm"
 RSS_GROWTH_LIMIT = 64 << 20     # bytes the daemon may grow between idle and after unmount
-
-
-def parse_lines(console: str) -> dict[str, list[dict]]:
-    """Marker -> the JSON objects of the console lines ``MARKER {...}``."""
-    out: dict[str, list[dict]] = {}
-    for marker, payload in re.findall(r"(PVFS-[A-Z]+) (\{.*\})\s*$", console, re.M):
-        try:
-            out.setdefault(marker, []).append(json.loads(payload))
-        except json.JSONDecodeError:   # a line garbled by kernel output
-            pass
-    return out
 
 
 def _tree(pid: int) -> list[int]:
