@@ -12,7 +12,6 @@ those lines and on what the host's side of each share shows afterwards.  Checks 
 ``MOUNT/pvfs-compat``.
 """
 import errno
-import json
 import mmap
 import os
 import stat
@@ -20,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from guest_harness import Checks, Failed, expect
+from guest_harness import Checks, as_user, expect
 
 USER, OTHER, SQUASHED, FORBIDDEN = 1000, 1001, 2005, 3000
 MANY = 1500
@@ -28,38 +27,6 @@ HOLD = 3.0      # seconds the open-flag probes stay open for the host's sampler
 
 CHECKS = Checks()
 check = CHECKS.add
-
-
-def as_user(fn, uid, gid=None):
-    """``fn()`` in a forked child running as uid/gid; OSErrors come back with their errno."""
-    gid = uid if gid is None else gid
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            msg = {"value": fn()}
-        except OSError as e:
-            msg = {"errno": e.errno, "text": str(e)}
-        except BaseException as e:  # noqa: BLE001
-            msg = {"error": f"{type(e).__name__}: {e}"}
-        os.write(w, json.dumps(msg).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    msg = json.loads(data or b'{"error": "child died"}')
-    if "errno" in msg:
-        raise OSError(msg["errno"], msg["text"])
-    if "error" in msg:
-        raise Failed(f"as uid {uid}: {msg['error']}")
-    return msg["value"]
 
 
 def errno_of(fn):

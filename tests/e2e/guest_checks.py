@@ -27,7 +27,6 @@ Non-root checks fork a child that drops to uid/gid 1000.
 import ctypes
 import errno
 import hashlib
-import json
 import mmap
 import os
 import stat
@@ -35,7 +34,7 @@ import sys
 import time
 import traceback
 
-from guest_harness import Checks, Failed, emit, expect
+from guest_harness import Checks, Failed, as_user, emit, expect
 
 USER = 1000  # the unprivileged guest user (uid and gid); needs no passwd entry
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -114,40 +113,6 @@ class Ctx:
 
     def rel(self, path):
         return os.path.relpath(path, self.mount)
-
-
-def as_user(fn, uid=USER, gid=USER):
-    """Run ``fn()`` in a forked child with uid/gid ``uid``/``gid``; return its JSON-able result.
-
-    An OSError in the child is re-raised here with the same errno, so callers can expect errnos.
-    """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            msg = {"value": fn()}
-        except OSError as e:
-            msg = {"errno": e.errno, "text": str(e)}
-        except BaseException as e:  # noqa: BLE001 - report everything to the parent
-            msg = {"error": f"{type(e).__name__}: {e}"}
-        os.write(w, json.dumps(msg).encode())
-        os._exit(0)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
-    msg = json.loads(b"".join(chunks) or b'{"error": "child died"}')
-    if "errno" in msg:
-        raise OSError(msg["errno"], msg["text"])
-    if "error" in msg:
-        raise Failed(f"as uid {uid}: {msg['error']}")
-    return msg["value"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,7 +369,7 @@ def nonroot_owner(c):
         st = os.stat(p)
         return [st.st_uid, st.st_gid, st.st_ino, os.stat(d).st_uid]
 
-    uid, gid, ino, dir_uid = as_user(create)
+    uid, gid, ino, dir_uid = as_user(create, USER)
     expect((uid, gid) == (USER, USER), f"file created by uid {USER} is owned by {uid}:{gid}")
     expect(dir_uid == USER, f"directory created by uid {USER} is owned by {dir_uid}")
     st = os.stat(p)
@@ -435,7 +400,7 @@ def nonroot_permissions(c):
                 out[name] = errno.errorcode[e.errno]
         return out
 
-    got = as_user(probe)
+    got = as_user(probe, USER)
     want = {"read_public": "everyone reads", "read_secret": "EACCES", "write_public": "EACCES",
             "create_in_dir": "EACCES", "chmod_public": "EPERM"}
     expect(got == want, f"uid {USER} saw {got}, expected {want}")
@@ -627,7 +592,7 @@ def access(c):
     expect(not os.access(p, os.X_OK), "root may execute a file without any x bit")
     expect(not os.access(c.path("missing"), os.F_OK), "F_OK on a missing file")
     os.chmod(c.dir, 0o755)
-    got = as_user(lambda: [os.access(p, m) for m in (os.F_OK, os.R_OK, os.W_OK)])
+    got = as_user(lambda: [os.access(p, m) for m in (os.F_OK, os.R_OK, os.W_OK)], USER)
     expect(got == [True, False, False], f"uid {USER} access F/R/W = {got}")
     return "os.access as root and as uid 1000"
 

@@ -7,6 +7,7 @@ module from its own directory.  A script reports on the serial console in lines
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -26,6 +27,39 @@ def emit(marker, obj):
     """One ``MARKER {json}`` line, in one write (it stays whole on the serial console)."""
     sys.stdout.write(f"{marker} {json.dumps(obj, sort_keys=True)}\n")
     sys.stdout.flush()
+
+
+def as_user(fn, uid, gid=None):
+    """``fn()`` in a forked child running as uid/gid (gid: uid), its JSON-able result; an
+    OSError in the child is raised here with the same errno, so callers can expect errnos."""
+    gid = uid if gid is None else gid
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            msg = {"value": fn()}
+        except OSError as e:
+            msg = {"errno": e.errno, "text": str(e)}
+        except BaseException as e:  # noqa: BLE001 - report everything to the parent
+            msg = {"error": f"{type(e).__name__}: {e}"}
+        os.write(w, json.dumps(msg).encode())
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    msg = json.loads(b"".join(chunks) or b'{"error": "child died"}')
+    if "errno" in msg:
+        raise OSError(msg["errno"], msg["text"])
+    if "error" in msg:
+        raise Failed(f"as uid {uid}: {msg['error']}")
+    return msg["value"]
 
 
 class Checks(list):
