@@ -4,9 +4,10 @@ import os
 import threading
 
 import pytest
+from structlog.testing import capture_logs
 from fusewire import (
     GUEST_FLAGS, GUEST_FLAGS2, Client, FuseError, cstr, header, parse_direntplus,
-    parse_dirents, parse_entry, request, run,
+    parse_dirents, request, run,
 )
 from memfs import MemFs
 
@@ -739,7 +740,6 @@ def test_fuse_error_helper():
     with pytest.raises(FuseError) as ei:
         c.lookup(1, "missing")
     assert ei.value.errno == errno.ENOENT
-    assert parse_entry  # imported helper used by other tests
 
 
 def test_filesystem_init_returning_none_keeps_the_flags():
@@ -760,11 +760,27 @@ def test_readdirplus_entries_are_whole_even_for_old_minors():
 
 
 def test_handle_survives_a_transport_whose_complete_fails():
+    completions = []
+
     class Exploding(BytesRequest):
         def complete(self, used_len):
+            completions.append(used_len)
+            super().complete(used_len)     # keep the reply readable, then fail as a ring would
             raise OSError(errno.EIO, "ring gone")
     c, _ = mem_client()
-    c.server.handle(Exploding(request(Opcode.FUSE_GETATTR, 1, bytes(16))))   # no exception
+    req = Exploding(request(Opcode.FUSE_GETATTR, 1, bytes(16), unique=4242))
+    with capture_logs() as logs:
+        c.server.handle(req)                       # must not raise
+    # complete() was tried exactly once, with the whole GETATTR reply already written
+    assert completions == [16 + abi.FUSE_ATTR_OUT_SIZE]
+    out = abi.fuse_out_header.parse(req.reply[:16])
+    assert (out.len, out.error, out.unique) == (16 + abi.FUSE_ATTR_OUT_SIZE, 0, 4242)
+    # the failure is logged, not swallowed silently, and names the request
+    failed = [e for e in logs if e["event"] == "completing fuse request failed"]
+    assert len(failed) == 1 and failed[0]["unique"] == 4242
+    assert failed[0]["log_level"] == "error"
+    # and the server goes on serving
+    assert c.getattr(1).ino == 1
 
 
 BIG = 1 << 63          # does not fit a host off_t / ssize_t
