@@ -56,9 +56,11 @@ class Rig:
     def close(self):
         self.fe.close()
         self.thread.join(10)
+        served_to_the_end = not self.thread.is_alive()   # the hang-up ends the serve loop
         self.backend.close()
         self.device.close()
         self.fs.close()
+        assert served_to_the_end, "Backend.serve still running 10 s after the front-end closed"
 
 
 @pytest.fixture
@@ -71,8 +73,13 @@ def rig_factory(tmp_path):
         return r
 
     yield make
+    unclosed = []
     for r in made:
-        r.close()
+        try:
+            r.close()
+        except AssertionError as e:   # close the others before failing
+            unclosed.append(e)
+    assert not unclosed, unclosed
 
 
 def create(client, name=b"f", flags=os.O_RDWR):
@@ -649,6 +656,7 @@ def test_lookups_in_c_race_forgets_without_losing_count(rig_factory, tmp_path):
         t.start()
     for t in threads:
         t.join(60)
+        assert not t.is_alive(), f"{t.name} still running after 60 s"
     assert not errors, errors[:3]
     c.getattr(ROOT)
     assert rig.stats()["lookups"] > 0
@@ -686,6 +694,7 @@ def test_python_and_c_registering_the_same_new_inodes_race(rig_factory, tmp_path
         t.start()
     for t in threads:
         t.join(60)
+        assert not t.is_alive(), f"{t.name} still running after 60 s"
     assert not errors, errors[:3]
     assert rig.stats()["lookups"] > 0
     for n in names:
