@@ -67,15 +67,29 @@ def snapshot(path: str) -> dict:
     return out
 
 
-def check_reply(unique_sent, opcode, used_len, out_len, raw) -> None:
+def header_lies(body_len: int, hdr_len: int | None, extlen: int) -> bool:
+    """Whether the server must refuse the request's framing (EINVAL for an opcode that gets
+    replies): fuse_in_header.len shorter than the header, longer than what was sent, or too
+    short for the extensions total_extlen announces."""
+    sent = 40 + body_len
+    length = sent if hdr_len is None else hdr_len
+    return length < 40 or length > sent or extlen * 8 > length - 40
+
+
+def check_reply(unique_sent, opcode, used_len, out_len, raw, lies) -> None:
     assert 0 <= used_len <= out_len
-    if used_len == 0:
-        # Only no-reply opcodes, or an out area too small for even the header.
-        assert opcode in NO_REPLY or out_len < 16, (opcode, out_len)
+    if out_len < 16:
+        assert used_len == 0, (opcode, out_len)    # no room for even the header
         return
+    if opcode in NO_REPLY:
+        # Never answered, even when malformed: the guest waits for no reply (its handler
+        # swallows every fault, and a lying header is refused silently).
+        assert used_len == 0, (opcode, used_len, lies)
+        return
+    assert used_len >= 16, (opcode, used_len)     # every other opcode is answered
     h = abi.fuse_out_header.parse(raw)
-    # A no-reply opcode is answered only when it is malformed (and there is room).
-    assert opcode not in NO_REPLY or h.error < 0
+    if lies:
+        assert h.error == -errno.EINVAL
     assert h.len == used_len
     assert -4095 <= h.error <= 0
     if unique_sent is not None:
@@ -118,7 +132,8 @@ def serve_case(share_parent, reqs, out_lens):
                 br = BytesRequest(data, out_len)
                 server.handle(br)                               # never raises
                 assert br.used_len is not None, "request not completed"
-                check_reply(unique, opcode, br.used_len, out_len, br.reply)
+                check_reply(unique, opcode, br.used_len, out_len, br.reply,
+                            header_lies(len(body), hdr_len, extlen))
         bad = [e for e in logs if e.get("log_level") in ("error", "critical")]
         assert not bad, f"the server hit an unexpected exception: {bad}"
     finally:
@@ -185,11 +200,24 @@ def live(tmp_path_factory, small_fs):
         d.proc.wait()
 
 
+def track_session(alive: bool, opcode: int, body: bytes, r) -> bool:
+    """Whether the daemon has a FUSE session after answering ``r`` (well framed): an INIT
+    of major 7 starts one (a newer major only gets ours back), a DESTROY ends it."""
+    if r.error:
+        return alive
+    if opcode == Opcode.FUSE_INIT:
+        return True if int.from_bytes(body[:4], "little") == abi.FUSE_KERNEL_VERSION else alive
+    if opcode == Opcode.FUSE_DESTROY:
+        return False
+    return alive
+
+
 @given(reqs=st.lists(requests(), min_size=1, max_size=12), data=st.data())
 def test_daemon_takes_any_request(live, reqs, data):
     count_case("fuse_daemon")
     c = live.client
     c.init(minor=39)
+    session = True
     for name in (b"f", b"d", b"s", b"p"):
         try:
             c.lookup(1, name)
@@ -203,19 +231,27 @@ def test_daemon_takes_any_request(live, reqs, data):
         queue = 0 if opcode in NO_REPLY else 1
         p = c.submit(opcode % 2**32, nodeid, body, out_size, uid=uid, gid=gid, queue=queue,
                      no_reply=no_reply, raw_len=raw_len)
-        if no_reply or (opcode in NO_REPLY and queue == 0):
-            # No reply is due; a used element with length 0 is all the driver gets back.
-            r = c.reap(p, timeout=20)
-            assert r.used_len == 0 or r.error <= 0
-            continue
         r = c.reap(p, timeout=20)
+        lies = header_lies(len(body), hdr_len, 0)    # submit() sends total_extlen 0
+        if opcode in NO_REPLY:
+            # No reply is due, writable part or not, malformed or not: a used element with
+            # length 0 is all the driver gets back.
+            assert r.used_len == 0, (opcode, no_reply, lies, r)
+            continue
+        assert 16 <= r.used_len <= 16 + out_size, (opcode, out_size, r)
+        assert r.unique == p.unique
         assert -4095 <= r.error <= 0
-        if r.used_len:
-            assert r.used_len <= 16 + out_size
+        if r.error:
+            assert r.used_len == 16 and r.body == b""
+        if lies:
+            assert r.error == -errno.EINVAL
+        else:
+            session = track_session(session, opcode, body, r)
     assert live.proc.poll() is None, "the daemon died:\n" + live.text()[-3000:]
-    # Still serving: a plain request after the hostile ones.
+    # Still serving: a plain request after the hostile ones -- EIO exactly when a hostile
+    # DESTROY ended the session (the next case's INIT restarts it).
     assert c.call(Opcode.FUSE_GETATTR, 1, abi.fuse_getattr_in.build(), abi.FUSE_ATTR_OUT_SIZE).error \
-        in (0, -errno.EIO)   # EIO: a hostile DESTROY ended the session (the next INIT restarts it)
+        == (0 if session else -errno.EIO)
     assert snapshot(live.canary) == live.canary_before, "the canary outside the share changed"
 
 
