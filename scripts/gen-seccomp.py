@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""Derive the daemon's seccomp allow-list from what real daemons do.
+"""Derive the seccomp allow-lists of the daemon and of its sandbox supervisor from what
+real daemons do.
 
     scripts/gen-seccomp.py [--fresh] [--e2e] [--keep-traces DIR] [-- PYTEST-ARGS...]
 
 Runs the integration tests (and with ``--e2e`` the real-guest tests) with every daemon
-(``python -m pyvirtiofsd``) under ``strace -f``, each daemon's filter switched from
-kill/trap to log so that nothing dies while the list is incomplete.  From each trace it
-keeps the system calls made *after* the filter was loaded -- start-up calls (unshare,
-mount, pivot_root, capset...) never need allowing -- by the daemon, not by the sandbox
-supervisor (see :class:`TraceFilter`).  The union is written to
-backend/pyvirtiofsd/seccomp_syscalls.py, merged with the list already there unless
-``--fresh``; what changed is printed.
+(``python -m pyvirtiofsd``) under ``strace -f``, each filter switched from kill/trap to log
+so that nothing dies while a list is incomplete.  From each trace it keeps the system calls
+made *after* a filter was loaded -- start-up calls (unshare, mount, pivot_root, capset...)
+never need allowing -- separately for the daemon and for the sandbox supervisor, which
+loads a filter of its own right after it forks the daemon (see :class:`TraceFilter`).  The
+unions are written to backend/pyvirtiofsd/seccomp_syscalls.py (TRACED and
+SUPERVISOR_TRACED), merged with the lists already there unless ``--fresh``; what changed is
+printed.  The supervisor's paths are in tests/integration/test_sandbox.py and
+test_seccomp.py (signals forwarded, front-end gone, the daemon killed and mirrored).
 
 How a daemon gets traced: a ``sitecustomize`` module on PYTHONPATH, active only when
 PVFS_SECCOMP_TRACE_DIR is set, attaches ``strace -p`` to any ``-m pyvirtiofsd`` process as
-it starts (before the daemon's own code runs) and wraps ``pyvirtiofsd.seccomp.install``.
-strace writes into this script run as a filter (``--filter-trace``), which keeps only the
-names: a daemon that polls makes gigabytes of trace in a long test.  Nothing in the daemon
-knows about any of it.  ``--keep-traces DIR`` leaves each daemon's list in DIR/calls.PID.
+it starts (before the daemon's own code runs) and wraps ``pyvirtiofsd.seccomp.install``
+(which both filters go through).  strace writes into this script run as a filter
+(``--filter-trace``), which keeps only the names: a daemon that polls makes gigabytes of
+trace in a long test.  Nothing in the daemon knows about any of it.  ``--keep-traces DIR``
+leaves each run's lists in DIR/calls.PID (lines ``daemon NAME`` / ``supervisor NAME``).
 
 The test outcome does not matter here (a daemon under strace is slow); the traces do.
 Run the normal suite afterwards: it runs every daemon with ``--seccomp kill``.
@@ -72,9 +76,10 @@ def _trace_pyvirtiofsd():
 
     real_install = seccomp.install
 
-    def install(mode, allowed=seccomp.ALLOWED):
-        # Log instead of kill/trap: an incomplete list must not end the run.
-        return real_install("none" if mode == "none" else "log", allowed)
+    def install(mode, *args, **kwargs):
+        # Log instead of kill/trap: an incomplete list must not end the run.  Also the
+        # supervisor's filter (seccomp.install_supervisor calls this module's install).
+        return real_install("none" if mode == "none" else "log", *args, **kwargs)
 
     seccomp.install = install
 
@@ -86,29 +91,45 @@ LINE = re.compile(r"^(\d+)\s+[\d.]+\s+(.*)$")
 CALL = re.compile(r"^(\w+)\(")
 RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>")
 RESULT = re.compile(r"=\s+(-?\d+)(?:\s|$)")
+FORK = re.compile(r"^(?:clone|clone3|fork|vfork)\(")
 MARKER = "seccomp(SECCOMP_SET_MODE_FILTER"
+DAEMON, SUPERVISOR = "daemon", "supervisor"
+
+
+def _result(full: str) -> int | None:
+    m = RESULT.search(full.rsplit(")", 1)[-1])
+    return None if m is None else int(m.group(1))
 
 
 class TraceFilter:
-    """Reads one ``strace -f -ttt -p ROOT`` output line by line and keeps the names of the
-    system calls entered after the filter went on, by every process except a supervisor.
+    """Reads one ``strace -f -ttt -p ROOT`` output line by line and keeps, separately for
+    the daemon and for a sandbox supervisor, the names of the system calls each entered
+    after its own filter went on.
 
-    Everything strace follows descends from ROOT, the process started as the daemon: with a
-    sandbox, ROOT is the supervisor (one thread, never filtered) and every other process or
-    thread is the daemon or was created by it; without one, ROOT is the daemon itself.
-    (clone() results cannot tell threads apart: inside the daemon's pid namespace they are
-    namespace-local numbers, while strace prints host ones.)  Streaming, because a daemon
-    that polls makes gigabytes of trace in a long test."""
+    Everything strace follows descends from ROOT, the process started as the daemon.  With a
+    sandbox, ROOT forks the daemon (a clone without CLONE_THREAD) and stays as the
+    supervisor: ROOT is then the supervisor, with a filter of its own, and every other
+    process or thread is the daemon or was created by it.  Without one, ROOT is the daemon
+    itself and never forks; its threads are the daemon too.  (The daemon's own clone()
+    results cannot tell threads apart: inside its pid namespace they are namespace-local
+    numbers, while strace prints host ones; so only ROOT's clones are looked at.)  Each
+    side's successful ``seccomp(SECCOMP_SET_MODE_FILTER, ...)`` starts its recording: the
+    daemon's covers all its threads (TSYNC).  Streaming, because a daemon that polls makes
+    gigabytes of trace in a long test."""
 
     def __init__(self) -> None:
         self.root: int | None = None
-        self.filtered = False
-        self.supervisor: int | None = None
+        self.root_forked = False
+        self.filtered = {DAEMON: False, SUPERVISOR: False}
         self.pending: dict[int, str] = {}
-        self.seen: set[str] = set()
+        self.seen: dict[str, set[str]] = {DAEMON: set(), SUPERVISOR: set()}
 
-    def feed(self, raw: str) -> str | None:
-        """One line; returns a system call name seen for the first time, if any."""
+    def who(self, pid: int) -> str:
+        return SUPERVISOR if pid == self.root and self.root_forked else DAEMON
+
+    def feed(self, raw: str) -> tuple[str, str] | None:
+        """One line; returns (who, name) for a system call ``who`` is seen making for the
+        first time under its filter, if any."""
         m = LINE.match(raw)
         if not m:
             return None
@@ -119,83 +140,101 @@ class TraceFilter:
             return None
         resumed = RESUMED.match(rest)
         if resumed:
-            self._check_marker(pid, self.pending.pop(pid, resumed.group(1) + "(")
-                               + rest[resumed.end():])
+            self._completed(pid, self.pending.pop(pid, resumed.group(1) + "(")
+                            + rest[resumed.end():])
             return None
         call = CALL.match(rest)
         if not call:
             return None
-        name = call.group(1)
-        new = self.filtered and pid != self.supervisor and name not in self.seen
+        name, who = call.group(1), self.who(pid)
+        new = self.filtered[who] and name not in self.seen[who]
         if new:
-            self.seen.add(name)
+            self.seen[who].add(name)
         if rest.endswith("<unfinished ...>"):
             self.pending[pid] = rest[: -len("<unfinished ...>")]
         else:
-            self._check_marker(pid, rest)
-        return name if new else None
+            self._completed(pid, rest)
+        return (who, name) if new else None
 
-    def _check_marker(self, pid: int, full: str) -> None:
-        if self.filtered or not full.startswith(MARKER):
-            return
-        result = RESULT.search(full.rsplit(")", 1)[-1])
-        if result is not None and result.group(1) == "0":
-            self.filtered = True
-            self.supervisor = self.root if pid != self.root else None
+    def _completed(self, pid: int, full: str) -> None:
+        """A call whose result is known: ROOT forking, or a filter going on."""
+        if (pid == self.root and not self.root_forked and FORK.match(full)
+                and "CLONE_THREAD" not in full and (_result(full) or 0) > 0):
+            self.root_forked = True
+        elif full.startswith(MARKER) and _result(full) == 0:
+            self.filtered[self.who(pid)] = True
 
 
-def parse_trace(text: str) -> set[str]:
-    """The system calls made under the filter in a whole trace (see :class:`TraceFilter`)."""
+def parse_trace(text: str, who: str = DAEMON) -> set[str]:
+    """The system calls ``who`` made under its filter in a whole trace (see
+    :class:`TraceFilter`)."""
     f = TraceFilter()
     for line in text.splitlines():
         f.feed(line)
-    return f.seen
+    return f.seen[who]
 
 
 def filter_trace(out_path: str) -> int:
     """``--filter-trace OUT``: strace's output on stdin; each new name is appended to OUT
-    at once (the daemon may be killed at any point)."""
+    at once as ``daemon NAME`` or ``supervisor NAME`` (either may be killed at any point)."""
     f = TraceFilter()
     with open(out_path, "a") as out:
         for line in sys.stdin:
-            name = f.feed(line)
-            if name is not None:
-                out.write(name + "\n")
+            new = f.feed(line)
+            if new is not None:
+                out.write(" ".join(new) + "\n")
                 out.flush()
     return 0
 
 
-def current_list() -> set[str]:
+def read_calls(path: Path) -> dict[str, set[str]]:
+    """One --filter-trace output file: who -> names."""
+    found: dict[str, set[str]] = {DAEMON: set(), SUPERVISOR: set()}
+    for line in path.read_text().splitlines():
+        who, _, name = line.partition(" ")
+        if who in found and name:
+            found[who].add(name)
+    return found
+
+
+def current_lists() -> tuple[dict[str, set[str]], list[str]]:
+    """The lists in OUTPUT now (who -> names) and its RUNS."""
     namespace: dict = {}
-    exec(OUTPUT.read_text(), namespace)
-    return set(namespace["TRACED"])
+    if OUTPUT.exists():
+        exec(OUTPUT.read_text(), namespace)
+    return ({DAEMON: set(namespace.get("TRACED", ())),
+             SUPERVISOR: set(namespace.get("SUPERVISOR_TRACED", ()))},
+            list(namespace.get("RUNS", ())))
 
 
-def write_list(names: set[str], runs: list[str]) -> None:
-    body = "\n".join(f"    {n!r}," for n in sorted(names))
-    run_lines = "\n".join(f"    {r!r}," for r in runs)
+def _frozenset(names: set[str]) -> str:
+    return "frozenset({\n" + "".join(f"    {n!r},\n" for n in sorted(names)) + "})"
+
+
+def write_lists(lists: dict[str, set[str]], runs: list[str]) -> None:
+    run_lines = "".join(f"    {r!r},\n" for r in runs)
     OUTPUT.write_text(f'''"""Generated by scripts/gen-seccomp.py -- do not edit by hand: re-run the script.
 
-The system calls daemons made after loading their seccomp filter, over the runs named
-below (see pyvirtiofsd.seccomp for how the list is used).  Architecture: {os.uname().machine}.
+The system calls daemons made after loading their seccomp filter (TRACED), and the ones
+their sandbox supervisors made after loading theirs (SUPERVISOR_TRACED), over the runs
+named below (see pyvirtiofsd.seccomp for how the lists are used).  Architecture: {os.uname().machine}.
 """
 
 RUNS = (
-{run_lines}
-)
+{run_lines})
 
-TRACED = frozenset({{
-{body}
-}})
+TRACED = {_frozenset(lists[DAEMON])}
+
+SUPERVISOR_TRACED = {_frozenset(lists[SUPERVISOR])}
 ''')
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--fresh", action="store_true", help="do not merge with the current list")
+    ap.add_argument("--fresh", action="store_true", help="do not merge with the current lists")
     ap.add_argument("--e2e", action="store_true", help="also boot real guests (tests/e2e)")
     ap.add_argument("--keep-traces", metavar="DIR",
-                    help="leave each daemon's list (calls.PID) in DIR")
+                    help="leave each daemon's lists (calls.PID) in DIR")
     ap.add_argument("--filter-trace", metavar="OUT", help=argparse.SUPPRESS)  # strace's sink
     ap.add_argument("pytest_args", nargs="*", help="instead of the default test selection")
     opts = ap.parse_args()
@@ -220,31 +259,28 @@ def main() -> int:
         status = subprocess.run(cmd, cwd=ROOT, env=env).returncode
         print(f"gen-seccomp: pytest exited {status} (failures are expected under strace; "
               "only the traces count)")
-        traced: set[str] = set()
+        traced: dict[str, set[str]] = {DAEMON: set(), SUPERVISOR: set()}
+        used = {DAEMON: 0, SUPERVISOR: 0}
         files = sorted(trace_dir.glob("calls.*"))
-        used = 0
         for path in files:
-            found = set(path.read_text().split())
-            used += bool(found)
-            traced |= found
-    if not traced:
+            for who, found in read_calls(path).items():
+                used[who] += bool(found)
+                traced[who] |= found
+    if not traced[DAEMON]:
         print("gen-seccomp: no daemon loaded a filter; nothing written", file=sys.stderr)
         return 1
-    previous = current_list() if OUTPUT.exists() else set()
-    old = set() if opts.fresh else previous
-    new = traced | old
-    runs = [f"{' '.join(tests)}: {used} of {len(files)} daemons filtered"]
-    if not opts.fresh and OUTPUT.exists():
-        namespace: dict = {}
-        exec(OUTPUT.read_text(), namespace)
-        runs = list(namespace.get("RUNS", ())) + runs
-    write_list(new, runs)
-    print(f"gen-seccomp: {len(new)} system calls ({len(traced)} seen in this run) -> "
-          f"{OUTPUT.relative_to(ROOT)}")
-    if new - previous:
-        print("  added:", " ".join(sorted(new - previous)))
-    if previous - new:
-        print("  gone:", " ".join(sorted(previous - new)))
+    previous, runs = current_lists()
+    new = {who: traced[who] | (set() if opts.fresh else previous[who]) for who in traced}
+    run = (f"{' '.join(tests)}: "
+           f"{used[DAEMON]} of {len(files)} daemons filtered, {used[SUPERVISOR]} supervisors")
+    write_lists(new, ([] if opts.fresh else runs) + [run])
+    for who in (DAEMON, SUPERVISOR):
+        print(f"gen-seccomp: {who}: {len(new[who])} system calls ({len(traced[who])} seen in "
+              f"this run) -> {OUTPUT.relative_to(ROOT)}")
+        if new[who] - previous[who]:
+            print("  added:", " ".join(sorted(new[who] - previous[who])))
+        if previous[who] - new[who]:
+            print("  gone:", " ".join(sorted(previous[who] - new[who])))
     return 0
 
 

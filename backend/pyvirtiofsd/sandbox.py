@@ -22,7 +22,9 @@ can still see.
 In both confining modes the daemon is a child of a small supervisor that stays outside
 (the process that bound the socket): it reads nothing from the guest; it forwards signals
 to the daemon, waits for it, removes the socket file (which the daemon can no longer name)
-and exits the way the daemon did.  After confinement the import system is sealed -- only
+and exits the way the daemon did.  Right after the fork it loads a seccomp filter of its
+own, with the daemon's ``--seccomp`` action and a short list of its own
+(:func:`pyvirtiofsd.seccomp.install_supervisor`).  After confinement the import system is sealed -- only
 built-in and frozen modules -- so a module the daemon did not load beforehand cannot come
 from the shared directory.
 """
@@ -40,6 +42,7 @@ from typing import Callable
 
 import structlog
 
+from . import seccomp
 from ._cext import ffi, lib
 from .daemon import StartupError
 
@@ -111,9 +114,11 @@ def hold_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
 
 
-def spawn(mode: str) -> int:
+def spawn(mode: str, seccomp_mode: str = "kill") -> int:
     """Fork the daemon for the confining modes: returns its pid in the supervisor and 0 in
-    the daemon; ``none`` does not fork and returns 0.
+    the daemon; ``none`` does not fork and returns 0.  The supervisor loads its own
+    seccomp filter with the action ``seccomp_mode`` (the daemon's ``--seccomp``) before
+    it returns.
 
     The fork happens before any thread exists (a pid namespace takes effect for children
     only, and a forked copy of a threaded process is unsafe).  Forwarded signals are blocked
@@ -137,7 +142,20 @@ def spawn(mode: str) -> int:
         # Do not outlive the supervisor (killed with SIGKILL, it cannot clean up for us).
         _check(lib.pvfs_sb_set_pdeathsig(signal.SIGTERM), "prctl(PR_SET_PDEATHSIG)")
         _daemon_signals()
+    else:
+        _filter_supervisor(seccomp_mode, pid)
     return pid
+
+
+def _filter_supervisor(seccomp_mode: str, pid: int) -> None:
+    """In the supervisor, right after the fork.  If its filter cannot be loaded, the daemon
+    (which would fail the same way) is stopped before the error is reported."""
+    try:
+        seccomp.install_supervisor(seccomp_mode, pid)
+    except seccomp.SeccompError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
 
 
 def _daemon_signals() -> None:
@@ -177,7 +195,12 @@ def supervise(pid: int, cleanup: Callable[[], None] | None = None) -> int:
     for s in FORWARDED:
         signal.signal(s, signal.SIG_IGN)
     if cleanup is not None:
-        cleanup()
+        try:
+            cleanup()
+        except OSError as e:
+            # Reported without a traceback: printing one reads source files, which the
+            # supervisor's seccomp filter does not allow.
+            log.error("cleanup after the daemon failed", error=str(e))
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
     sig = os.WTERMSIG(status)

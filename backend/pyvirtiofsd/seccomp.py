@@ -14,16 +14,23 @@ Everything else -- socket(), execve(), ptrace(), mount(), bpf(), ... -- is refus
 * ``none``: no filter.
 
 The filter covers every thread (TSYNC) and sets no_new_privs.
+
+The sandbox supervisor (:mod:`pyvirtiofsd.sandbox`) gets a filter of its own, with the same
+action, right after it forks the daemon: :data:`SUPERVISOR_ALLOWED`, a much shorter list
+(waiting, forwarding signals, removing the socket, logging, exiting), with ``kill`` limited
+to the daemon and itself (:func:`install_supervisor`).  One mechanism, two lists, both
+measured by ``scripts/gen-seccomp.py``.
 """
 from __future__ import annotations
 
 import os
+import resource
 
 import structlog
 
 from ._cext import ffi, lib
 from .daemon import StartupError
-from .seccomp_syscalls import TRACED
+from .seccomp_syscalls import SUPERVISOR_TRACED, TRACED
 
 log = structlog.get_logger("pyvirtiofsd.seccomp")
 
@@ -43,9 +50,6 @@ BASELINE = frozenset({
     "write", "rt_sigprocmask", "rt_sigaction", "getpid", "gettid", "tgkill",
     # Ending: a thread returning, the process exiting.
     "exit", "exit_group",
-    # The hot path's cached-read attempt (cext/hotpath.c: preadv2 with RWF_NOWAIT), newer
-    # than the traced runs; gen-seccomp.py will list it once it has run with it.
-    "preadv2",
     # Per-thread alternate signal stacks: sanitizer runtimes (the ASan fuzz run) set one up
     # for every thread, including the hot path's C threads started after the filter.
     "sigaltstack",
@@ -60,7 +64,7 @@ ONLY_WITH = {
     # taken-over daemon a namespace where it holds them all.
     "unshare": (0, CLONE_FS),
 }
-"""Allowed calls whose argument ``index`` must equal ``value``."""
+"""Allowed calls whose argument ``index`` must equal ``value`` (or one of a tuple of values)."""
 
 FILE_HANDLE_CALLS = frozenset({"name_to_handle_at", "open_by_handle_at"})
 """Only for ``--inode-file-handles``: with CAP_DAC_READ_SEARCH, open_by_handle_at opens any
@@ -78,22 +82,68 @@ def syscall_number(name: str) -> int | None:
     return None if nr < 0 else nr
 
 
-def install(mode: str, allowed=ALLOWED, without=()) -> int:
+def install(mode: str, allowed=ALLOWED, without=(), only_with=None, who="daemon") -> int:
     """Load the filter (``mode`` is one of :data:`MODES`) allowing ``allowed`` minus
-    ``without``.  Returns the number of syscalls allowed (0 for ``none``)."""
+    ``without``, each call with any arguments except those in ``only_with`` (the shape of
+    :data:`ONLY_WITH`, which is the default).  Returns the number of rules (0 for ``none``)."""
     if mode == "none":
-        log.warning("no seccomp filter: every system call is allowed")
+        log.warning("no seccomp filter: every system call is allowed", process=who)
         return 0
     if mode not in ACTIONS:
         raise SeccompError(f"unknown seccomp mode {mode!r}")
-    names = sorted(set(allowed) - set(without))
-    keep = [ffi.new("char[]", n.encode()) for n in names]
-    rules = ffi.new("struct pvfs_seccomp_rule[]", len(names))
-    for rule, name, cname in zip(rules, names, keep):
-        rule.name = cname
-        rule.arg, rule.value = ONLY_WITH.get(name, (-1, 0))
-    rc = lib.pvfs_seccomp_install(ACTIONS[mode], rules, len(names))
+    only_with = ONLY_WITH if only_with is None else only_with
+    wanted: list[tuple[str, int, int]] = []
+    for name in sorted(set(allowed) - set(without)):
+        arg, values = only_with.get(name, (-1, 0))
+        for value in values if isinstance(values, tuple) else (values,):
+            wanted.append((name, arg, value))
+    keep = [ffi.new("char[]", name.encode()) for name, _, _ in wanted]
+    rules = ffi.new("struct pvfs_seccomp_rule[]", len(wanted))
+    for rule, (_, arg, value), cname in zip(rules, wanted, keep):
+        rule.name, rule.arg, rule.value = cname, arg, value
+    rc = lib.pvfs_seccomp_install(ACTIONS[mode], rules, len(wanted))
     if rc < 0:
-        raise SeccompError(f"cannot load the seccomp filter: {os.strerror(-rc)}")
-    log.debug("seccomp filter loaded", action=mode, syscalls=rc)
+        raise SeccompError(f"cannot load the {who}'s seccomp filter: {os.strerror(-rc)}")
+    log.debug("seccomp filter loaded", process=who, action=mode, rules=rc)
     return rc
+
+
+# -- the sandbox supervisor's list -----------------------------------------------------------
+
+SUPERVISOR_BASELINE = frozenset({
+    # Signal delivery and restarts: a forwarded signal interrupts wait4.
+    "rt_sigreturn", "restart_syscall",
+    # Time (log time stamps): normally the vDSO; see BASELINE.
+    "clock_gettime", "gettimeofday", "time",
+    # The Python allocator, whatever a run happens to show of it.
+    "brk", "mmap", "munmap", "mremap", "madvise",
+    # Log lines: stderr, or the datagram socket of --syslog (connected before the fork).
+    "write", "sendto",
+    # Removing the socket file: unlink, which architectures of the generic table (aarch64)
+    # do not have: there glibc calls unlinkat.
+    "unlinkat",
+    # Mirroring the daemon's death: lower its own core limit (prlimit64, RLIMIT_CORE only),
+    # unblock and re-raise the signal; also the trap action's report.
+    "getpid", "prlimit64", "rt_sigaction", "rt_sigprocmask", "kill", "gettid", "tgkill",
+    # Ending.
+    "exit_group",
+})
+
+
+SUPERVISOR_ALLOWED = frozenset(SUPERVISOR_TRACED) | SUPERVISOR_BASELINE
+
+
+def install_supervisor(mode: str, daemon_pid: int) -> int:
+    """The supervisor's filter, in the supervisor right after it forked ``daemon_pid``:
+    :data:`SUPERVISOR_ALLOWED`, with ``kill`` only for the daemon and itself, ``tgkill``
+    (the trap action's re-raise) only for itself and ``prlimit64`` only for RLIMIT_CORE.
+    Nothing for ``none`` (the daemon says so when it starts)."""
+    if mode == "none":
+        return 0
+    own = os.getpid()
+    only_with = {
+        "kill": (0, (daemon_pid, own)),
+        "tgkill": (0, own),
+        "prlimit64": (1, resource.RLIMIT_CORE),
+    }
+    return install(mode, SUPERVISOR_ALLOWED, only_with=only_with, who="supervisor")

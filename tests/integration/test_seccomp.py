@@ -12,6 +12,7 @@ test_sandbox.py serves every FUSE operation under it in each sandbox mode.
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import subprocess
 import sys
@@ -207,5 +208,200 @@ def test_trace_parsing_without_a_supervisor():
     assert _gen_module().parse_trace(trace) == {"recvmsg", "seccomp"}
 
 
+def test_trace_parsing_with_a_filtered_supervisor():
+    """The supervisor (100) forks the daemon (200) and loads its own filter at once, before
+    the daemon has loaded its: each side's calls count from its own filter on."""
+    trace = """\
+100  1.0 unshare(CLONE_NEWPID) = 0
+100  1.1 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|SIGCHLD <unfinished ...>
+200  1.2 set_robust_list(0x7f, 24) = 0
+100  1.3 <... clone resumed>, child_tidptr=0x7f) = 200
+100  1.4 seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, {len=30, filter=0x1}) = 0
+100  1.5 close(3) = 0
+200  1.6 mount("tmpfs", "/proc", "tmpfs", MS_NOSUID, "size=16k") = 0
+100  1.7 wait4(200,  <unfinished ...>
+200  1.8 seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, {len=90, filter=0x1}) = 0
+200  1.9 accept4(3, NULL, NULL, SOCK_CLOEXEC) = 6
+100  2.0 <... wait4 resumed>[{WIFEXITED(s) && WEXITSTATUS(s) == 0}], 0, NULL) = 200
+100  2.1 unlink("/tmp/s.sock") = 0
+100  2.2 exit_group(0) = ?
+"""
+    gen = _gen_module()
+    assert gen.parse_trace(trace) == {"accept4"}
+    assert gen.parse_trace(trace, gen.SUPERVISOR) == {"close", "wait4", "unlink", "exit_group"}
+
+
+def test_trace_parsing_threads_of_an_unsandboxed_daemon_are_the_daemon():
+    """Without a sandbox ROOT is the daemon; its threads (CLONE_THREAD) are not a fork."""
+    trace = """\
+300  1.0 clone3({flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD, ...}, 88) = 301
+300  1.1 seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, {len=9, filter=0x1}) = 0
+301  1.2 preadv(7, [], 1, 0) = 0
+300  1.3 recvmsg(6, {msg_name=NULL}, MSG_CMSG_CLOEXEC) = 12
+"""
+    gen = _gen_module()
+    assert gen.parse_trace(trace) == {"preadv", "recvmsg"}
+    assert gen.parse_trace(trace, gen.SUPERVISOR) == set()
+
+
 def test_no_filter_no_calls():
     assert _gen_module().parse_trace("400  1.0 read(0, \"\", 1) = 0\n") == set()
+
+
+# -- the sandbox supervisor's filter ---------------------------------------------------------
+
+# prlimit64 is the exception: the supervisor lowers its own core limit before it mirrors a
+# daemon's death, and its filter allows that resource only (tested below).
+SUPERVISOR_NEVER = (NEVER - {"prlimit64"}) | {"openat", "open", "openat2", "unshare", "clone",
+                                                "clone3", "ioctl", "recvmsg", "accept4"}
+
+
+def test_the_supervisor_list_is_short_and_holds_no_dangerous_call():
+    """What the supervisor keeps: waiting, signals, removing the socket, logging, exiting --
+    no file opening, no process creation, nothing of the daemon's own work."""
+    allowed = seccomp.SUPERVISOR_ALLOWED
+    assert not allowed & SUPERVISOR_NEVER, sorted(allowed & SUPERVISOR_NEVER)
+    assert {"wait4", "kill", "unlink", "write", "exit_group"} <= allowed
+    assert len(allowed) < 40 and len(allowed) < len(seccomp.ALLOWED) / 2
+    unknown = [n for n in allowed if seccomp.syscall_number(n) is None]
+    assert not unknown, unknown
+
+
+def test_the_supervisor_list_was_generated():
+    from pyvirtiofsd import seccomp_syscalls
+
+    assert {"wait4", "unlink"} <= seccomp_syscalls.SUPERVISOR_TRACED
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+@pytest.mark.parametrize("mode", ["namespace", "chroot"])
+def test_supervisor_is_filtered_and_forwards_signals_under_kill(start_daemon, connect, mode):
+    """The real command line, default --seccomp kill: the supervisor carries a filter of its
+    own (not the daemon's: the daemon, forked before, has exactly one), forwards SIGUSR1
+    (statistics) and SIGTERM, removes the socket and exits 0 -- all inside its list."""
+    d = start_daemon("--sandbox", mode, "--stats")
+    client = connect(d)
+    daemon_pid = d.serving_pid()
+    supervisor = _status(d.proc.pid)
+    assert daemon_pid != d.proc.pid
+    assert supervisor["Seccomp"] == "2" and supervisor["NoNewPrivs"] == "1"
+    assert supervisor["Seccomp_filters"] == "1"
+    assert _status(daemon_pid)["Seccomp"] == "2"
+    assert _status(daemon_pid)["Seccomp_filters"] == "1"
+    assert "process=supervisor" in d.log() and "rules=" in d.log()
+
+    d.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "fuse stats" not in d.log():
+        assert d.proc.poll() is None, d.log()
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.05)
+    client.getattr(1)           # still serving
+    assert d.proc.poll() is None
+
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0, d.log()
+    assert not os.path.exists(d.socket_path)
+    assert not os.path.exists(f"/proc/{daemon_pid}")
+    assert "terminating" in d.log()
+
+
+@pytest.mark.parametrize("mode, sig", [("namespace", signal.SIGKILL),
+                                       ("chroot", signal.SIGVTALRM)])
+def test_supervisor_mirrors_a_daemon_death_under_kill(start_daemon, connect, mode, sig):
+    """The daemon dies of a signal: the supervisor logs it, lowers its own core limit
+    (prlimit64, RLIMIT_CORE: allowed) and dies of the same signal, not of SIGSYS.  (As pid 1
+    of its namespace the daemon ignores any signal it has no handler for except SIGKILL;
+    in chroot mode it is not an init.)"""
+    d = start_daemon("--sandbox", mode)
+    connect(d)
+    daemon_pid = d.serving_pid()
+    assert _status(d.proc.pid)["Seccomp"] == "2"
+    os.kill(daemon_pid, sig)
+    assert d.wait() == -sig, d.log()
+    assert "the sandboxed daemon was killed" in d.log()
+    assert not os.path.exists(d.socket_path)
+
+
+SUPERVISOR_PROGRAM = """
+import os, resource, signal, sys, time
+from pyvirtiofsd import logs, sandbox
+logs.configure("off")
+action, then = sys.argv[1], sys.argv[2]
+pid = sandbox.spawn("chroot", action)
+if pid == 0:                      # the "daemon": wait for a forwarded SIGTERM
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    sandbox.ready()
+    time.sleep(60)
+    os._exit(1)
+print("supervising", pid, flush=True)
+if then == "open":
+    open("/proc/self/status").close()
+elif then == "kill-other":
+    os.kill(int(sys.argv[3]), 0)
+elif then == "rlimit":
+    resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))
+print("reached", flush=True)
+sys.exit(sandbox.supervise(pid))
+"""
+
+
+def run_supervisor(action: str, then: str, *extra: str) -> tuple[subprocess.Popen, int, dict]:
+    """Start SUPERVISOR_PROGRAM; returns it, the daemon's pid and the supervisor's status."""
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR_PROGRAM, action, then, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline().split()
+    assert first and first[0] == "supervising", proc.stderr.read()
+    return proc, int(first[1]), _status(proc.pid) if proc.poll() is None else {}
+
+
+@pytest.mark.parametrize("action", ["kill", "trap", "log"])
+def test_the_supervisor_takes_the_daemons_action(action):
+    """spawn() loads the supervisor's filter with the action it is given: a call off the
+    list (opening a file) kills it, traps it (naming the call) or is let through."""
+    proc, daemon_pid, _ = run_supervisor(action, "open")
+    if action == "log":
+        assert proc.stdout.readline() == "reached\n"
+        proc.terminate()
+        assert proc.wait(10) == 0
+    else:
+        assert proc.wait(10) == -signal.SIGSYS
+        assert "reached" not in proc.stdout.read()
+        if action == "trap":
+            assert "pyvirtiofsd: seccomp refused system call openat" in proc.stderr.read()
+    deadline = time.monotonic() + 10   # the daemon does not outlive its supervisor
+    while os.path.exists(f"/proc/{daemon_pid}") and \
+            _status(daemon_pid).get("State", "").split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_seccomp_none_leaves_the_supervisor_unfiltered():
+    proc, _, status = run_supervisor("none", "open")
+    assert status["Seccomp"] == "0"
+    assert proc.stdout.readline() == "reached\n"
+    proc.terminate()
+    assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize("then", ["kill-other", "rlimit"])
+def test_the_supervisors_kill_and_prlimit_are_narrowed(then):
+    """kill() only for the daemon and itself; prlimit64 only for RLIMIT_CORE."""
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        proc, _, status = run_supervisor("kill", then, str(bystander.pid))
+        assert status["Seccomp"] == "2"
+        assert proc.wait(10) == -signal.SIGSYS, proc.stderr.read()
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
