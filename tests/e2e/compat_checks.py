@@ -127,38 +127,57 @@ def killpriv_write_clears_setuid(a, b):
                                                  "root_path": os.path.relpath(root_file, a)}
 
 
+def kernel_sends_supplementary_groups():
+    """FUSE_CREATE_SUPP_GROUP (the caller's supplementary group in a create request's
+    extension) is offered by Linux 6.3 and later."""
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 3)
+
+
 @check
 def supplementary_group_create(a, b):
     """uid 1000, a member of group 4242 only through its supplementary groups, creates in a
     root:4242 0775 directory.  The guest's own check passes; the daemon creates with fsuid
     and fsgid 1000, so the host's check passes only if the guest sent the group along
-    (FUSE_CREATE_SUPP_GROUP, Linux 6.3+).  The host test knows which kernel offered it."""
+    (FUSE_CREATE_SUPP_GROUP, Linux 6.3+) and the daemon honoured it: on such a kernel the
+    create must succeed, on an older one the host must refuse it (EACCES).  A non-member
+    is refused by the guest itself, so the member's success is the group's doing."""
     d = os.path.join(workdir(a, "suppgroup"), "shared")
     os.mkdir(d)
     os.chown(d, 0, 4242)
     os.chmod(d, 0o775)
 
-    def create():
-        os.setgroups([4242])
-        os.setgid(USER)
-        os.setuid(USER)
-        open(os.path.join(d, "by-member"), "wb").close()
-        return True
+    def create_as(groups, name):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups(groups)
+                os.setgid(USER)
+                os.setuid(USER)
+                open(os.path.join(d, name), "wb").close()
+                os.write(w, b"ok")
+            except OSError as e:
+                os.write(w, errno.errorcode.get(e.errno, str(e.errno)).encode())
+            os._exit(0)
+        os.close(w)
+        outcome = os.read(r, 100).decode()
+        os.close(r)
+        os.waitpid(pid, 0)
+        return outcome
 
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            create()
-            os.write(w, b"ok")
-        except OSError as e:
-            os.write(w, errno.errorcode.get(e.errno, str(e.errno)).encode())
-        os._exit(0)
-    os.close(w)
-    outcome = os.read(r, 100).decode()
-    os.close(r)
-    os.waitpid(pid, 0)
-    return f"create: {outcome}", {"outcome": outcome, "path": os.path.relpath(d, a)}
+    outsider = create_as([], "by-outsider")
+    expect(outsider == "EACCES", f"a non-member's create: {outsider or 'no answer'}")
+    sends = kernel_sends_supplementary_groups()
+    outcome = create_as([4242], "by-member")
+    want = "ok" if sends else "EACCES"
+    expect(outcome == want, f"kernel {os.uname().release} "
+           f"{'sends' if sends else 'does not send'} the group: member's create {outcome or 'no answer'}, "
+           f"expected {want}")
+    made = os.path.exists(os.path.join(d, "by-member"))
+    expect(made == sends, f"by-member {'exists' if made else 'is missing'} after {outcome}")
+    return f"create: {outcome}", {"outcome": outcome, "sends_groups": sends,
+                                  "kernel": os.uname().release, "path": os.path.relpath(d, a)}
 
 
 @check

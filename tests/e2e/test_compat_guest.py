@@ -159,7 +159,7 @@ def compat_run(request, tmp_path_factory):
     print(f"\n[e2e] compat guest ({flavor}): {time.monotonic() - t0:.1f} s; console in {work / 'console.log'}"
           f"; daemon fds at most {sampler.max_fds}")
     results = {d["name"]: d for d in parse_lines(console).get("PVFS-COMPAT", [])}
-    return {"console": console, "results": results, "a": share_a, "b": share_b,
+    return {"console": console, "results": results, "a": share_a, "b": share_b, "flavor": flavor,
             "sampler": sampler, "ops_log": ops_log, "a_log": a.log, "b_log": b.log}
 
 
@@ -262,21 +262,29 @@ def test_security_label_stored_at_create(compat_run):
     assert len([r for r in records if r["opcode"] == "SETXATTR"]) == 1
 
 
-def negotiated(log: str) -> int:
-    """The INIT flags daemon A enabled, from its "fuse session started" log line."""
-    m = re.search(r"fuse session started.*?\bflags=(0x[0-9a-f]+)", log)
+def negotiated(log: str, which: str = "flags") -> int:
+    """The INIT flags daemon A enabled (``guest_flags``: those the guest offered), from its
+    "fuse session started" log line."""
+    m = re.search(rf"fuse session started.*?\b{which}=(0x[0-9a-f]+)", log)
     assert m, "no session line in the daemon log"
     return int(m.group(1), 16)
 
 
 def test_supplementary_group_create(compat_run):
-    """With FUSE_CREATE_SUPP_GROUP (newer guests) a group member creates in a group-writable
-    directory; a guest without it gets EACCES from the host's check (the known limit of
-    older kernels, virtiofsd's too)."""
+    """With FUSE_CREATE_SUPP_GROUP (sid's kernel) a group member creates in a group-writable
+    directory; a guest without it (Debian 12's 6.1) gets EACCES from the host's check (the
+    known limit of older kernels, virtiofsd's too).  Each guest must give its one answer, so
+    a daemon that stopped taking the flag, or took it and dropped the group, fails on sid."""
     got = info(compat_run, "supplementary_group_create")
     from pyvirtiofsd.fuse import abi
+    assert got["sends_groups"] == (compat_run["flavor"] == "sid"), got
+    offered = bool(negotiated(compat_run["a_log"], "guest_flags") & abi.FUSE_CREATE_SUPP_GROUP)
+    enabled = bool(negotiated(compat_run["a_log"]) & abi.FUSE_CREATE_SUPP_GROUP)
+    assert offered == got["sends_groups"], (got, "the guest kernel's offer")
+    assert enabled == offered, "the daemon must take FUSE_CREATE_SUPP_GROUP whenever offered"
     made = compat_run["a"] / got["path"] / "by-member"
-    if negotiated(compat_run["a_log"]) & abi.FUSE_CREATE_SUPP_GROUP:
+    assert not (compat_run["a"] / got["path"] / "by-outsider").exists()
+    if offered:
         assert got["outcome"] == "ok", got
         assert (os.stat(made).st_uid, os.stat(made).st_gid) == (1000, 1000)
     else:
