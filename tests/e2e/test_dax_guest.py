@@ -73,8 +73,10 @@ def test_dax_mmap_coherence_in_a_real_guest(huge_share, tmp_path, flavor):
         g.kill()
         backend.stop()
     r = results(result.console)
-    assert "done" in r, result.console[-3000:]
+    assert "done" in r and result.exit_status == 0, result.console[-3000:]
     assert r["statx"]["dax"] is True            # the guest really maps aligned.bin with DAX
+    # the mapping's first bytes are the file's (read through the window before any write)
+    assert r["first-bytes"]["data"] == "A" * 16, r["first-bytes"]
     assert r["statx"]["odd_dax"] is False        # a partial last page stays in the page cache
     assert r["statx"]["blksize"] == 4096         # not the host's 2 MiB
     assert r["host-write-seen"]["ok"], r        # a host write shows in the guest mmap at once
@@ -106,6 +108,8 @@ def test_two_guests_see_each_others_stores(tmp_path):
         b.stop()
     for out in outs:
         r = results(out.console)
+        # each guest's script ran to its end (peer-seen, msync, done) and exited cleanly
+        assert "done" in r and out.exit_status == 0, out.console[-2000:]
         assert r["statx"]["dax"] is True, out.console[-2000:]
         assert r["peer-seen"]["ok"], out.console[-2000:]
         assert r["msync"]["ok"]
