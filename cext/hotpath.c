@@ -480,6 +480,7 @@ struct pvfs_hot {
     unsigned ops;        /* atomic */
     uint64_t inline_ops; /* atomic: bit n set: opcode n is served on the queue thread */
     uint64_t session;    /* atomic: on << 63 | minor << 32 | max_write */
+    uint32_t max_read;   /* atomic, stored before session: max_pages x guest page size */
     uint64_t stat[6];    /* atomic */
 };
 
@@ -524,8 +525,11 @@ void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops) { __atomic_store_n(&h->o
 unsigned pvfs_hot_get_ops(struct pvfs_hot *h) { return __atomic_load_n(&h->ops, __ATOMIC_ACQUIRE); }
 void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes) { __atomic_store_n(&h->inline_ops, opcodes, __ATOMIC_RELEASE); }
 
-void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write)
+void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write,
+                          uint32_t max_read)
 {
+    /* Before the session word: whoever sees the session (acquire) sees its max_read. */
+    __atomic_store_n(&h->max_read, on ? max_read : 0, __ATOMIC_RELAXED);
     /* One word, so a reader sees one session or the other, never a mix. */
     uint64_t v = on ? (1ull << 63) | ((uint64_t)(minor & 0x7fffffff) << 32) | max_write : 0;
     __atomic_store_n(&h->session, v, __ATOMIC_RELEASE);
@@ -653,7 +657,7 @@ static uint32_t meta_request_ok(struct pvfs_hot *h, struct pvfs_req *req, const 
     uint64_t session = __atomic_load_n(&h->session, __ATOMIC_ACQUIRE);
     uint32_t minor = (uint32_t)(session >> 32) & 0x7fffffff;
     if (!(session >> 63) || minor < 9 || len < IN_HDR || len > req->in_len || have < IN_HDR ||
-        extlen || req->out_len < OUT_HDR + reply_len)
+        len - IN_HDR > PVFS_FUSE_ARGS_MAX || extlen || req->out_len < OUT_HDR + reply_len)
         return 0;
     return len;
 }
@@ -930,6 +934,8 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *h
         return TO_POOL;
 
     if (opcode == FUSE_READ) {
+        if (size > __atomic_load_n(&h->max_read, __ATOMIC_RELAXED))
+            return TO_POOL;            /* more than a reply may carry: Python cuts and says so */
         uint32_t room = req->out_len - OUT_HDR;
         if (size > room)
             size = room;

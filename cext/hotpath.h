@@ -92,6 +92,10 @@ int64_t pvfs_dirplus(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd, uint6
                      uint64_t valid_sec, uint32_t valid_nsec, uint64_t *next_offset, int *why);
 
 /* Opcodes the loop may serve. */
+/* The most argument bytes a request other than WRITE may claim: server.ARGS_MAX (a test
+ * holds the two equal).  C leaves a longer one to Python, which refuses it unread. */
+#define PVFS_FUSE_ARGS_MAX 77824
+
 #define PVFS_HOT_READ 1
 #define PVFS_HOT_WRITE 2
 #define PVFS_HOT_GETATTR 4
@@ -124,8 +128,10 @@ unsigned pvfs_hot_get_ops(struct pvfs_hot *h);
 /* Opcodes (bit n: opcode n < 64) Python should serve on the queue thread itself rather
  * than hand to the worker pool (pvfs_hot_serve/run return 3 for them instead of 1). */
 void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes);
-/* The FUSE session as INIT negotiated it: nothing is served in C while it is off. */
-void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write);
+/* The FUSE session as INIT negotiated it: nothing is served in C while it is off.  A READ
+ * asking for more than max_read (max_pages x guest page size) is left to Python. */
+void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write,
+                          uint32_t max_read);
 uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which);
 
 /* Serve what the ring holds.  Returns 1 with *out set to a request for Python's worker

@@ -16,6 +16,7 @@ import stat
 
 import structlog
 
+from .guestfaults import faults
 from .stats import Stats, StatsReporter
 from .vhost_user.backend import Backend
 from .vhost_user.connection import Connection
@@ -154,6 +155,7 @@ def run(backend: Backend, *, socket_path: str | None = None, listen_fd: int | No
             backend.close()
         except Exception:
             log.exception("error while shutting down")
+        faults.flush()
         if reporter is not None:
             reporter.stop()
         if conn is not None:

@@ -36,6 +36,7 @@ from pyvirtiofsd.filesystem import (
 from pyvirtiofsd.fuse import abi, extensions
 from pyvirtiofsd.fuse.abi import Opcode
 from pyvirtiofsd.fuse.request import FuseRequest
+from pyvirtiofsd.guestfaults import faults
 from pyvirtiofsd.opslog import OpsRecorder
 
 log = structlog.get_logger()
@@ -52,6 +53,21 @@ same 64 bytes for every minor from 7.23, so nothing else changes with the choice
 
 _HDR = abi.fuse_in_header.size       # 40
 _OUT_HDR = abi.fuse_out_header.size  # 16
+
+# Linux's limits (include/uapi/linux/limits.h): what any argument of a FUSE request can be.
+PATH_MAX = 4096
+XATTR_SIZE_MAX = 65536
+XATTR_LIST_MAX = 65536
+
+ARGS_MAX = 4096 + 2 * PATH_MAX + XATTR_SIZE_MAX
+"""The most argument bytes (after ``fuse_in_header``) any request but WRITE may carry.
+
+The largest are SETXATTR (a name and a value of at most XATTR_SIZE_MAX), SYMLINK (a name and
+a target of at most PATH_MAX), RENAME2 (two names), plus the fixed structs and the
+extensions of create-type requests (a security context, supplementary groups), for which
+4 KiB is ample.  A WRITE may carry ``fuse_write_in`` + ``max_write``.  A request claiming
+more is refused before any of it is read: a chain's length is no bound, since its
+descriptors may all point at the same guest pages."""
 
 
 class CachePolicy:
@@ -135,6 +151,16 @@ class ServerOptions:
                              "ids inside ACLs would not be translated")
 
     @property
+    def max_pages(self) -> int:
+        """``fuse_init_out.max_pages``: enough guest pages for ``max_write``."""
+        return min(0xFFFF, -(-self.max_write // self.guest_page_size))
+
+    @property
+    def max_read(self) -> int:
+        """The most a READ or READDIR(PLUS) reply may carry: ``max_pages`` pages."""
+        return self.max_pages * self.guest_page_size
+
+    @property
     def translating(self) -> bool:
         return bool(self.uid_map) or bool(self.gid_map)
 
@@ -171,6 +197,14 @@ class Session:
     minor: int
     flags: int
     max_write: int
+    max_read: int
+    """``max_pages`` x guest page size: the most a READ or READDIR reply may carry."""
+
+    def request_limit(self, opcode: int) -> int:
+        """The most argument bytes a request of ``opcode`` may claim (see ARGS_MAX)."""
+        if opcode == Opcode.FUSE_WRITE:
+            return abi.fuse_write_in.size + self.max_write
+        return ARGS_MAX
 
 
 class AttrPacker:
@@ -368,6 +402,8 @@ class Server:
                  and not self.options.gid_map)
         self._dirplus = getattr(fs, "readdirplus_records", None) if plain else None
         self._session: Session | None = None
+        # What bounds a request before INIT (only INIT itself is served then).
+        self._no_session = Session(0, 0, self.options.max_write, self.options.max_read)
         self._lifecycle = threading.Lock()
         self._handlers: dict[int, Callable[..., Any]] = {
             Opcode.FUSE_LOOKUP: self._lookup,
@@ -444,22 +480,32 @@ class Server:
     # --- framing --------------------------------------------------------------------------
 
     def _dispatch(self, req: FuseRequest) -> tuple[int, Any, int]:
-        if req.in_len < _HDR:
+        try:
             head = req.read_in(0, _HDR)
+        except OSError:
+            # EFAULT: the guest pointed the request outside its memory.  The transport that
+            # popped it has said so already (one line per condition, see guestfaults).
+            return 0, None, errno.EFAULT
+        if len(head) < _HDR:
             unique = int.from_bytes(head[8:16], "little") if len(head) >= 16 else 0
-            log.warning("fuse request shorter than fuse_in_header", in_len=req.in_len)
+            faults.report("fuse request shorter than fuse_in_header", in_len=req.in_len)
             return unique, None, errno.EINVAL
-        hdr = abi.fuse_in_header.parse(req.read_in(0, _HDR))
+        hdr = abi.fuse_in_header.parse(head)
         ext = hdr.total_extlen * 8
         if hdr.len < _HDR or hdr.len > req.in_len or ext > hdr.len - _HDR:
-            log.warning("fuse request length mismatch", opcode=hdr.opcode, len=hdr.len,
-                        in_len=req.in_len, total_extlen=hdr.total_extlen)
-            return hdr.unique, None, errno.EINVAL
+            faults.report("fuse request length mismatch", opcode=_opname(hdr.opcode),
+                          len=hdr.len, in_len=req.in_len, total_extlen=hdr.total_extlen)
+            return _refused(hdr)
+        session = self._session
+        limit = (session or self._no_session).request_limit(hdr.opcode)
+        if hdr.len - _HDR > limit:
+            faults.report("fuse request longer than its opcode allows", opcode=_opname(hdr.opcode),
+                          len=hdr.len, limit=_HDR + limit)
+            return _refused(hdr)
         arglen = hdr.len - _HDR - ext   # extensions (none negotiated) are not arguments
 
         if hdr.opcode == Opcode.FUSE_INIT:
             return hdr.unique, *self._run(self._init, req, hdr, arglen)
-        session = self._session
         if session is None:
             if hdr.opcode in _NO_REPLY_OPS:
                 return hdr.unique, NO_REPLY, 0
@@ -509,8 +555,8 @@ class Server:
                     body = bytes(result or b"")
                     size = len(body)
                     if _OUT_HDR + size > req.out_len:
-                        log.warning("fuse reply does not fit the out area",
-                                    reply=_OUT_HDR + size, out_len=req.out_len)
+                        faults.report("fuse reply does not fit the out area",
+                                      reply=_OUT_HDR + size, out_len=req.out_len)
                         req.write_out(0, abi.fuse_out_header.pack(_OUT_HDR, -errno.EIO, unique))
                         req.complete(_OUT_HDR)
                         return
@@ -518,8 +564,8 @@ class Server:
                         req.write_out(_OUT_HDR, body)
                 req.write_out(0, abi.fuse_out_header.pack(_OUT_HDR + size, 0, unique))
                 used = _OUT_HDR + size
-        except Exception:  # noqa: BLE001 - e.g. an out area too small even for the header
-            log.warning("cannot write fuse reply", out_len=req.out_len, exc_info=True)
+        except (OSError, ValueError) as e:  # an out area too small for the header, or unmapped
+            faults.report("cannot write fuse reply", out_len=req.out_len, error=str(e))
             used = 0
         req.complete(used)
 
@@ -632,7 +678,7 @@ class Server:
             log.info("fuse init: kernel major newer, answering ours", kernel_major=ii.major)
             return abi.fuse_init_out.build(major=abi.FUSE_KERNEL_VERSION, minor=FUSE_MAX_MINOR)
         if ii.major < abi.FUSE_KERNEL_VERSION:
-            log.warning("fuse init: unsupported major", major=ii.major, minor=ii.minor)
+            faults.report("fuse init: unsupported major", major=ii.major, minor=ii.minor)
             raise _err(errno.EPROTO)
 
         minor = min(ii.minor, FUSE_MAX_MINOR)
@@ -659,14 +705,14 @@ class Server:
             kept = self.fs.init(enable)
             if kept is not None:        # a file system that forgot to return keeps all
                 enable &= kept
-            session = Session(minor=minor, flags=enable, max_write=o.max_write)
+            session = Session(minor=minor, flags=enable, max_write=o.max_write,
+                              max_read=o.max_read)
             self._session = session
         split = abi.InitFlags.split(enable)
-        max_pages = min(0xFFFF, -(-o.max_write // o.guest_page_size))
         out = abi.fuse_init_out.build(
             major=abi.FUSE_KERNEL_VERSION, minor=minor, max_readahead=ii.max_readahead,
             flags=split.flags, max_background=0xFFFF, congestion_threshold=0xBFFD,
-            max_write=o.max_write, time_gran=1, max_pages=max_pages,
+            max_write=o.max_write, time_gran=1, max_pages=o.max_pages,
             map_alignment=(o.map_alignment or 0) if enable & abi.FUSE_MAP_ALIGNMENT else 0,
             flags2=split.flags2)
         log.info("fuse session started", minor=minor, flags=hex(enable),
@@ -690,6 +736,7 @@ class Server:
             self.fs.destroy()
         except Exception:  # noqa: BLE001
             log.error("file system destroy failed", exc_info=True)
+        faults.flush()
         log.info("fuse session ended", why=why)
 
     def _destroy(self, req, hdr, arglen, session) -> bytes:
@@ -705,7 +752,7 @@ class Server:
             self.fs.forget(self._ctx(hdr), hdr.nodeid, fi.nlookup)
             self._dax_forgotten([hdr.nodeid])
         except Exception as e:  # noqa: BLE001 - no reply to carry an error
-            log.warning("forget failed", nodeid=hdr.nodeid, error=repr(e))
+            faults.report("forget failed", nodeid=hdr.nodeid, error=repr(e))
         return NO_REPLY
 
     def _batch_forget(self, req, hdr, arglen, session):
@@ -714,13 +761,13 @@ class Server:
             bi = a.struct(abi.fuse_batch_forget_in)
             have = (len(a.data) - a.pos) // abi.fuse_forget_one.size
             if have < bi.count:
-                log.warning("batch_forget truncated", count=bi.count, present=have)
+                faults.report("batch_forget truncated", count=bi.count, present=have)
             pairs = [tuple(a.struct(abi.fuse_forget_one)) for _ in range(min(have, bi.count))]
             if pairs:
                 self.fs.batch_forget(self._ctx(hdr), pairs)
                 self._dax_forgotten([nodeid for nodeid, _ in pairs])
         except Exception as e:  # noqa: BLE001
-            log.warning("batch_forget failed", error=repr(e))
+            faults.report("batch_forget failed", error=repr(e))
         return NO_REPLY
 
     def _dax_forgotten(self, nodeids: list[int]) -> None:
@@ -892,7 +939,12 @@ class Server:
         name = a.name()
         ctx = self._create_ctx(req, hdr, arglen, session, ci.umask, a.rest())
         entry, opened = self.fs.create(ctx, hdr.nodeid, name, ci.mode, ci.flags)
-        self._open_kill_suidgid(ctx, entry.nodeid, ci.open_flags, opened)
+        try:
+            self._open_kill_suidgid(ctx, entry.nodeid, ci.open_flags, opened)
+        except BaseException:
+            # The guest never learns of this entry: give back the lookup CREATE counted.
+            self.fs.forget(ctx, entry.nodeid, 1)
+            raise
         return self._entry_out(entry, session) + self._open_out(opened, False)
 
     def _tmpfile(self, req, hdr, arglen, session) -> bytes:
@@ -906,9 +958,7 @@ class Server:
 
     def _read(self, req, hdr, arglen, session):
         ri = self._args(req, arglen).struct(abi.fuse_read_in, min_size=abi.FUSE_COMPAT_WRITE_IN_SIZE)
-        size = min(ri.size, req.out_len - _OUT_HDR)
-        if size < 0:
-            raise _err(errno.EINVAL)
+        size = _reply_room(ri.size, session.max_read, req, "READ")
         result = self.fs.read(self._ctx(hdr), hdr.nodeid, ri.fh, ri.offset, size, ri.flags)
         if isinstance(result, FileRange):
             try:
@@ -925,8 +975,6 @@ class Server:
         wi = a.struct(abi.fuse_write_in, size=in_size)
         if wi.size > arglen - in_size:
             raise _err(errno.EINVAL)
-        if wi.size > session.max_write:
-            log.warning("write larger than max_write", size=wi.size, max_write=session.max_write)
         data = WriteData(req, _HDR + in_size, wi.size)
         n = self.fs.write(self._ctx(hdr), hdr.nodeid, wi.fh, wi.offset, data, wi.flags,
                           bool(wi.write_flags & abi.FUSE_WRITE_KILL_SUIDGID))
@@ -1007,7 +1055,7 @@ class Server:
         a lookup we made for them).
         """
         ri = self._args(req, arglen).struct(abi.fuse_read_in, min_size=abi.FUSE_COMPAT_WRITE_IN_SIZE)
-        limit = min(ri.size, req.out_len - _OUT_HDR)
+        limit = _reply_room(ri.size, session.max_read, req, "READDIRPLUS" if plus else "READDIR")
         ctx = self._ctx(hdr)
         out = bytearray()
         offset = ri.offset
@@ -1101,12 +1149,14 @@ class Server:
         a.end()
         if not name:
             raise _err(errno.EINVAL)
-        return _sized(self.fs.getxattr(self._ctx(hdr), hdr.nodeid, name), gi.size)
+        size = _reply_room(gi.size, XATTR_SIZE_MAX, req, "GETXATTR")
+        return _sized(self.fs.getxattr(self._ctx(hdr), hdr.nodeid, name), size)
 
     def _listxattr(self, req, hdr, arglen, session) -> bytes:
         gi = self._args(req, arglen).struct(abi.fuse_getxattr_in)
+        size = _reply_room(gi.size, XATTR_LIST_MAX, req, "LISTXATTR")
         names = self.fs.listxattr(self._ctx(hdr), hdr.nodeid)
-        return _sized(b"".join(bytes(n) + b"\0" for n in names), gi.size)
+        return _sized(b"".join(bytes(n) + b"\0" for n in names), size)
 
     def _removexattr(self, req, hdr, arglen, session) -> bytes:
         a = self._args(req, arglen)
@@ -1138,6 +1188,27 @@ class Server:
         a.end()
         self.dax.removemapping(self._ctx(hdr), ranges)
         return b""
+
+
+def _refused(hdr: Any) -> tuple[int, Any, int]:
+    """A malformed request: EINVAL, or no reply at all for an opcode that never gets one
+    (the guest gave it no room, and waits for none)."""
+    if hdr.opcode in _NO_REPLY_OPS:
+        return hdr.unique, NO_REPLY, 0
+    return hdr.unique, None, errno.EINVAL
+
+
+def _reply_room(size: int, most: int, req: FuseRequest, what: str) -> int:
+    """The reply size a READ-like request asked for, cut to what a reply may carry (``most``,
+    e.g. ``max_pages`` pages) and to the writable bytes the request offers.  A size the
+    guest claims sizes nothing before this."""
+    room = req.out_len - _OUT_HDR
+    if room < 0:
+        raise _err(errno.EINVAL)
+    if size > most:
+        faults.report("fuse request asks for more than a reply may carry", op=what,
+                      size=size, most=most)
+    return min(size, most, room)
 
 
 def _sized(value: bytes, size: int) -> bytes:

@@ -150,9 +150,9 @@ class HotPath:
         if s is not self._session and self.ctx is not None:
             self._session = s
             if s is None:
-                lib.pvfs_hot_set_session(self.ctx, 0, 0, 0)
+                lib.pvfs_hot_set_session(self.ctx, 0, 0, 0, 0)
             else:
-                lib.pvfs_hot_set_session(self.ctx, 1, s.minor, s.max_write)
+                lib.pvfs_hot_set_session(self.ctx, 1, s.minor, s.max_write, s.max_read)
 
     def stats(self) -> dict[str, int]:
         if self.ctx is None:

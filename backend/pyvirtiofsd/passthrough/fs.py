@@ -42,6 +42,10 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 NAME_MAX = 255
+DIRPLUS_BUFFER = 64 << 10
+"""The most READDIRPLUS records packed in C per request: a reply may be shorter than the
+guest's buffer (it asks again from the next offset), and this bounds the memory one request
+can take, whatever size the guest claims."""
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _RESOLVE = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_MAGICLINKS
 _STAT_EMPTY = syscalls.AT_EMPTY_PATH | syscalls.AT_SYMLINK_NOFOLLOW
@@ -608,6 +612,7 @@ class PassthroughFs(FileSystem):
         with self.handles.borrow(fh) as h, h.lock, self.inodes.borrow(inode) as p:
             if p.c is None or p.fd < 0:
                 return b"", offset, DIRPLUS_PYTHON          # not in the C table
+            room = min(room, DIRPLUS_BUFFER)   # a shorter reply is fine: the guest asks again
             buf = ffi.new("uint8_t[]", room)
             nxt, why = ffi.new("uint64_t *"), ffi.new("int *")
             whole = int(timeout)

@@ -23,6 +23,7 @@ from typing import Callable
 import structlog
 
 from .._cext import ffi, lib
+from ..guestfaults import faults
 
 log = structlog.get_logger("pyvirtiofsd.vring")
 
@@ -286,14 +287,15 @@ class QueueThread(threading.Thread):
             lib.pvfs_wait_kick(self._stop_fd, -1, -1)
 
     def _handle(self, req, serve) -> None:
-        """A chain popped by C that ``serve`` serves (or that is refused here, if C found it
-        malformed)."""
+        """A popped chain that ``serve`` serves -- or that is refused here, if C found it
+        malformed.  A chain whose shape is intact but whose buffers lie outside guest
+        memory is served: every access to a missing buffer fails with EFAULT."""
         if req.err == lib.PVFS_CHAIN_BAD_ADDR:
-            log.warning("descriptor chain points outside guest memory",
-                        queue=self.vring.index, head=req.head)
+            faults.report("descriptor chain points outside guest memory",
+                          queue=self.vring.index, head=req.head)
         elif req.err:
-            log.warning("refused a descriptor chain", queue=self.vring.index,
-                        head=req.head, reason=CHAIN_ERRORS.get(req.err, req.err))
+            faults.report("refused a descriptor chain", queue=self.vring.index,
+                          head=req.head, reason=CHAIN_ERRORS.get(req.err, req.err))
             lib.pvfs_req_complete(req, 0)
             return
         serve(RingRequest(req, self.vring.index))
@@ -302,18 +304,7 @@ class QueueThread(threading.Thread):
         while not self._stopping:
             rc = lib.pvfs_vq_pop(vq, req_p)
             if rc == 1:
-                req = req_p[0]
-                if req.err == lib.PVFS_CHAIN_BAD_ADDR:
-                    # The chain's shape is intact: let the handler answer it; every access
-                    # to the missing buffer fails with EFAULT.
-                    log.warning("descriptor chain points outside guest memory",
-                                queue=self.vring.index, head=req.head)
-                elif req.err:
-                    log.warning("refused a descriptor chain", queue=self.vring.index,
-                                head=req.head, reason=CHAIN_ERRORS.get(req.err, req.err))
-                    lib.pvfs_req_complete(req, 0)
-                    continue
-                self.handler(RingRequest(req, self.vring.index))
+                self._handle(req_p[0], self.handler)
             elif rc == 0:
                 if not lib.pvfs_vq_enable_notify(vq):
                     return
