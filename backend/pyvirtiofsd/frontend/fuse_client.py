@@ -187,6 +187,12 @@ class FuseClient:
         self.reap(self.submit(Opcode.FUSE_FORGET, nodeid, abi.fuse_forget_in.build(nlookup=nlookup),
                               queue=HIPRIO, no_reply=True))
 
+    def batch_forget(self, pairs: list[tuple[int, int]]) -> None:
+        """BATCH_FORGET of (nodeid, nlookup) pairs."""
+        args = abi.fuse_batch_forget_in.build(count=len(pairs)) + b"".join(
+            abi.fuse_forget_one.build(nodeid=n, nlookup=k) for n, k in pairs)
+        self.reap(self.submit(Opcode.FUSE_BATCH_FORGET, 0, args, queue=HIPRIO, no_reply=True))
+
     def getattr(self, nodeid: int, fh: int | None = None, **kw):
         args = abi.fuse_getattr_in.build(getattr_flags=abi.FUSE_GETATTR_FH if fh is not None else 0,
                                          fh=fh or 0)

@@ -134,6 +134,24 @@ class VhostUserFrontend:
     def connect(self) -> VhostUserFrontend:
         sock = self._sock or connect_unix(self.socket_path)
         self.conn = Connection(sock)
+        return self._set_up()
+
+    def restart(self) -> VhostUserFrontend:
+        """What a VMM does when its guest reboots: stop every ring, reset the device
+        (RESET_DEVICE, or RESET_OWNER without it), and set the device up again over the same
+        connection: new rings, the backend channel and the DAX window.  The memory table
+        stays, as with QEMU: a reset does not unplug the guest's RAM."""
+        for q in self.queues:
+            self.stop_queue(q.index)
+            q.close()
+            q.free_rings()
+        self.queues = []
+        self._close_window()
+        reset = R.RESET_DEVICE if self.protocol_features & P.RESET_DEVICE else R.RESET_OWNER
+        self.request(reset, need_reply=bool(self.protocol_features & P.REPLY_ACK))
+        return self._set_up(share_memory=False)
+
+    def _set_up(self, share_memory: bool = True) -> VhostUserFrontend:
         offered = self.get_u64(R.GET_FEATURES)
         if offered & V.VHOST_USER_F_PROTOCOL_FEATURES:
             proto = self.get_u64(R.GET_PROTOCOL_FEATURES) & self.want_protocol
@@ -153,7 +171,8 @@ class VhostUserFrontend:
         if not self.features & V.VIRTIO_RING_F_EVENT_IDX:
             self.event_idx = False
         self.request(R.SET_FEATURES, U64(self.features).pack())
-        self.share_memory()
+        if share_memory:
+            self.share_memory()
         if self.want_dax:
             self.start_window()
         for i in range(self.num_queues):
@@ -231,6 +250,10 @@ class VhostUserFrontend:
         for q in self.queues:
             q.close()
         self.queues = []
+        self._close_window()
+        self.ram.close()
+
+    def _close_window(self) -> None:
         if self.channel_server is not None:
             self.channel_server.stop()
             self.channel_server = None
@@ -240,7 +263,6 @@ class VhostUserFrontend:
         if self.window is not None:
             self.window.close()
             self.window = None
-        self.ram.close()
 
     def __enter__(self) -> VhostUserFrontend:
         return self.connect() if self.conn is None else self

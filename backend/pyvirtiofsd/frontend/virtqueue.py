@@ -103,6 +103,12 @@ class DriverQueue:
     def used_idx(self) -> int:
         return lib.pvfs_drv_used_idx(self._drv)
 
+    def free_rings(self) -> None:
+        """Give the rings' guest memory back (after the device stopped using them)."""
+        self.alloc.free(self.desc, 16 * self.size)
+        self.alloc.free(self.avail, 6 + 2 * self.size)
+        self.alloc.free(self.used, 6 + 8 * self.size)
+
     def close(self) -> None:
         for fd in (self.kick_fd, self.call_fd):
             try:
