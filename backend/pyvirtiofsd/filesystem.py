@@ -313,7 +313,7 @@ class WriteData:
 
 
 DIRPLUS_END, DIRPLUS_FULL, DIRPLUS_PYTHON = 0, 1, 2
-"""Why an optional ``readdirplus_records`` stopped (see :meth:`FileSystem.readdir`)."""
+"""Why :meth:`FileSystem.readdirplus_records` stopped."""
 
 
 class FileSystem:
@@ -322,6 +322,8 @@ class FileSystem:
     Exceptions to "everything is ENOSYS": :meth:`init` accepts what the server proposes,
     :meth:`destroy`/:meth:`forget` do nothing, :meth:`batch_forget` calls :meth:`forget`,
     and :meth:`statx` is derived from :meth:`getattr` by the server when left alone.
+    Two optional capabilities answer "not supported" by default: :meth:`lookup_count`
+    (``None``) and :meth:`readdirplus_records` (nothing packed).
     If :meth:`open` (or :meth:`opendir`) is not overridden the server offers the guest
     ``FUSE_NO_OPEN_SUPPORT`` (``FUSE_NO_OPENDIR_SUPPORT``), so a stateless file system
     needs neither.
@@ -352,6 +354,14 @@ class FileSystem:
         """Several forgets: ``(inode, nlookup)`` pairs."""
         for inode, nlookup in requests:
             self.forget(ctx, inode, nlookup)
+
+    def lookup_count(self, inode: int) -> int | None:
+        """Optional: how many lookups of ``inode`` the guest still holds (0: it forgot it
+        all).  The server asks after FORGET/BATCH_FORGET, so that a DAX window drops the
+        mappings of an inode the guest can no longer reach.  The default, ``None``, means
+        "not counted": the inode is taken as still known and its mappings stay until
+        REMOVEMAPPING, DESTROY or a reset."""
+        return None
 
     def getattr(self, ctx: Context, inode: int, fh: int | None) -> Attr | tuple[Attr, float]:
         """Attributes of ``inode`` (``fh`` when the guest asked through an open file).
@@ -468,17 +478,27 @@ class FileSystem:
         guest's buffer is full and then closes the generator, so produce them lazily and
         release resources in a ``finally``.  Each entry's ``offset`` must let a later call
         continue right after it.  For READDIRPLUS the server calls :meth:`lookup` on each
-        entry it sends (not on ``.`` and ``..``).
+        entry it sends (not on ``.`` and ``..``), unless the file system packs the records
+        itself (:meth:`readdirplus_records`).
+        """
+        raise _enosys()
 
-        A file system may also offer ``readdirplus_records(ctx, inode, fh, offset, room,
-        blksize, timeout) -> (records, next_offset, why)``: whole ``fuse_direntplus``
-        records from ``offset`` on, each lookup counted as :meth:`lookup` would, for as long
-        as it can build them faster itself (PassthroughFs: in C); ``why`` is
+    def readdirplus_records(self, ctx: Context, inode: int, fh: int, offset: int, room: int,
+                            blksize: int, timeout: float) -> tuple[bytes, int, int]:
+        """Optional: READDIRPLUS records packed by the file system itself, for one that can
+        build them faster than the server's :meth:`readdir` + :meth:`lookup` (PassthroughFs:
+        in C).  Returns ``(records, next_offset, why)``: whole ``fuse_direntplus`` records
+        from ``offset`` on, at most ``room`` bytes, every attribute with ``blksize`` and
+        ``timeout``, each lookup counted as :meth:`lookup` would; ``why`` is
         ``DIRPLUS_END`` (end of directory), ``DIRPLUS_FULL`` (the next record does not fit
         ``room``) or ``DIRPLUS_PYTHON`` (the server continues from ``next_offset`` with
         :meth:`readdir` and :meth:`lookup`).
-        """
-        raise _enosys()
+
+        The default packs nothing (``DIRPLUS_PYTHON`` from ``offset``): not supported.  The
+        server checks once, when it is built, whether a file system overrides this, and
+        uses it only where its own packing would add nothing (no DAX attribute flag, no
+        uid/gid translation)."""
+        return b"", offset, DIRPLUS_PYTHON
 
     def releasedir(self, ctx: Context, inode: int, fh: int, flags: int) -> None:
         raise _enosys()

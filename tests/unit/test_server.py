@@ -138,6 +138,22 @@ class FakeDax:
     def removemapping(self, ctx, ranges):
         self.calls.append(("remove", ranges))
 
+    # the rest of the DaxHandler contract: nothing is ever mapped here
+    def refresh(self, nodeid):
+        pass
+
+    def released(self, nodeid, fh):
+        pass
+
+    def forgotten(self, nodeid, still_known):
+        pass
+
+    def reset(self, unmap=False):
+        pass
+
+    def inode_dax(self, attr):
+        return False
+
 
 def test_flags2_only_with_init_ext():
     c, _ = mem_client(init=False, dax=FakeDax())
