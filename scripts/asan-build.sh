@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Build the C extension with AddressSanitizer + UndefinedBehaviorSanitizer into its own
-# directory, never over the in-place backend/pyvirtiofsd/_cext*.so that everyone else uses.
+# Build the C extensions (the daemon's _cext and the test kit's _testkit, cext/build.py) with
+# AddressSanitizer + UndefinedBehaviorSanitizer into their own directory, never over the
+# in-place backend/pyvirtiofsd/_cext*.so and _testkit*.so that everyone else uses.
 #
 #   scripts/asan-build.sh [DIR]          (default /tmp/pyvirtiofsd-asan)
 #
-# DIR/pyvirtiofsd/ then holds the ASan _cext and an __init__.py whose __path__ continues into
-# backend/pyvirtiofsd, so every Python module comes from the work tree and only _cext from
-# DIR.  Run Python against it with:
+# DIR/pyvirtiofsd/ then holds the ASan _cext and _testkit and an __init__.py whose __path__
+# continues into backend/pyvirtiofsd, so every Python module comes from the work tree and only
+# the extensions from DIR.  Run Python against it with:
 #
 #   LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 #       PYTHONPATH=DIR .venv/bin/python ...
@@ -30,12 +31,12 @@ PYVIRTIOFSD_CFLAGS="$san -O1" PYVIRTIOFSD_LDFLAGS="-fsanitize=address,undefined"
     || { cat "$out/build.log" >&2; exit 1; }
 
 cat >"$out/pyvirtiofsd/__init__.py" <<EOF
-"""pyvirtiofsd with an AddressSanitizer build of _cext (scripts/asan-build.sh).
+"""pyvirtiofsd with AddressSanitizer builds of _cext and _testkit (scripts/asan-build.sh).
 
-Only _cext comes from this directory; every other module from the work tree."""
+Only the extensions come from this directory; every other module from the work tree."""
 __path__.append("$repo/backend/pyvirtiofsd")
 exec(compile(open("$repo/backend/pyvirtiofsd/__init__.py").read(),
              "$repo/backend/pyvirtiofsd/__init__.py", "exec"))
 EOF
-ls "$out"/pyvirtiofsd/_cext*.so >/dev/null
+ls "$out"/pyvirtiofsd/_cext*.so "$out"/pyvirtiofsd/_testkit*.so >/dev/null
 echo "LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=$out"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rebuild the C extension in place (backend/pyvirtiofsd/_cext*.so) after editing cext/.
+# Rebuild both C extensions in place after editing cext/: the daemon's
+# backend/pyvirtiofsd/_cext*.so and the test kit's backend/pyvirtiofsd/_testkit*.so (cext/build.py).
 # Serialized with flock so that several shells (or agents) rebuilding at once do not collide.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pyvirtiofsd._cext import ffi, lib
+from pyvirtiofsd._testkit import ffi, lib
 from pyvirtiofsd.bench import peers, workloads
 
 BACKENDS = ["ours", "c-virtiofsd", "rust-virtiofsd"]

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from .._cext import lib
+from .._testkit import lib
 from . import peers as peers_mod
 from .report import HOST, LEGEND, aggregate, ours_vs_best_peer, ratios, table
 from .workloads import (

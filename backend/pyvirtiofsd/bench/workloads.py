@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .._cext import ffi, lib
+from .._testkit import ffi, lib
 from ..fuse import abi
 from .peers import Session, cpu_ns
 

@@ -20,7 +20,7 @@ import threading
 
 import structlog
 
-from .._cext import ffi, lib
+from .._testkit import ffi, lib
 from ..vhost_user.backend_channel import (
     LEGACY_FLAG_MAP_W,
     LEGACY_FS_MAP,

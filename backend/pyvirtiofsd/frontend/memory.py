@@ -11,7 +11,7 @@ import mmap
 import os
 import threading
 
-from .._cext import ffi
+from .._testkit import ffi
 from ..vhost_user.codec import MemRegion
 
 

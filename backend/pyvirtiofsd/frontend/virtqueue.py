@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .._cext import ffi, lib
+from .._testkit import ffi, lib
 from .memory import Allocator, GuestRAM
 
 # Descriptor flags, for tests that write raw descriptors.
