@@ -1,4 +1,5 @@
-/* READ/WRITE served in C (see hotpath.h). */
+/* The hot path: READ, WRITE, GETATTR and LOOKUP served in C, READDIRPLUS records packed in C
+ * (see hotpath.h). */
 #define _GNU_SOURCE
 #include "hotpath.h"
 #include "fsops.h"
@@ -34,8 +35,8 @@ struct pvfs_fh {
     int adopted;
     uint32_t mode;
     /* Large WRITEs through this handle, one at a time: two threads writing one file would
-     * serialise on its inode lock anyway, the second spinning on it (rwsem_spin_on_owner:
-     * a quarter of the CPU of seq write 1M QD16); here it sleeps instead. */
+     * serialise on its inode lock anyway, the second spinning on it (rwsem_spin_on_owner,
+     * see "seq write 1M QD16" in BENCHMARKS.md); here it sleeps instead. */
     pthread_mutex_t wlock;
 };
 
@@ -617,7 +618,7 @@ static void before_io(struct handoff *ho)
 static void put32(uint8_t *p, uint32_t v) { v = htole32(v); memcpy(p, &v, 4); }
 static void put64(uint8_t *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
 
-/* A host dev_t in the 32-bit "new" encoding the guest decodes (server.py _encode_dev). */
+/* A host dev_t in the 32-bit "new" encoding the guest decodes (server/packing.py encode_dev). */
 static uint32_t encode_dev(dev_t dev)
 {
     uint32_t ma = major(dev), mi = minor(dev);
@@ -663,7 +664,7 @@ static uint32_t meta_request_ok(struct pvfs_hot *h, struct pvfs_req *req, const 
 }
 
 /* GETATTR of an inode the passthrough registered: fstat its O_PATH fd and answer with
- * fuse_attr_out exactly as server.py would. */
+ * fuse_attr_out exactly as the Python server would (server/names.py, server/packing.py). */
 static int serve_getattr(struct pvfs_hot *h, struct pvfs_req *req, const uint8_t *a, uint32_t have)
 {
     if (!meta_request_ok(h, req, a, have, 104))
@@ -773,7 +774,7 @@ static uint64_t lookup_child(struct pvfs_fhtab *t, int parent_fd, uint64_t paren
 }
 
 /* LOOKUP in C (see lookup_child): the lookup counted in the inode table (the owner settles
- * it on FORGET, see pvfs_fh_settle), fuse_entry_out as server.py would answer.  ".", "..",
+ * it on FORGET, see pvfs_fh_settle), fuse_entry_out as the Python server would answer.  ".", "..",
  * an odd name, a submount, an error are Python's. */
 static int serve_lookup(struct pvfs_hot *h, struct pvfs_req *req, const uint8_t *a, uint32_t have)
 {
@@ -892,8 +893,8 @@ int64_t pvfs_dirplus(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd, uint6
     }
 }
 
-/* Serve req if it is an ordinary READ/WRITE on a known handle (SERVED), else say where
- * Python should serve it (nothing was written to it then). */
+/* Serve req if it is an ordinary READ/WRITE on a known handle or a GETATTR/LOOKUP C can
+ * answer (SERVED), else say where Python should serve it (nothing was written to it then). */
 static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct handoff *ho)
 {
     if (req->err || req->in_len < IN_HDR)
@@ -1019,7 +1020,7 @@ int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out
             return rc;
         if (rc == 0) {
             if (!pvfs_vq_enable_notify(vq))
-                return 0;
+                return PVFS_HOT_RUN_EMPTY;
             continue;
         }
         int r = try_serve(h, req, NULL);
@@ -1027,11 +1028,12 @@ int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out
             continue;
         count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */
         *out = req;
-        return r == INLINE ? 3 : 1;
+        return r == INLINE ? PVFS_HOT_RUN_INLINE : PVFS_HOT_RUN_POOL;
     }
 }
 
-/* No kick fd (VHOST_USER_VRING_NOFD_MASK): poll the ring every timeout_ms; 2 on a stop. */
+/* No kick fd (VHOST_USER_VRING_NOFD_MASK): poll the ring every timeout_ms; the same results
+ * as pvfs_wait_kick (2 on a stop, 0 on a tick). */
 static int wait_stop(int stop_fd, int timeout_ms)
 {
     struct pollfd p = {.fd = stop_fd, .events = POLLIN};
@@ -1043,13 +1045,17 @@ static int wait_stop(int stop_fd, int timeout_ms)
 
 /* ---- leader/follower ------------------------------------------------------------------
  * Of the threads serving one queue, one -- the leader -- waits for kicks and pops; the
- * others wait on a condition variable.  Before I/O that may block (a WRITE, a large READ,
+ * others wait on a condition variable.  Before I/O that may block (a large READ or WRITE,
  * a READ whose pages are not all cached) the leader hands the ring over and wakes a
  * follower, so the queue stays watched; a small cached READ (RWF_NOWAIT) it serves itself
- * and goes on popping; for a request Python serves it gives up the ring without waking
- * anyone (Python runs one thread at a time anyway, and the ops served inline are quick
- * ones).  So a blocked request never stalls the queue, large requests spread over the
- * threads, and small cached reads do not pay for hand-offs. */
+ * and goes on popping; a small WRITE it does itself too, marked busy, and a follower takes
+ * the ring from it after PVFS_HOT_STALL_NS; for a request Python serves it gives up the
+ * ring without waking anyone (Python runs one thread at a time anyway, and the ops served
+ * inline are quick ones).  So a READ or WRITE that blocks in the host does not stall the
+ * queue, large requests spread over the threads, and small cached reads do not pay for
+ * hand-offs.  GETATTR and LOOKUP served in C are the exception: their fstat/statx runs
+ * on the leader, which neither hands over nor marks itself busy, so one that blocks (a
+ * hung NFS server) holds the queue until it returns. */
 
 /* How long the leader may be busy with a small write before a follower takes over, and
  * how often followers look (they sleep with this timeout while someone leads, and take an
@@ -1133,7 +1139,7 @@ void pvfs_hotq_set_paused(struct pvfs_hotq *q, int paused)
     pthread_mutex_unlock(&q->m);
 }
 
-/* Become the leader: 0, or 2 if the queue is stopping or paused. */
+/* Become the leader: 0, or PVFS_HOT_RUN_STOP if the queue is stopping or paused. */
 static int lead(struct pvfs_hotq *q)
 {
     if (!q)
@@ -1153,7 +1159,7 @@ static int lead(struct pvfs_hotq *q)
                               .tv_nsec = (long)(until % 1000000000ull)};
         pthread_cond_timedwait(&q->c, &q->m, &ts);
     }
-    int rc = q->stop || q->paused ? 2 : 0;
+    int rc = q->stop || q->paused ? PVFS_HOT_RUN_STOP : 0;
     if (!rc)
         q->leader = 1;
     pthread_mutex_unlock(&q->m);
@@ -1174,22 +1180,21 @@ static void unlead(struct pvfs_hotq *q, int wake_one)
 /* Interrupts for requests served in C can be sent once per batch: completions are pushed
  * deferred and flushed when the ring is empty, before anything that may block or leaves
  * the loop, and at least every FLUSH_EVERY.  With EVENT_IDX the driver already suppresses
- * most interrupts; batching 8 showed no gain within the noise on this machine (front-end
- * rand read 4K QD16 1.20x -> 1.01x of the C virtiofsd; a TCG guest's 4K QD16 reads
- * 15.3k/12.1k -> 13.6k/12.5k IOPS), so it is 1 (an interrupt decision per request). */
+ * most interrupts; batching 8 showed no gain within the noise (BENCHMARKS.md,
+ * "Notifications"), so it is 1 (an interrupt decision per request). */
 #define FLUSH_EVERY 1
 
 int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, int kick_fd,
                  int stop_fd, int timeout_ms, struct pvfs_req **out)
 {
     if (lead(q))
-        return 2;
+        return PVFS_HOT_RUN_STOP;
     unsigned unflushed = 0;
     for (;;) {
         if (q && (__atomic_load_n(&q->paused, __ATOMIC_ACQUIRE) || __atomic_load_n(&q->stop, __ATOMIC_ACQUIRE))) {
             pvfs_vq_flush_signal(vq);
             unlead(q, 1);
-            return 2;       /* disabled or stopping while we led */
+            return PVFS_HOT_RUN_STOP;   /* disabled or stopping while we led */
         }
         struct pvfs_req *req;
         int rc = pvfs_vq_pop(vq, &req);
@@ -1208,28 +1213,29 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
             if (rc == 0 || rc == 1 || rc == -EINTR)
                 continue;   /* a kick, a poll tick, or a signal (SIGUSR1: statistics) */
             unlead(q, 1);
-            return rc;      /* 2: stop or wake (not consumed); <0: the wait failed */
+            /* 2: stop_fd readable, a stop or a wake (not consumed); <0: the wait failed */
+            return rc == 2 ? PVFS_HOT_RUN_STOP : rc;
         }
         struct handoff ho = {q, vq, 1};
         int r = try_serve(h, req, q ? &ho : NULL);
         if (r != SERVED) {
             pvfs_vq_flush_signal(vq);
             /* Python's: hand the ring over, but wake nobody -- a second thread in Python
-             * would only fight this one for the GIL (GETATTR QD16 43k/s with one thread,
-             * 36k/s with two); this thread is back as soon as Python is done, and should
+             * would only fight this one for the GIL (it measured slower, see BENCHMARKS.md);
+             * this thread is back as soon as Python is done, and should
              * Python block, a follower finds the ring unattended within
              * PVFS_HOT_STALL_NS (its timed wait in lead()) and takes it. */
             if (ho.leading)
                 unlead(q, 0);
             count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */
             *out = req;
-            return r == INLINE ? 3 : 1;
+            return r == INLINE ? PVFS_HOT_RUN_INLINE : PVFS_HOT_RUN_POOL;
         }
         if (++unflushed >= FLUSH_EVERY || !ho.leading) {
             pvfs_vq_flush_signal(vq);
             unflushed = 0;
         }
         if (!ho.leading && lead(q))
-            return 2;
+            return PVFS_HOT_RUN_STOP;
     }
 }

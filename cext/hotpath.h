@@ -1,27 +1,33 @@
-/* The hot path: FUSE READ and WRITE served in C, straight between a file and guest memory,
- * without entering Python.
+/* The hot path: FUSE READ, WRITE, GETATTR and LOOKUP served in C without entering Python,
+ * and READDIRPLUS records packed in C for the Python server.
  *
- * Two pieces:
+ * Three pieces:
  *
- * - A handle table (fh -> fd) that the passthrough file system fills as it opens files
- *   (passthrough/handles.py) and empties on RELEASE.  An entry is reference counted: the
- *   Python owner holds one reference, and every C READ/WRITE holds one while it moves data,
- *   so a RELEASE racing with a READ never closes the fd under it (nor lets the number be
- *   reused by another open): the fd is closed by whichever of them lets go last.
+ * - A table (pvfs_fhtab) used twice: fh -> fd, filled by the passthrough file system as it
+ *   opens files (passthrough/handles.py) and emptied on RELEASE; and nodeid -> O_PATH fd
+ *   plus the file's identity, the inode table (passthrough/inodes.py), which C LOOKUPs may
+ *   add to.  An entry is reference counted: the Python owner holds one reference, and
+ *   every C request holds one while it uses the fd, so a RELEASE racing with a READ never
+ *   closes the fd under it (nor lets the number be reused by another open): the fd is
+ *   closed by whichever of them lets go last.
  *
  * - A serving loop (pvfs_hot_run) for a request queue: it waits for kicks, pops chains,
- *   and serves READ/WRITE itself when it is safe to -- the session is initialised, the
- *   opcode is enabled, the request is well-formed and ordinary, the fh is in the table --
- *   writing fuse_out_header (+ fuse_write_out) and pushing the used entry.  Everything else
- *   (other opcodes, anything unusual, every error the Python server would have to explain)
- *   is handed back to the caller untouched, who gives it to the Python server -- on the
- *   queue thread itself for quick opcodes (a hand-off to a worker thread costs more than
- *   a GETATTR), to the worker pool for the ones that may block.  So the C
- *   path never answers differently from Python: it answers only the cases where Python's
- *   answer is a plain preadv/pwritev.
+ *   and serves READ/WRITE (preadv/pwritev between the file and guest memory), GETATTR
+ *   (fstat of the inode's fd) and LOOKUP (statx of the name, a hit in the inode table)
+ *   itself when it is safe to -- the session is initialised, the opcode is enabled, the
+ *   request is well-formed and ordinary, the fh or nodeid is in its table -- writing the
+ *   reply and pushing the used entry.  Everything else (other opcodes, anything unusual,
+ *   every error the Python server would have to explain) is handed back to the caller
+ *   untouched, who gives it to the Python server -- on the queue thread itself for quick
+ *   opcodes (a hand-off to a worker thread costs more than a GETATTR), to the worker pool
+ *   for the ones that may block.  So the C path never answers differently from Python: it
+ *   answers only the cases where Python's answer would be the same bytes.
+ *
+ * - pvfs_dirplus: READDIRPLUS records for PassthroughFs.readdirplus_records.
  *
  * Several threads may run the loop on one queue, leader/follower style (pvfs_hotq); the
- * loop does not allocate.
+ * loop does not allocate.  A READ or WRITE that may block hands the ring to another thread
+ * first; a GETATTR or LOOKUP served in C does not (see the note above pvfs_hot_run).
  */
 #ifndef PVFS_HOTPATH_H
 #define PVFS_HOTPATH_H
@@ -76,7 +82,8 @@ void pvfs_fh_close(struct pvfs_fh *e);
 unsigned pvfs_fhtab_count(struct pvfs_fhtab *t);
 
 /* READDIRPLUS records of the directory open as dir_fd (whose O_PATH fd is parent_fd, on
- * mount parent_mnt), from offset on, packed into out (room bytes) as server.py packs them:
+ * mount parent_mnt), from offset on, packed into out (room bytes) as the Python server
+ * packs them (server/dirs.py, server/packing.py):
  * each entry's lookup counted in the table (as a C LOOKUP's), an inode the table does not
  * hold opened and registered when new_ok (else the entry is left to Python); "." and ".."
  * as nodeid 0.  Returns the bytes packed, or a negative errno when nothing was;
@@ -91,11 +98,11 @@ int64_t pvfs_dirplus(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd, uint6
                      int new_ok, uint64_t offset, uint8_t *out, uint32_t room, uint32_t blksize,
                      uint64_t valid_sec, uint32_t valid_nsec, uint64_t *next_offset, int *why);
 
-/* Opcodes the loop may serve. */
 /* The most argument bytes a request other than WRITE may claim: server.ARGS_MAX (a test
  * holds the two equal).  C leaves a longer one to Python, which refuses it unread. */
 #define PVFS_FUSE_ARGS_MAX 77824
 
+/* Opcodes the loop may serve (pvfs_hot_set_ops). */
 #define PVFS_HOT_READ 1
 #define PVFS_HOT_WRITE 2
 #define PVFS_HOT_GETATTR 4
@@ -126,7 +133,8 @@ void pvfs_hot_set_lookup_new(struct pvfs_hot *h, int on);
 void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops);
 unsigned pvfs_hot_get_ops(struct pvfs_hot *h);
 /* Opcodes (bit n: opcode n < 64) Python should serve on the queue thread itself rather
- * than hand to the worker pool (pvfs_hot_serve/run return 3 for them instead of 1). */
+ * than hand to the worker pool (pvfs_hot_serve/run return PVFS_HOT_RUN_INLINE for them
+ * instead of PVFS_HOT_RUN_POOL). */
 void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes);
 /* The FUSE session as INIT negotiated it: nothing is served in C while it is off.  A READ
  * asking for more than max_read (max_pages x guest page size) is left to Python. */
@@ -134,9 +142,16 @@ void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t m
                           uint32_t max_read);
 uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which);
 
-/* Serve what the ring holds.  Returns 1 with *out set to a request for Python's worker
- * pool, 3 for one Python serves on this thread (see pvfs_hot_set_inline), 0 when the ring
- * is empty (notifications re-enabled), -EIO if the queue is broken or stopped. */
+/* What pvfs_hot_serve and pvfs_hot_run return (or a negative errno). */
+#define PVFS_HOT_RUN_EMPTY 0    /* pvfs_hot_serve: the ring is empty, notifications re-enabled */
+#define PVFS_HOT_RUN_POOL 1     /* *out is a request for Python's worker pool */
+#define PVFS_HOT_RUN_STOP 2     /* pvfs_hot_run: stop_fd is readable (not consumed), or the
+                                   pvfs_hotq was stopped or paused */
+#define PVFS_HOT_RUN_INLINE 3   /* *out is a request Python serves on this thread
+                                   (its opcode is in pvfs_hot_set_inline's set) */
+
+/* Serve what the ring holds.  Returns PVFS_HOT_RUN_POOL or PVFS_HOT_RUN_INLINE with *out
+ * set, PVFS_HOT_RUN_EMPTY, or -EIO if the queue is broken or stopped. */
 int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out);
 /* The threads serving one queue share a struct pvfs_hotq: one of them at a time (the
  * leader) waits for kicks and pops, and hands over to another before serving what it
@@ -144,16 +159,26 @@ int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out
 struct pvfs_hotq;
 struct pvfs_hotq *pvfs_hotq_new(void);
 void pvfs_hotq_free(struct pvfs_hotq *q);
-/* Every thread of the queue returns 2 from pvfs_hot_run from now on (set before joining
- * them; a restarted queue gets a new pvfs_hotq). */
+/* Every thread of the queue returns PVFS_HOT_RUN_STOP from pvfs_hot_run from now on (set
+ * before joining them; a restarted queue gets a new pvfs_hotq). */
 void pvfs_hotq_stop(struct pvfs_hotq *q);
-/* A disabled ring (SET_VRING_ENABLE 0): pvfs_hot_run returns 2 instead of popping. */
+/* A disabled ring (SET_VRING_ENABLE 0): pvfs_hot_run returns PVFS_HOT_RUN_STOP instead of
+ * popping. */
 void pvfs_hotq_set_paused(struct pvfs_hotq *q, int paused);
 /* The queue thread's loop: serve, wait for a kick (kick_fd, -1: poll every timeout_ms),
- * serve...  Returns 1 or 3 with *out set (a request for Python, as pvfs_hot_serve), 2 when
- * stop_fd became readable (not consumed) or the pvfs_hotq was stopped, or a negative
- * errno (-EIO: queue broken or stopped).  q may be NULL (every thread then waits for
- * kicks). */
+ * serve...  Returns PVFS_HOT_RUN_POOL or PVFS_HOT_RUN_INLINE with *out set (a request for
+ * Python, as pvfs_hot_serve), PVFS_HOT_RUN_STOP, or a negative errno (-EIO: queue broken
+ * or stopped).  q may be NULL (every thread then waits for kicks).
+ *
+ * What may stall the queue: a READ or WRITE of 32 KiB or more, and a smaller READ not all
+ * in the page cache, hand the ring to another thread before their preadv/pwritev; a smaller
+ * WRITE is done by the thread holding the ring, and a follower takes the ring over once
+ * it has taken PVFS_HOT_STALL_NS; a request passed up to Python gives up the ring, and a
+ * follower takes it within PVFS_HOT_STALL_NS if Python is slow.  A GETATTR or LOOKUP
+ * served in C does neither: its fstat/statx (and, for a new inode, openat2) runs on the
+ * thread that holds the ring, so a stat that blocks on a slow host file system stalls the
+ * queue until it returns.  With one thread per queue (PYVIRTIOFSD_HOT_THREADS=1) there is
+ * no follower to take over at all. */
 int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, int kick_fd,
                  int stop_fd, int timeout_ms, struct pvfs_req **out);
 /* CFFI-END */

@@ -6,12 +6,14 @@ queues 1..n are request queues whose requests go to a pool of worker threads, so
 FSYNC does not hold up a GETATTR behind it.
 
 The hot path: when the file system is a :class:`~pyvirtiofsd.passthrough.PassthroughFs`
-(whose handles live in a C table too) and nothing needs to see every request (no ops log,
-no statistics), each request queue is served by ``hot_threads`` threads running the C loop
-of cext/hotpath.c, which answers READ and WRITE itself -- a preadv/pwritev between the file
-and guest memory -- and passes everything else up: quick metadata operations are served by
-the queue thread itself (:data:`INLINE_OPCODES`), the rest by the worker pool.  See
-:class:`HotPath` for when WRITE stays in Python.
+(whose handles and inodes live in C tables too) and nothing needs to see every request (no
+ops log, no statistics), each request queue is served by ``hot_threads`` threads running
+the C loop of cext/hotpath.c, which answers READ and WRITE itself -- a preadv/pwritev
+between the file and guest memory -- and GETATTR and LOOKUP from the C inode table, and
+passes everything else up: quick metadata operations are served by the queue thread itself
+(:data:`INLINE_OPCODES`), the rest by the worker pool.  See :class:`HotPath` for when each
+of them stays in Python.  (READDIRPLUS reaches Python, whose PassthroughFs packs its
+records with one C call.)
 """
 from __future__ import annotations
 
@@ -74,8 +76,8 @@ class WorkerPool:
 
 
 # Served by Python on the queue thread itself: quick on a local file system, and a hand-off
-# to a worker (a futex wake, a GIL hand-over, ~40 µs on a busy 2-core machine) would cost
-# more than they do.  What may block for long (FSYNC, FLUSH on NFS, FALLOCATE, a truncating
+# to a worker (a futex wake, a GIL hand-over; see BENCHMARKS.md) would cost more than they
+# do.  What may block for long (FSYNC, FLUSH on NFS, FALLOCATE, a truncating
 # SETATTR, DAX mappings that wait for the front-end, READ/WRITE that C left to Python)
 # still goes to the pool.  Should an inline one block anyway (a hung NFS LOOKUP), another
 # thread of the queue takes the ring over within 10 ms (PVFS_HOT_STALL_NS, hotpath.c).
@@ -97,7 +99,9 @@ class HotPath:
     READ is served in C whenever the file system is a plain ``PassthroughFs`` (a subclass
     that overrides ``read`` keeps it).  WRITE too, except: on a read-only server or file
     system (Python answers EROFS); with a DAX window (the server re-fits a file's
-    mappings after every WRITE); when ``write`` is overridden.  Nothing is served in C
+    mappings after every WRITE); when ``write`` is overridden.  GETATTR and LOOKUP too,
+    except with a DAX window or uid/gid translation (AttrPacker would change the bytes) or
+    when ``getattr``/``lookup`` is overridden.  Nothing is served in C
     while an ops recorder is on (every request must be recorded) or before INIT: the
     context follows the server's session (:meth:`sync`).  ``PYVIRTIOFSD_HOTPATH=0`` in the
     environment switches it off, ``PYVIRTIOFSD_HOT_THREADS=N`` sets the threads per queue
@@ -112,9 +116,9 @@ class HotPath:
         self.ctx = None
         self._session = None
         fs = server.fs
-        table = getattr(getattr(fs, "handles", None), "c_table", None)
+        table = fs.handles.c_table if isinstance(fs, PassthroughFs) else None
         ops = 0
-        if (table is not None and isinstance(fs, PassthroughFs) and server.ops is None
+        if (table is not None and server.ops is None
                 and os.environ.get("PYVIRTIOFSD_HOTPATH", "1") != "0"):
             if type(fs).read is PassthroughFs.read:
                 ops |= lib.PVFS_HOT_READ
@@ -246,9 +250,7 @@ class VirtioFsDevice(VhostUserDevice):
         return _QueueHandler(submit, self.hotpath.ctx, self.hotpath.threads, self._serve)
 
     def reset(self) -> None:
-        reset = getattr(self.server, "reset", None)
-        if reset is not None:
-            reset()
+        self.server.reset()
         self.hotpath.sync()
         stats = self.hotpath.stats()
         if stats.get("reads") or stats.get("writes"):

@@ -336,15 +336,15 @@ def test_memory_table_swap_keeps_in_flight_requests_valid(rig):
 
 def test_region_larger_than_its_file_is_refused(tmp_path):
     from pyvirtiofsd.vhost_user.codec import MemRegion
-    from pyvirtiofsd.vhost_user.memory import MemoryError_
+    from pyvirtiofsd.vhost_user.memory import GuestMemoryError
 
     fd = os.memfd_create("small")
     os.ftruncate(fd, 4096)
     mem = GuestMemory()
     try:
-        with pytest.raises(MemoryError_):
+        with pytest.raises(GuestMemoryError):
             mem.set_table([MemRegion(0, 8192, 0x1000, 0)], [fd])
-        with pytest.raises(MemoryError_):
+        with pytest.raises(GuestMemoryError):
             mem.set_table([MemRegion(0, 4096, 0x1000, 4096)], [fd])
         mem.set_table([MemRegion(0, 4096, 0x1000, 0)], [fd])
         assert mem.regions[0].memory_size == 4096
@@ -355,13 +355,13 @@ def test_region_larger_than_its_file_is_refused(tmp_path):
 
 def test_overlapping_regions_are_refused():
     from pyvirtiofsd.vhost_user.codec import MemRegion
-    from pyvirtiofsd.vhost_user.memory import MemoryError_
+    from pyvirtiofsd.vhost_user.memory import GuestMemoryError
 
     fd = os.memfd_create("ram")
     os.ftruncate(fd, 1 << 20)
     mem = GuestMemory()
     try:
-        with pytest.raises(MemoryError_):
+        with pytest.raises(GuestMemoryError):
             mem.set_table([MemRegion(0, 8192, 0, 0), MemRegion(4096, 8192, 0x10000, 0)], [fd, fd])
         assert mem.regions == []
     finally:

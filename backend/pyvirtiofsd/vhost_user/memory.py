@@ -6,6 +6,7 @@ mappings of the old one; see cext/mem.h for why tables are reference counted.
 """
 from __future__ import annotations
 
+import errno
 import os
 
 from .._cext import ffi, lib
@@ -13,7 +14,7 @@ from .codec import MemRegion
 from .protocol import MAX_MEM_SLOTS
 
 
-class MemoryError_(OSError):
+class GuestMemoryError(OSError):
     """A region that cannot be mapped or a table that does not make sense."""
 
 
@@ -38,7 +39,7 @@ def map_region(info: MemRegion, fd: int) -> _Region:
     err = ffi.new("int *")
     ptr = lib.pvfs_region_map(fd, c_info, err)
     if ptr == ffi.NULL:
-        raise MemoryError_(-err[0], f"cannot map region {info}: {os.strerror(-err[0])}")
+        raise GuestMemoryError(-err[0], f"cannot map region {info}: {os.strerror(-err[0])}")
     return _Region(info, ptr)
 
 
@@ -60,7 +61,7 @@ class GuestMemory:
         ptrs = ffi.new("struct pvfs_region *[]", [r.ptr for r in self._regions] or 1)
         table = lib.pvfs_mem_new(ptrs, len(self._regions), err)
         if table == ffi.NULL:
-            raise MemoryError_(-err[0], "memory regions overlap or are too many")
+            raise GuestMemoryError(-err[0], "memory regions overlap or are too many")
         old, self.table = self.table, table
         if old != ffi.NULL:
             lib.pvfs_mem_unref(old)
@@ -68,7 +69,7 @@ class GuestMemory:
     def set_table(self, regions: list[MemRegion], fds: list[int]) -> None:
         """Replace the whole table (SET_MEM_TABLE).  On failure the old table stays."""
         if len(regions) != len(fds):
-            raise MemoryError_(22, f"{len(regions)} regions but {len(fds)} fds")
+            raise GuestMemoryError(errno.EINVAL, f"{len(regions)} regions but {len(fds)} fds")
         new: list[_Region] = []
         try:
             for info, fd in zip(regions, fds):
@@ -92,7 +93,7 @@ class GuestMemory:
     def add(self, info: MemRegion, fd: int) -> None:
         """ADD_MEM_REG."""
         if len(self._regions) >= MAX_MEM_SLOTS:
-            raise MemoryError_(28, "no free memory slot")
+            raise GuestMemoryError(errno.ENOSPC, "no free memory slot")
         region = map_region(info, fd)
         self._regions.append(region)
         try:
@@ -110,7 +111,7 @@ class GuestMemory:
                 self._rebuild()
                 lib.pvfs_region_unref(r.ptr)
                 return
-        raise MemoryError_(2, f"no region matches {info}")
+        raise GuestMemoryError(errno.ENOENT, f"no region matches {info}")
 
     def clear(self) -> None:
         for r in self._regions:
@@ -128,5 +129,5 @@ class GuestMemory:
         """Copy guest bytes (for tests and diagnostics)."""
         buf = bytearray(size)
         if lib.pvfs_mem_read(self.table, gpa, ffi.from_buffer(buf), size) < 0:
-            raise MemoryError_(14, f"guest range {gpa:#x}+{size} is not mapped")
+            raise GuestMemoryError(errno.EFAULT, f"guest range {gpa:#x}+{size} is not mapped")
         return bytes(buf)

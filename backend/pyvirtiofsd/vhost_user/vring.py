@@ -8,9 +8,9 @@ kick/call/err fds, enabled, started.
 A handler may carry a C serving context (``handler.hot``, a ``struct pvfs_hot *``, see
 cext/hotpath.h) and a thread count (``handler.threads``): the queue is then served by that
 many threads, each running the C loop (:c:func:`pvfs_hot_run`) with the GIL released,
-which answers what it can (READ/WRITE) without Python and returns the rest to the thread,
-which hands it to ``handler`` -- or serves it itself with ``handler.inline`` when C says
-the opcode is a quick one.
+which answers what it can (READ, WRITE, GETATTR, LOOKUP) without Python and returns the
+rest to the thread, which hands it to ``handler`` -- or serves it itself with
+``handler.inline`` when C says the opcode is a quick one.
 """
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ from .._cext import ffi, lib
 from ..guestfaults import faults
 
 log = structlog.get_logger("pyvirtiofsd.vring")
+
+# Results of cext/vq.h's pvfs_wait_kick (a kick, the stop eventfd, a timeout) and
+# pvfs_vq_pop (a chain popped, the ring empty); negative values are -errno.
+WAIT_KICK, WAIT_STOP, WAIT_TIMEOUT = 1, 2, 0
+POPPED, RING_EMPTY = 1, 0
+# QueueThread.run treats pvfs_hot_run's stop like pvfs_wait_kick's: the same value.
+assert lib.PVFS_HOT_RUN_STOP == WAIT_STOP
 
 CHAIN_ERRORS = {
     lib.PVFS_CHAIN_BAD_NEXT: "next index outside the descriptor table",
@@ -119,7 +126,7 @@ class Vring:
 
     def set_addr(self, desc: int, used: int, avail: int) -> None:
         rc = lib.pvfs_vq_set_addr(self.vq, desc, used, avail)
-        if rc == -22:  # EINVAL: misaligned; EFAULT just means "not mapped yet"
+        if rc == -errno.EINVAL:  # misaligned; EFAULT just means "not mapped yet"
             raise ValueError("ring addresses are misaligned")
 
     def set_mem(self, table) -> None:
@@ -206,8 +213,8 @@ class Vring:
 class QueueThread(threading.Thread):
     """Waits for kicks and hands every available chain to the handler.  Chains the C side
     refused are logged and returned to the driver here; the handler sees only good ones.
-    With a C serving context (``handler.hot``) the waiting and the READ/WRITE requests stay
-    in C and only the rest comes up to Python."""
+    With a C serving context (``handler.hot``) the waiting and the requests C serves (READ,
+    WRITE, GETATTR, LOOKUP) stay in C and only the rest comes up to Python."""
 
     POLL_MS = 1  # for a ring without a kick fd (VHOST_USER_VRING_NOFD_MASK): poll
 
@@ -242,8 +249,9 @@ class QueueThread(threading.Thread):
         while not self._stopping:
             if vring.enabled and self.hot is not None:
                 rc = lib.pvfs_hot_run(self.hot, vq, self.hotq, kick, self._stop_fd, timeout, req_p)
-                if rc == 1 or rc == 3:
-                    self._handle(req_p[0], self.handler.inline if rc == 3 else self.handler)
+                if rc == lib.PVFS_HOT_RUN_POOL or rc == lib.PVFS_HOT_RUN_INLINE:
+                    inline = rc == lib.PVFS_HOT_RUN_INLINE
+                    self._handle(req_p[0], self.handler.inline if inline else self.handler)
                     continue
                 if rc < 0:
                     self._failed(rc)
@@ -262,7 +270,7 @@ class QueueThread(threading.Thread):
                 rc = lib.pvfs_wait_kick(kick, self._stop_fd, timeout if vring.enabled else -1)
             if self._stopping:
                 return
-            if rc == 2:
+            if rc == WAIT_STOP:     # or PVFS_HOT_RUN_STOP: the stop eventfd, a stop or a wake
                 try:
                     os.eventfd_read(self._stop_fd)
                 except BlockingIOError:
@@ -303,9 +311,9 @@ class QueueThread(threading.Thread):
     def _drain(self, vq, req_p) -> None:
         while not self._stopping:
             rc = lib.pvfs_vq_pop(vq, req_p)
-            if rc == 1:
+            if rc == POPPED:
                 self._handle(req_p[0], self.handler)
-            elif rc == 0:
+            elif rc == RING_EMPTY:
                 if not lib.pvfs_vq_enable_notify(vq):
                     return
             else:
