@@ -11,6 +11,8 @@
 # PYVIRTIOFSD_DEMO_BACKEND=c-virtiofsd|rust-virtiofsd uses a reference daemon instead of ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The guest runner's cache: the repository's .cache (scripts/setup.sh fills it).
+export PYVIRTIOFSD_CACHE=${PYVIRTIOFSD_CACHE:-$PWD/.cache}
 
 backend=${PYVIRTIOFSD_DEMO_BACKEND:-ours}
 share=$PWD/share
@@ -40,7 +42,8 @@ EOF
 step "boot a guest; the $backend back-end serves $share (tag 'share')"
 [ "$backend" != ours ] || echo "(our daemon not ready? PYVIRTIOFSD_DEMO_BACKEND=c-virtiofsd $0 uses the C virtiofsd)"
 # `run --backend` starts the daemon for this one guest, waits for its socket, boots QEMU with
-# qemu-configs/basic.cfg, and stops the daemon again after the guest powered off.
+# qemu-configs/basic.cfg (shipped in the package), and stops the daemon again after the guest
+# powered off.
 status=0
 .venv/bin/python -m pyvirtiofsd.guest run --backend "$backend" --shared-dir "$share" --tag share \
     --frontend qemu72 --flavor bookworm -- "$guest_script" || status=$?

@@ -9,15 +9,20 @@
 # 2. .venv with `pip install -e '.[test,plot]'` (again only when pyproject.toml/setup.py changed).
 # 3. Guest assets under .cache/: `python -m pyvirtiofsd.guest prepare --flavor FLAVOR` (Debian 12
 #    kernel, Debian sid tree with QEMU 11.1 + virtiofsd 1.14 + a 7.x kernel, initramfs images).
+#    The sid tree needs root (debootstrap): not being root, the guest runner stops, and this
+#    script runs it again through sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The guest runner's cache (default ~/.cache/pyvirtiofsd): the repository's .cache, which the
+# tests, the demo and CI use too, unless the caller chose another.
+export PYVIRTIOFSD_CACHE=${PYVIRTIOFSD_CACHE:-$PWD/.cache}
 
 flavor=all
 while [ $# -gt 0 ]; do
     case $1 in
         --flavor) flavor=$2; shift 2 ;;
         --flavor=*) flavor=${1#--flavor=}; shift ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -62,4 +67,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import
     echo "$want" > "$stamp"
 fi
 
-.venv/bin/python -m pyvirtiofsd.guest prepare --flavor "$flavor"
+prepare=(.venv/bin/python -m pyvirtiofsd.guest prepare --flavor "$flavor")
+status=0
+"${prepare[@]}" || status=$?
+if [ "$status" -eq 77 ] && [ -n "$sudo" ]; then  # 77: a step needs root (it said which above)
+    echo "setup: running the guest runner's prepare again through sudo"
+    $sudo env PYVIRTIOFSD_CACHE="$PYVIRTIOFSD_CACHE" "${prepare[@]}"
+elif [ "$status" -ne 0 ]; then
+    exit "$status"
+fi

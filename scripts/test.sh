@@ -4,5 +4,7 @@
 # included.  Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The guest runner's cache: the repository's .cache (scripts/setup.sh fills it).
+export PYVIRTIOFSD_CACHE=${PYVIRTIOFSD_CACHE:-$PWD/.cache}
 ./scripts/setup.sh --flavor all
 exec .venv/bin/python -m pytest "$@"

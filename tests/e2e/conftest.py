@@ -4,6 +4,7 @@ One guest boots per front-end per session and runs every check once (booting is 
 the tests then assert on its parsed results and on what the guest left on the host.
 
 Environment:
+  PYVIRTIOFSD_CACHE         the guest runner's cache (default: the repository's .cache)
   PYVIRTIOFSD_E2E_BACKEND   ours (default) | c-virtiofsd | rust-virtiofsd
   PYVIRTIOFSD_E2E_BACKEND_ARGS  extra back-end options, e.g. "--cache never" (ours, Rust) or
                             "-o cache=none" (C); the back-end always gets its xattr switch
@@ -31,6 +32,10 @@ from pyvirtiofsd import guest
 from guest_harness import parse_lines
 
 HERE = Path(__file__).resolve().parent
+# The guest runner's assets: the repository's .cache, which scripts/setup.sh prepares (and CI
+# keeps), unless the caller points PYVIRTIOFSD_CACHE elsewhere.  The runner reads it at every
+# call, and the back-ends and launchers the tests start inherit it.
+os.environ.setdefault(guest.CACHE_ENV, str(HERE.parents[1] / ".cache"))
 CHECKS_SCRIPT = HERE / "guest_checks.py"
 GUEST_PYTHON = "/usr/bin/python3"  # the host's Debian python3, run by the guest through 9p
 TAG = "share"

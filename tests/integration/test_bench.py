@@ -3,22 +3,33 @@
 sane, verified results.  No timing is asserted: the machine is shared."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from pyvirtiofsd import guest
 from pyvirtiofsd._testkit import ffi, lib
 from pyvirtiofsd.bench import peers, workloads
 
 BACKENDS = ["ours", "c-virtiofsd", "rust-virtiofsd"]
+# rust-virtiofsd runs from the sid tree in the guest runner's cache: the repository's .cache
+# (scripts/setup.sh), unless PYVIRTIOFSD_CACHE says otherwise.
+CACHE = os.environ.get(guest.CACHE_ENV) or str(pathlib.Path(__file__).resolve().parents[2] / ".cache")
+
+
+@pytest.fixture(autouse=True)
+def repository_cache(monkeypatch):
+    monkeypatch.setenv(guest.CACHE_ENV, CACHE)
 
 
 def run_bench(tmp_path, *args, timeout=240):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "pyvirtiofsd.bench", "--quick", "--dir",
                            str(tmp_path / "work"), "--json", str(out), *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, guest.CACHE_ENV: CACHE})
     return proc, (json.loads(out.read_text()) if out.exists() else None)
 
 

@@ -171,6 +171,7 @@ def main(args) -> int:
     share = os.path.join(work, "share")
     os.makedirs(share, exist_ok=True)
     prepare_share(share, file_size)
+    print(f"guest assets: {guest.cache_dir()} (${guest.CACHE_ENV})", file=sys.stderr)
     guest.prepare("bookworm")
     results, t_start = {}, time.monotonic()
     load_before = os.getloadavg()

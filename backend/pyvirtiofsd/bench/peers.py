@@ -81,8 +81,13 @@ def parse_peer(text: str) -> Peer:
 
 def missing(peer: Peer) -> str | None:
     """Why ``peer`` cannot run here (its program is absent), or None."""
+    sid = str(guest.sid_dir()) + "/"
     for a in peer.argv:
         if a.startswith("/") and "{" not in a and ":" not in a and not os.path.exists(a):
+            if a.startswith(sid):  # the guest runner's cache: $PYVIRTIOFSD_CACHE or ~/.cache
+                return (f"{a} does not exist (no sid tree in the guest runner's cache "
+                        f"{guest.cache_dir()}: set {guest.CACHE_ENV}, or run "
+                        f"'pyvirtiofsd-guest prepare --flavor sid')")
             return f"{a} does not exist"
     return None
 

@@ -1,8 +1,12 @@
 """Boot a throwaway QEMU guest that mounts a virtio-fs share and runs one command.
 
 This is the test harness behind the end-to-end tests, the README demo and the guest benchmark. It
-plays no part in the daemon. Everything it needs is fetched or built on the host, under ``.cache/``,
-by :func:`prepare` (``python -m pyvirtiofsd.guest prepare``) — nothing is installed into the host:
+plays no part in the daemon, which never imports it. It is an installed tool
+(``pyvirtiofsd-guest``, or ``python -m pyvirtiofsd.guest``) and finds nothing outside its package:
+everything it needs is fetched or built on the host by :func:`prepare` into the cache directory
+(:func:`cache_dir`: ``$PYVIRTIOFSD_CACHE``, else ``$XDG_CACHE_HOME/pyvirtiofsd``, else
+``~/.cache/pyvirtiofsd``; the repository's scripts and tests point it at the repository's
+``.cache``) — nothing is installed into the host:
 
 * kernel flavors: ``bookworm`` (Debian 12's ``linux-image-amd64``, 6.1.x, fetched with
   ``apt-get download`` and unpacked with ``dpkg-deb -x``) and ``sid`` (the kernel inside the sid tree,
@@ -12,6 +16,11 @@ by :func:`prepare` (``python -m pyvirtiofsd.guest prepare``) — nothing is inst
 * a Debian sid tree (``debootstrap``), whose QEMU 11.1 and Rust virtiofsd 1.14 run on this host
   through sid's own dynamic loader (they need a newer glibc than Debian 12's).
 
+It never runs ``sudo``. Two steps need root: ``apt-get update`` (only when apt knows no kernel
+package yet) and the sid tree (debootstrap chroots, mounts and makes device nodes). Without root
+they stop with :class:`NeedsRoot`, which says what needs root and the command to run (the CLI exits
+with :data:`EXIT_NEEDS_ROOT`); everything else runs as any user.
+
 The guest mounts the host's ``/`` read-only over 9p, mounts the virtio-fs tag on a directory of it
 (``/mnt`` by default), chroots into it and runs the command, so host programs (python3, fio) run in
 the guest against the share. The console carries clear markers (:data:`START_MARKER`,
@@ -19,8 +28,9 @@ the guest against the share. The console carries clear markers (:data:`START_MAR
 
 Front-ends (the VMM side of the vhost-user socket):
 
-* ``qemu72``: the host's QEMU 7.2 with ``vhost-user-fs-pci``, configured through
-  ``qemu-configs/basic.cfg`` (``-readconfig``); the tag is a QEMU property.
+* ``qemu72``: the host's QEMU 7.2 with ``vhost-user-fs-pci``, configured through the repository's
+  ``qemu-configs/basic.cfg`` (``-readconfig``), which the package ships as ``basic.cfg``
+  (:func:`basic_cfg`); the tag is a QEMU property.
 * ``qemu111``: sid's QEMU 11.1 with the generic ``vhost-user-test-device-pci`` (virtio-id 26). This
   device reads the tag from the back-end (GET_CONFIG), so the back-end must be given ``--tag``; it is
   also the one that exposes the back-end's shared-memory regions, i.e. where a ``-o dax`` mount can
@@ -42,6 +52,7 @@ import argparse
 import base64
 import functools
 import hashlib
+import importlib.resources
 import io
 import lzma
 import os
@@ -56,10 +67,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CACHE_DIR = Path(os.environ.get("PYVIRTIOFSD_CACHE", REPO_ROOT / ".cache"))
-SID_DIR = CACHE_DIR / "sid"
-BASIC_CFG = REPO_ROOT / "qemu-configs" / "basic.cfg"
+CACHE_ENV = "PYVIRTIOFSD_CACHE"
+EXIT_NEEDS_ROOT = 77  # sysexits.h EX_NOPERM: the CLI's status when a step needs root
 HOST_QEMU = "qemu-system-x86_64"
 BUSYBOX = Path("/bin/busybox")  # from busybox-static: no shared libraries needed in the initramfs
 
@@ -97,6 +106,48 @@ class GuestTimeout(GuestError):
     """The guest ran past its timeout; QEMU was killed."""
 
 
+class NeedsRoot(RuntimeError):
+    """A preparation step needs root and we are not root: the message says what for and which
+    command to run (this tool never runs ``sudo`` itself)."""
+
+
+def cache_dir() -> Path:
+    """Where prepared assets live, read at every call (so a test or script may set it late):
+    ``$PYVIRTIOFSD_CACHE``, else ``$XDG_CACHE_HOME/pyvirtiofsd``, else ``~/.cache/pyvirtiofsd``
+    (a relative ``XDG_CACHE_HOME`` is ignored, as the XDG spec says)."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).absolute()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "pyvirtiofsd"
+
+
+def sid_dir() -> Path:
+    return cache_dir() / "sid"
+
+
+def basic_cfg() -> Path:
+    """The ``-readconfig`` file of the qemu72 front-end, shipped in this package."""
+    cfg = importlib.resources.files(__name__) / "basic.cfg"
+    if not isinstance(cfg, Path) or not cfg.is_file():  # QEMU needs a file it can open
+        raise RuntimeError(f"{cfg}: the package's basic.cfg is missing or not a plain file")
+    return cfg
+
+
+def _require_root(what: str, why: str, command: list[str]) -> None:
+    """Raise :class:`NeedsRoot` unless we are root."""
+    if os.geteuid() != 0:
+        raise NeedsRoot(f"{what} needs root ({why}); run as root:\n  {shlex.join(command)}\n"
+                        "then run this again")
+
+
+def _root_prepare_command(flavor: str) -> list[str]:
+    """The command that runs ``prepare`` as root on the same cache (sudo resets HOME and the
+    environment, so the cache directory travels explicitly)."""
+    return ["sudo", "env", f"{CACHE_ENV}={cache_dir()}", sys.executable, "-m", "pyvirtiofsd.guest",
+            "prepare", "--flavor", flavor]
+
+
 def _log(msg: str) -> None:
     print(f"[guest] {msg}", file=sys.stderr, flush=True)
 
@@ -110,10 +161,6 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, **kw)
     except subprocess.CalledProcessError as e:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({e.returncode}):\n{e.stdout}{e.stderr}") from e
-
-
-def _as_root(cmd: list[str]) -> list[str]:
-    return cmd if os.geteuid() == 0 else ["sudo", *cmd]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,15 +194,17 @@ def _apt_lookup(package: str) -> tuple[str, str]:
             if cand and cand.group(1) != "(none)":
                 return pkg, cand.group(1)
         if attempt == 1:  # a fresh machine may have no package lists yet
+            _require_root("updating the package lists", f"apt-cache does not know {package} yet",
+                          ["sudo", "apt-get", "update"])
             _log("apt-cache does not know the kernel package; running apt-get update")
-            _run(_as_root(["apt-get", "update"]))
+            _run(["apt-get", "update"])
     raise RuntimeError(f"cannot find the kernel package behind {package} with apt-cache")
 
 
 def bookworm_kernel() -> Kernel:
-    """Debian 12's kernel, downloaded (not installed) and unpacked into ``.cache/kernels``."""
+    """Debian 12's kernel, downloaded (not installed) and unpacked into the cache's ``kernels``."""
     pkg, version = _apt_lookup("linux-image-amd64")
-    root = CACHE_DIR / "kernels" / f"{pkg}_{version}"
+    root = cache_dir() / "kernels" / f"{pkg}_{version}"
     done = root / ".unpacked"
     if not done.exists():
         _log(f"fetching {pkg} {version}")
@@ -201,7 +250,7 @@ def pvh_image(kern: Kernel) -> Path:
     (bookworm; Python's lzma) or zstd (sid; the zstd tool). Kernels without CONFIG_PVH, or a
     payload we cannot decompress, keep the bzImage.
     """
-    out = CACHE_DIR / "vmlinux" / kern.key
+    out = cache_dir() / "vmlinux" / kern.key
     if out.exists():
         return out
     config = kern.image.parent / f"config-{kern.version}"
@@ -393,7 +442,7 @@ def build_initramfs(kern: Kernel) -> Path:
     key = hashlib.sha256()
     for part in (kern.key.encode(), INIT_SCRIPT.encode(), busybox, *(str(m).encode() for m in modules)):
         key.update(hashlib.sha256(part).digest())
-    out = CACHE_DIR / "initramfs" / f"{kern.flavor}-{kern.version}-{key.hexdigest()[:12]}.cpio"
+    out = cache_dir() / "initramfs" / f"{kern.flavor}-{kern.version}-{key.hexdigest()[:12]}.cpio"
     if out.exists():
         return out
     dirs = ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules", "usr", "usr/bin"]
@@ -423,42 +472,54 @@ def _mounts_under(path: Path) -> list[str]:
     return sorted((p for p in points if p.startswith(prefix)), reverse=True)
 
 
-def prepare_sid(directory: Path = SID_DIR) -> Path:
-    """Debootstrap Debian sid into ``directory`` once (a marker file records completion)."""
+def prepare_sid(directory: Path | None = None) -> Path:
+    """Debootstrap Debian sid into ``directory`` (default :func:`sid_dir`) once (a marker file
+    records completion).  Needs root, unless the tree is already there."""
+    directory = directory or sid_dir()
     if (directory / SID_COMPLETE).exists():
         return directory
+    if directory.exists():
+        what = f"removing the half-prepared sid tree {directory} (no {SID_COMPLETE}) and redoing it"
+    else:
+        what = f"the Debian sid tree (debootstrap into {directory})"
+    _require_root(what, "debootstrap chroots into the tree, mounts /proc there and makes device "
+                  "nodes; a failed attempt leaves root's files and mounts behind",
+                  _root_prepare_command("sid"))
     if directory.exists():  # a half-done earlier attempt: debootstrap may have left /proc mounted
         for point in _mounts_under(directory):
-            _run(_as_root(["umount", "-l", point]))
-        _run(_as_root(["rm", "-rf", "--one-file-system", str(directory)]))
+            _run(["umount", "-l", point])
+        _run(["rm", "-rf", "--one-file-system", str(directory)])
     _log(f"debootstrap sid into {directory} (about a minute, ~800 MB)")
     directory.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    _run(_as_root(["debootstrap", "--variant=minbase", f"--include={SID_PACKAGES}", "sid",
-                   str(directory), SID_MIRROR]))
+    _run(["debootstrap", "--variant=minbase", f"--include={SID_PACKAGES}", "sid", str(directory),
+          SID_MIRROR])
     version = check_sid_qemu(directory)
     (directory / SID_COMPLETE).write_text(f"{version}\n")
     _log(f"sid tree ready in {time.monotonic() - t0:.0f} s: {version}")
     return directory
 
 
-def sid_command(binary: str, directory: Path = SID_DIR) -> list[str]:
+def sid_command(binary: str, directory: Path | None = None) -> list[str]:
     """argv prefix that runs a sid binary (e.g. ``usr/libexec/virtiofsd``) on this host via sid's loader."""
+    directory = directory or sid_dir()
     libs = f"{directory}/lib/x86_64-linux-gnu:{directory}/usr/lib/x86_64-linux-gnu"
     return [f"{directory}/lib64/ld-linux-x86-64.so.2", "--library-path", libs, f"{directory}/{binary}"]
 
 
-def sid_env(directory: Path = SID_DIR) -> dict[str, str]:
+def sid_env(directory: Path | None = None) -> dict[str, str]:
     """Environment for sid's QEMU: load its own modules, never the host QEMU 7.2's (that aborts)."""
+    directory = directory or sid_dir()
     return {**os.environ, "QEMU_MODULE_DIR": f"{directory}/usr/lib/x86_64-linux-gnu/qemu"}
 
 
-def sid_qemu(directory: Path = SID_DIR) -> list[str]:
+def sid_qemu(directory: Path | None = None) -> list[str]:
+    directory = directory or sid_dir()
     return [*sid_command("usr/bin/qemu-system-x86_64", directory),
             "-L", f"{directory}/usr/share/qemu", "-L", f"{directory}/usr/share/seabios"]
 
 
-def check_sid_qemu(directory: Path = SID_DIR) -> str:
+def check_sid_qemu(directory: Path | None = None) -> str:
     """Verify sid's QEMU runs here, is 11.1, and has the devices the qemu111 front-end uses."""
     qemu, env = sid_qemu(directory), sid_env(directory)
     version = _run([*qemu, "--version"], env=env).stdout.splitlines()[0]
@@ -608,7 +669,7 @@ def qemu_command(frontend: str, assets: Assets, socket: str | os.PathLike, tag: 
                  smp: int = 2, queue_size: int | None = None) -> list[str]:
     """The full QEMU argv for ``frontend`` (see the module docstring); the console goes to stdout."""
     if frontend == "qemu72":
-        argv = [HOST_QEMU, "-readconfig", str(BASIC_CFG),
+        argv = [HOST_QEMU, "-readconfig", str(basic_cfg()),
                 "-set", f"chardev.char0.path={socket}", "-set", f"device.vhost-fs.tag={tag}"]
         if queue_size:
             argv += ["-set", f"device.vhost-fs.queue-size={queue_size}"]
@@ -759,8 +820,12 @@ def boot(command: str, socket: str | os.PathLike, *, timeout: float = 300, **opt
 # CLI
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyvirtiofsd.guest", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "pyvirtiofsd-guest") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0],
+        epilog=f"Assets are cached in {cache_dir()} (${CACHE_ENV}, else $XDG_CACHE_HOME/pyvirtiofsd, "
+               f"else ~/.cache/pyvirtiofsd).  Nothing runs sudo: a step that needs root stops with "
+               f"exit status {EXIT_NEEDS_ROOT} and the command to run as root.")
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("prepare", help="download/build the guest assets (idempotent)")
     p.add_argument("--flavor", choices=[*FLAVORS, "all"], default="all")
@@ -782,13 +847,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.action == "prepare":
-        for flavor in FLAVORS if args.flavor == "all" else (args.flavor,):
-            t0 = time.monotonic()
-            assets = prepare(flavor)
-            print(f"{flavor}: kernel {assets.kernel.version} ({assets.boot_image}), "
-                  f"initrd {assets.initrd} [{time.monotonic() - t0:.1f} s]")
-        if args.flavor in ("all", "sid"):
-            print(f"sid: {check_sid_qemu()}")
+        try:
+            for flavor in FLAVORS if args.flavor == "all" else (args.flavor,):
+                t0 = time.monotonic()
+                assets = prepare(flavor)
+                print(f"{flavor}: kernel {assets.kernel.version} ({assets.boot_image}), "
+                      f"initrd {assets.initrd} [{time.monotonic() - t0:.1f} s]")
+            if args.flavor in ("all", "sid"):
+                print(f"sid: {check_sid_qemu()}")
+        except NeedsRoot as e:
+            print(f"[guest] {e}", file=sys.stderr)
+            return EXIT_NEEDS_ROOT
         return 0
 
     if args.backend and not args.shared_dir:
@@ -801,6 +870,9 @@ def main(argv: list[str] | None = None) -> int:
             result = boot(command, args.socket, **options)
         else:
             result = _run_with_backend(command, args.backend, args.shared_dir, options)
+    except NeedsRoot as e:
+        print(f"[guest] {e}", file=sys.stderr)
+        return EXIT_NEEDS_ROOT
     except (GuestError, RuntimeError) as e:
         print(f"[guest] {e}" if not isinstance(e, GuestError) else f"[guest] {str(e).splitlines()[0]}",
               file=sys.stderr)
@@ -825,7 +897,3 @@ def _run_with_backend(command: str, kind: str, shared_dir: str, options: dict) -
         _log(f"back-end stopped (exit status {status}); the end of its log:")
         print("\n".join(backend.log.splitlines()[-8:]), file=sys.stderr)
         return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())
