@@ -42,7 +42,7 @@ from typing import Callable
 
 import structlog
 
-from . import seccomp
+from . import seccomp, userns
 from ._cext import ffi, lib
 from .daemon import StartupError
 
@@ -68,8 +68,8 @@ def _check(rc: int, what: str, hint: str = "") -> None:
                            + (f" ({hint})" if hint and rc == -errno.EPERM else ""))
 
 
-_NO_NAMESPACES = ("namespaces need root (CAP_SYS_ADMIN); where they are not allowed, use "
-                  "--sandbox chroot or --sandbox none")
+_NO_NAMESPACES = ("namespaces need CAP_SYS_ADMIN, in the host's user namespace or in one "
+                  "of our own; where neither is allowed, use --sandbox chroot or none")
 
 
 def _thread_count() -> int:
@@ -114,7 +114,8 @@ def hold_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
 
 
-def spawn(mode: str, seccomp_mode: str = "kill") -> int:
+def spawn(mode: str, seccomp_mode: str = "kill", uid_map: userns.IdMapping | None = None,
+          gid_map: userns.IdMapping | None = None) -> int:
     """Fork the daemon for the confining modes: returns its pid in the supervisor and 0 in
     the daemon; ``none`` does not fork and returns 0.  The supervisor loads its own
     seccomp filter with the action ``seccomp_mode`` (the daemon's ``--seccomp``) before
@@ -132,6 +133,8 @@ def spawn(mode: str, seccomp_mode: str = "kill") -> int:
     if _thread_count() != 1:
         raise SandboxError(f"sandbox: cannot fork with {_thread_count()} threads running")
     if mode == "namespace":
+        if userns.needed(uid_map, gid_map):
+            userns.enter(uid_map, gid_map)     # an ordinary user's way to the rest
         _check(lib.pvfs_sb_unshare(lib.PVFS_SB_CLONE_NEWPID), "unshare(CLONE_NEWPID)",
                _NO_NAMESPACES)
     hold_signals()

@@ -19,6 +19,7 @@ from .passthrough.file_handle import MODES as FILE_HANDLE_MODES
 from .passthrough.idmap import IdMap, IdMapError
 from .passthrough.xattrmap import XattrMap, XattrMapError
 from .server import NEGOTIATION
+from .userns import IdMapping
 
 FEATURES = ["posix-acl-negotiation-mode", "security-label-negotiation-mode",
             "separate-options"]
@@ -27,8 +28,6 @@ negotiation modes say ``--posix-acl``/``--security-label`` take ``=never|auto|al
 Not ``migrate-precopy``: there is no live-migration support."""
 
 UNSUPPORTED = {
-    "--uid-map": "it needs a user-namespace sandbox; use --translate-uid instead",
-    "--gid-map": "it needs a user-namespace sandbox; use --translate-gid instead",
     "--migration-mode": "live migration is not supported",
     "--migration-on-error": "live migration is not supported",
     "--migration-verify-handles": "live migration is not supported",
@@ -48,6 +47,13 @@ def _negotiation(text: str) -> str:
     if text not in NEGOTIATION:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(NEGOTIATION)}")
     return text
+
+
+def _id_mapping(text: str) -> IdMapping:
+    try:
+        return IdMapping.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _file_handles(text: str) -> str:
@@ -99,6 +105,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "COUNT or forbid-guest:FROM:COUNT (repeatable)")
     g.add_argument("--translate-gid", action="append", default=[], metavar="TYPE:...",
                    help="the same for gids")
+    for kind in ("uid", "gid"):
+        g.add_argument(f"--{kind}-map", dest=f"ns_{kind}_map", type=_id_mapping,
+                       metavar=":namespace_id:host_id:count:",
+                       help=f"the {kind}s of the sandbox's user namespace (--sandbox "
+                            f"namespace; default: the caller's own {kind} as 0 when not "
+                            f"root). Other ids than the caller's own go through new{kind}map "
+                            f"and /etc/sub{kind}")
     g.add_argument("--preserve-noatime", action="store_true",
                    help="pass O_NOATIME through (dropped by default)")
     g.add_argument("--syslog", action="store_true",
@@ -125,6 +138,9 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.gid_map = IdMap(args.translate_gid, "gid") if args.translate_gid else None
     except IdMapError as e:
         p.error(f"--translate-uid/--translate-gid: {e}")
+    if (args.ns_uid_map or args.ns_gid_map) and args.sandbox != "namespace":
+        p.error("--uid-map/--gid-map map the ids of the sandbox's user namespace: they need "
+                "--sandbox namespace")
     if args.posix_acl != "never" and (args.uid_map or args.gid_map):
         p.error("--posix-acl cannot be combined with --translate-uid/--translate-gid "
                 "(ids inside ACLs would not be translated)")
