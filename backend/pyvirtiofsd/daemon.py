@@ -75,6 +75,9 @@ def listen_unix(path: str, group: str | None = None) -> socket.socket:
             os.chown(path, -1, gid)
             os.chmod(path, 0o660)
         sock.listen(1)
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"cannot listen on {path}: {e.strerror}") from None
     except BaseException:
         sock.close()
         raise
