@@ -448,7 +448,7 @@ unsigned pvfs_fhtab_count(struct pvfs_fhtab *t)
     return n;
 }
 
-/* Borrow fh's entry for one READ/WRITE (NULL: not in the table). */
+/* Borrow fh's (or nodeid's) entry for one C request (NULL: not in the table). */
 static struct pvfs_fh *fh_get(struct pvfs_fhtab *t, uint64_t fh)
 {
     struct pvfs_fh *e = NULL;

@@ -12,7 +12,8 @@ adapter:
   do not exist (QEMU refuses, and touching them would SIGBUS the VMM).  We map the part
   of the range the file covers, rounded up to whole host pages, and *refresh* a file's
   mappings whenever an operation may have changed its size (WRITE, SETATTR, FALLOCATE,
-  GETATTR), so growth becomes visible and truncation never leaves a mapping past EOF.
+  COPY_FILE_RANGE, GETATTR), so growth becomes visible and truncation never leaves a
+  mapping past EOF.
 * Offsets must be aligned to the host page size (what we told the guest in
   ``map_alignment``), whatever the guest's own page size is.
 
@@ -133,7 +134,7 @@ class DaxWindow:
         self._files.clear()
         self.mapped_inodes.clear()
 
-    # -- the server's DaxHandler -----------------------------------------------------------
+    # -- the server's DaxHandler (pyvirtiofsd.server.DaxHandler declares every method) ----
 
     def inode_dax(self, attr: Attr) -> bool:
         """FUSE_ATTR_DAX for this inode?  (See ``inode_policy``.)"""
