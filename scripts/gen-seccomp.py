@@ -2,7 +2,7 @@
 """Derive the seccomp allow-lists of the daemon and of its sandbox supervisor from what
 real daemons do.
 
-    scripts/gen-seccomp.py [--fresh] [--e2e] [--keep-traces DIR] [-- PYTEST-ARGS...]
+    scripts/gen-seccomp.py [--fresh] [--e2e] [--workload] [--keep-traces DIR] [-- PYTEST-ARGS...]
 
 Runs the integration tests (and with ``--e2e`` the real-guest tests) with every daemon
 (``python -m pyvirtiofsd``) under ``strace -f``, each filter switched from kill/trap to log
@@ -14,6 +14,18 @@ unions are written to backend/pyvirtiofsd/seccomp_syscalls.py (TRACED and
 SUPERVISOR_TRACED), merged with the lists already there unless ``--fresh``; what changed is
 printed.  The supervisor's paths are in tests/integration/test_sandbox.py and
 test_seccomp.py (signals forwarded, front-end gone, the daemon killed and mirrored).
+
+``--workload`` adds what the test suite cannot promise to reach: real guests running a
+broad file-system workload with real tools (tests/e2e/seccomp_workload.py: coreutils,
+``tar x`` of a 3,120-file tree, find, dd with O_DIRECT, mknod/mkfifo, flock and fcntl locks,
+fallocate, cp --reflink=auto, SEEK_DATA/SEEK_HOLE, setfattr/getfattr, setfacl/getfacl,
+mmap, fsync/fdatasync/syncfs, statfs, RENAME_EXCHANGE, O_TMPFILE, large and 5 GiB-offset
+I/O), once per daemon configuration of tests/e2e/test_seccomp_workload.py (QEMU 11.1 with
+sid's 7.x guest and QEMU 7.2 with Debian 12's 6.1; POSIX ACLs, writeback, direct I/O,
+killpriv v2, cache always/never, mmap with cache never, file handles, no thread pool, an
+xattr map, chroot and namespace sandboxes).  Debian packages no conformance suite
+(pjdfstest, xfstests) to run instead.  ``--workload`` alone runs it after the integration
+tests; ``--workload -- tests/e2e/test_seccomp_workload.py`` runs only the workload.
 
 How a daemon gets traced: a ``sitecustomize`` module on PYTHONPATH, active only when
 PVFS_SECCOMP_TRACE_DIR is set, attaches ``strace -p`` to any ``-m pyvirtiofsd`` process as
@@ -40,6 +52,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "backend" / "pyvirtiofsd" / "seccomp_syscalls.py"
 PYTHON = ROOT / ".venv" / "bin" / "python"
+WORKLOAD_TEST = ROOT / "tests" / "e2e" / "test_seccomp_workload.py"
+WORKLOAD_ENV = {"PYVIRTIOFSD_WORKLOAD_CONFIGS": "all",   # every daemon configuration
+                "PYVIRTIOFSD_WORKLOAD_DIRS": "60"}      # a 3,120-file tree to untar
 
 SITECUSTOMIZE = r'''
 """Installed by scripts/gen-seccomp.py for one run: trace pyvirtiofsd daemons."""
@@ -233,6 +248,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fresh", action="store_true", help="do not merge with the current lists")
     ap.add_argument("--e2e", action="store_true", help="also boot real guests (tests/e2e)")
+    ap.add_argument("--workload", action="store_true",
+                    help=f"also run the broad guest workload ({WORKLOAD_TEST.relative_to(ROOT)}) "
+                         "in every configuration")
     ap.add_argument("--keep-traces", metavar="DIR",
                     help="leave each daemon's lists (calls.PID) in DIR")
     ap.add_argument("--filter-trace", metavar="OUT", help=argparse.SUPPRESS)  # strace's sink
@@ -244,6 +262,9 @@ def main() -> int:
         print("gen-seccomp: strace is not installed (scripts/setup.sh installs it)", file=sys.stderr)
         return 2
     tests = opts.pytest_args or ["tests/integration"] + (["tests/e2e"] if opts.e2e else [])
+    workload = str(WORKLOAD_TEST.relative_to(ROOT))
+    if opts.workload and workload not in tests:
+        tests.append(workload)
     with tempfile.TemporaryDirectory(prefix="gen-seccomp-") as tmp:
         hook_dir = Path(tmp) / "hook"
         hook_dir.mkdir()
@@ -254,6 +275,8 @@ def main() -> int:
                    PVFS_SECCOMP_FILTER=f"{sys.executable} {Path(__file__).resolve()}",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(hook_dir),
                                                             os.environ.get("PYTHONPATH")])))
+        if opts.workload:
+            env.update({k: os.environ.get(k, v) for k, v in WORKLOAD_ENV.items()})
         cmd = [str(PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
         print("gen-seccomp: running", " ".join(cmd[1:]), flush=True)
         status = subprocess.run(cmd, cwd=ROOT, env=env).returncode
@@ -271,7 +294,8 @@ def main() -> int:
         return 1
     previous, runs = current_lists()
     new = {who: traced[who] | (set() if opts.fresh else previous[who]) for who in traced}
-    run = (f"{' '.join(tests)}: "
+    configs = env.get("PYVIRTIOFSD_WORKLOAD_CONFIGS")
+    run = (f"{' '.join(tests)}{f' (workload configurations: {configs})' if opts.workload else ''}: "
            f"{used[DAEMON]} of {len(files)} daemons filtered, {used[SUPERVISOR]} supervisors")
     write_lists(new, ([] if opts.fresh else runs) + [run])
     for who in (DAEMON, SUPERVISOR):
