@@ -78,9 +78,11 @@ def _trace_pyvirtiofsd():
     pid = os.getpid()
     out = os.path.join(trace_dir, f"calls.{pid}")
     sink = f"|{os.environ['PVFS_SECCOMP_FILTER']} --filter-trace {out}"
-    subprocess.Popen(["strace", "-f", "-qq", "-ttt", "-s", "0", "-o", sink, "-p", str(pid)],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
+    # setsid -f: strace must not be our child -- a supervisor's child is taken for the
+    # daemon (by the tests, which signal it), and reaping it is no part of a daemon's run.
+    subprocess.run(["setsid", "-f", "strace", "-f", "-qq", "-ttt", "-s", "0", "-o", sink,
+                    "-p", str(pid)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # start only once every call is seen
         with open("/proc/self/status") as f:

@@ -15,6 +15,7 @@ RUNS = (
     'tests/e2e/test_seccomp_workload.py (workload configurations: all; never-mmap-chroot did not start, a concurrent edit had broken an import): 2 of 3 daemons filtered, 2 supervisors',
     'tests/e2e/test_seccomp_workload.py (workload configurations: never-mmap-chroot,dax-opslog): 2 of 2 daemons filtered, 2 supervisors',
     'tests/e2e/test_seccomp_workload.py (workload configurations: never-mmap-chroot): 1 of 1 daemons filtered, 1 supervisors',
+    'tests/integration/test_seccomp.py tests/integration/test_compat.py tests/integration/test_sandbox.py -k supervisor or syslog or signal or disconnect or dying or outlive or usr1 or sigterm: 14 of 14 daemons filtered, 14 supervisors',
 )
 
 TRACED = frozenset({
@@ -98,8 +99,10 @@ SUPERVISOR_TRACED = frozenset({
     'close',
     'exit_group',
     'futex',
+    'getpid',
     'kill',
     'munmap',
+    'prlimit64',
     'rt_sigaction',
     'rt_sigprocmask',
     'rt_sigreturn',
