@@ -139,6 +139,7 @@ def test_aliased_chains_claiming_4_gib_leave_the_daemon_s_memory_bounded(hostile
         answers[opcode] = set(hostile.burst(opcode, big.nodeid, args))
 
     grown = status(pid, "VmHWM") - base
+    print(f"aliased chains at QD{QD}: VmHWM {base} KiB -> +{grown} KiB")   # for SECURITY.md
     assert grown <= 16 * 1024, f"peak RSS grew by {grown} KiB"
     for opcode, got in answers.items():
         assert got == ({(None, 0)} if opcode in NO_REPLY else {(-22, 16)}), (opcode, got)
@@ -184,6 +185,7 @@ def test_a_flood_of_malformed_requests_leaves_a_short_log(start_daemon, connect)
     fe.close()                                          # the daemon ends with the connection
     assert daemon.wait(30) == 0
     lines = daemon.log().splitlines()[before:]
+    print(f"{FLOOD} malformed requests: {len(lines)} log lines")          # for SECURITY.md
     assert len(lines) <= 100, "\n".join(lines[:200])
     assert not any("Traceback" in line for line in lines)
     # Every occurrence is accounted for: logged, or counted in a summary.
