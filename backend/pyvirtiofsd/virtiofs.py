@@ -47,25 +47,64 @@ def config_space(tag: str, num_request_queues: int) -> bytes:
     return raw.ljust(TAG_SIZE, b"\0") + struct.pack("<II", num_request_queues, 0)
 
 
-class WorkerPool:
-    """Plain threads on a queue: cheaper per request than concurrent.futures."""
+def _unique(req: FuseRequest) -> int:
+    """``fuse_in_header.unique`` of a request (-1 when the header cannot be read: such a
+    request is never found by an INTERRUPT, and the server refuses it anyway)."""
+    try:
+        head = req.read_in(0, 16)
+    except OSError:
+        return -1
+    return int.from_bytes(head[8:16], "little") if len(head) == 16 else -1
 
-    def __init__(self, size: int, serve):
+
+class WorkerPool:
+    """Plain threads on a queue: cheaper per request than concurrent.futures.
+
+    Requests waiting for a worker are known by their FUSE ``unique``, so that a
+    FUSE_INTERRUPT for one of them (:meth:`interrupt`) answers it EINTR through ``cancel``
+    and no worker ever serves it."""
+
+    def __init__(self, size: int, serve, cancel=None):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._serve = serve
+        self._cancel = cancel
+        self._waiting: dict[int, FuseRequest] = {}
+        self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, name=f"fuse-worker-{i}", daemon=True)
                          for i in range(size)]
         for t in self._threads:
             t.start()
 
     def submit(self, req: FuseRequest) -> None:
-        self._queue.put(req)
+        unique = _unique(req)
+        with self._lock:
+            # A unique already waiting (a confused guest) or unreadable: not cancellable.
+            if unique < 0 or unique in self._waiting:
+                unique = None
+            else:
+                self._waiting[unique] = req
+        self._queue.put((unique, req))
+
+    def interrupt(self, unique: int) -> bool:
+        """Cancel the request ``unique`` if no worker has taken it yet."""
+        with self._lock:
+            req = self._waiting.pop(unique, None)
+        if req is None or self._cancel is None:
+            return False
+        self._cancel(req, unique)
+        return True
 
     def _run(self) -> None:
         while True:
-            req = self._queue.get()
-            if req is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            unique, req = item
+            if unique is not None:
+                with self._lock:
+                    if self._waiting.get(unique) is not req:
+                        continue        # cancelled while it waited: already answered
+                    del self._waiting[unique]
             self._serve(req)
 
     def close(self) -> None:
@@ -199,7 +238,10 @@ class VirtioFsDevice(VhostUserDevice):
             # line, but generic front-ends (vhost-user-test-device) read it from us.
             self.protocol_features |= int(P.CONFIG)
         self.hotpath = HotPath(server, dax, hot_threads)
-        self.pool = WorkerPool(thread_pool_size, self._serve) if thread_pool_size > 0 else None
+        self.pool = None
+        if thread_pool_size > 0:
+            self.pool = WorkerPool(thread_pool_size, self._serve, cancel=server.cancel)
+            server.interrupted = self.pool.interrupt
         # DAX: a cache window (shared-memory region 0) mapped through the backend channel.
         self.dax = dax
         self.dax_protocol = dax_protocol

@@ -196,6 +196,11 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
             return hdr.unique, None, errno.ENOSYS
 
         result, error = self._run(handler, req, hdr, arglen, session)
+        if error and hdr.opcode in _NO_REPLY_OPS:
+            # No reply to carry the error (the guest gave no room and waits for none).
+            faults.report("request without a reply failed", opcode=_opname(hdr.opcode),
+                          error=errno.errorcode.get(error, error))
+            return hdr.unique, NO_REPLY, 0
         if self.dax is not None and not error and hdr.opcode in _RESIZING:
             self.dax.refresh(hdr.nodeid)  # DAX mappings follow the file's size
         return hdr.unique, result, error
@@ -246,9 +251,23 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
             used = 0
         req.complete(used)
 
+    interrupted: Callable[[int], bool] | None = None
+    """Set by the transport: ``interrupted(unique)`` cancels that request if it has not
+    started yet (answering it EINTR through :meth:`cancel`) and says whether it did."""
+
     def _interrupt(self, req, hdr, arglen, session):
-        # Requests are not cancellable once they reach the file system; the guest copes.
+        # A request still waiting for a worker is cancelled; one the file system is serving
+        # runs to its end (a syscall cannot be taken back), and the guest waits for it.
+        ii = self._args(req, arglen).struct(abi.fuse_interrupt_in)
+        if self.interrupted is not None:
+            self.interrupted(ii.unique)
         return NO_REPLY
+
+    def cancel(self, req: FuseRequest, unique: int) -> None:
+        """Answer a request that was never served: EINTR (FUSE_INTERRUPT came first)."""
+        if self.ops is not None:
+            req = self.ops.wrap(req)
+        self._finish(req, unique, None, errno.EINTR)
 
 
 def _refused(hdr: Any) -> tuple[int, Any, int]:
