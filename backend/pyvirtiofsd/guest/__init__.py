@@ -126,12 +126,15 @@ def sid_dir() -> Path:
     return cache_dir() / "sid"
 
 
+# The -readconfig file of the qemu72 front-end: package data (see :func:`basic_cfg`).
+BASIC_CFG = importlib.resources.files(__name__) / "basic.cfg"
+
+
 def basic_cfg() -> Path:
-    """The ``-readconfig`` file of the qemu72 front-end, shipped in this package."""
-    cfg = importlib.resources.files(__name__) / "basic.cfg"
-    if not isinstance(cfg, Path) or not cfg.is_file():  # QEMU needs a file it can open
-        raise RuntimeError(f"{cfg}: the package's basic.cfg is missing or not a plain file")
-    return cfg
+    """:data:`BASIC_CFG`, checked: QEMU needs a file it can open."""
+    if not isinstance(BASIC_CFG, Path) or not BASIC_CFG.is_file():
+        raise RuntimeError(f"{BASIC_CFG}: the package's basic.cfg is missing or not a plain file")
+    return BASIC_CFG
 
 
 def _require_root(what: str, why: str, command: list[str]) -> None:
