@@ -142,7 +142,7 @@ class HotPath:
     except with a DAX window or uid/gid translation (AttrPacker would change the bytes) or
     when ``getattr``/``lookup`` is overridden.  Nothing is served in C
     while an ops recorder is on (every request must be recorded) or before INIT: the
-    context follows the server's session (:meth:`sync`).  ``PYVIRTIOFSD_HOTPATH=0`` in the
+    context follows the server's session (:meth:`publish`).  ``PYVIRTIOFSD_HOTPATH=0`` in the
     environment switches it off, ``PYVIRTIOFSD_HOT_THREADS=N`` sets the threads per queue
     (for comparisons).
     """
@@ -153,7 +153,6 @@ class HotPath:
         self.server = server
         self.threads = int(os.environ.get("PYVIRTIOFSD_HOT_THREADS", threads))
         self.ctx = None
-        self._session = None
         fs = server.fs
         table = fs.handles.c_table if isinstance(fs, PassthroughFs) else None
         ops = 0
@@ -187,15 +186,15 @@ class HotPath:
             lib.pvfs_hot_set_ops(self.ctx, ops)
             lib.pvfs_hot_set_inline(self.ctx, sum(1 << op for op in INLINE_OPCODES if op < 64))
 
-    def sync(self) -> None:
-        """Tell C about the server's session when INIT/DESTROY/reset changed it."""
-        s = self.server.session
-        if s is not self._session and self.ctx is not None:
-            self._session = s
-            if s is None:
-                lib.pvfs_hot_set_session(self.ctx, 0, 0, 0, 0)
-            else:
-                lib.pvfs_hot_set_session(self.ctx, 1, s.minor, s.max_write, s.max_read)
+    def publish(self, s) -> None:
+        """The server's session as C must see it: called by the server under its lifecycle
+        lock when INIT starts a session (before the guest has the reply, so its first
+        requests find C serving) and when DESTROY or a reset ends it (before the file
+        system forgets its inodes)."""
+        if s is None:
+            lib.pvfs_hot_set_session(self.ctx, 0, 0, 0, 0)
+        else:
+            lib.pvfs_hot_set_session(self.ctx, 1, s.minor, s.max_write, s.max_read)
 
     def stats(self) -> dict[str, int]:
         if self.ctx is None:
@@ -238,6 +237,8 @@ class VirtioFsDevice(VhostUserDevice):
             # line, but generic front-ends (vhost-user-test-device) read it from us.
             self.protocol_features |= int(P.CONFIG)
         self.hotpath = HotPath(server, dax, hot_threads)
+        if self.hotpath.ctx is not None:
+            server.session_changed = self.hotpath.publish
         self.pool = None
         if thread_pool_size > 0:
             self.pool = WorkerPool(thread_pool_size, self._serve, cancel=server.cancel)
@@ -279,9 +280,8 @@ class VirtioFsDevice(VhostUserDevice):
         return space[offset:offset + size].ljust(size, b"\0")
 
     def _serve(self, req: FuseRequest) -> None:
-        """Serve a request in Python; INIT and DESTROY change what C may serve."""
+        """Serve a request in Python."""
         self.server.handle(req)
-        self.hotpath.sync()
 
     def handler(self, queue_index: int):
         if queue_index == HIPRIO_QUEUE:
@@ -293,7 +293,6 @@ class VirtioFsDevice(VhostUserDevice):
 
     def reset(self) -> None:
         self.server.reset()
-        self.hotpath.sync()
         stats = self.hotpath.stats()
         if stats.get("reads") or stats.get("writes"):
             log.info("hot path totals", **stats)

@@ -35,6 +35,9 @@ class HandlerBase:
     attrs: "AttrPacker"
     _session: "Session | None"
     _lifecycle: threading.Lock
+    session_changed: "Callable[[Session | None], None] | None"
+    """Set by the transport: called under ``_lifecycle`` whenever the session starts
+    (before the INIT reply goes out) or ends (before the file system forgets its state)."""
     _dirplus: Callable[..., tuple[bytes, int, int]] | None
 
     @staticmethod

@@ -92,6 +92,7 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
         # What bounds a request before INIT (only INIT itself is served then).
         self._no_session = Session(0, 0, self.options.max_write, self.options.max_read)
         self._lifecycle = threading.Lock()
+        self.session_changed = None
         self._handlers: dict[int, Callable[..., Any]] = {
             Opcode.FUSE_LOOKUP: self._lookup,
             Opcode.FUSE_FORGET: self._forget,

@@ -134,6 +134,8 @@ class SessionHandlers(HandlerBase):
             session = Session(minor=minor, flags=enable, max_write=o.max_write,
                               max_read=o.max_read)
             self._session = session
+            if self.session_changed is not None:
+                self.session_changed(session)     # before the guest sees the INIT reply
         split = abi.InitFlags.split(enable)
         out = abi.fuse_init_out.build(
             major=abi.FUSE_KERNEL_VERSION, minor=minor, max_readahead=ii.max_readahead,
@@ -155,6 +157,8 @@ class SessionHandlers(HandlerBase):
         if self._session is None:
             return
         self._session = None
+        if self.session_changed is not None:
+            self.session_changed(None)            # nothing is served in C from here on
         if self.dax is not None:
             # DESTROY: the guest is done with the window; a reset: the front-end dropped it.
             self.dax.reset(unmap=why == "DESTROY")
