@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from pyvirtiofsd import guest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
-from rootless import SUBIDS, USER, UserDaemon, ensure_user, owner  # noqa: E402
+from rootless import SUBIDS, USER, UserDaemon, ensure_user, owner, public_dir  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -27,10 +26,8 @@ WORK = ("mkdir d && echo 'written by the guest' > d/new && mv d/new d/renamed &&
 
 @pytest.fixture
 def public():
-    path = Path(tempfile.mkdtemp(prefix="pvfs-rootless-e2e-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with public_dir("pvfs-rootless-e2e-") as path:
+        yield path
 
 
 def boot_as_user(public: Path, socket: str) -> str:
@@ -62,7 +59,6 @@ def test_a_user_serves_a_guest_with_the_default_sandbox(public):
     share.mkdir()
     os.chown(share, user.pw_uid, user.pw_gid)
     (public / "daemon").mkdir()
-    os.chown(public / "daemon", user.pw_uid, user.pw_gid)
     daemon = UserDaemon(public / "daemon", share)
     try:
         console = boot_as_user(public, daemon.socket_path)
@@ -82,9 +78,7 @@ def test_a_user_serves_a_guest_with_an_id_map(public):
     share = public / "share"
     share.mkdir()
     os.chown(share, first, first)
-    user = ensure_user()
     (public / "daemon").mkdir()
-    os.chown(public / "daemon", user.pw_uid, user.pw_gid)
     daemon = UserDaemon(public / "daemon", share, f"--uid-map=:0:{first}:{count}:",
                         f"--gid-map=:0:{first}:{count}:")
     try:

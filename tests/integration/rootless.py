@@ -14,13 +14,15 @@ import pwd
 import shutil
 import subprocess
 import sysconfig
-import time
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import _cffi_backend
 import structlog
 
 import pyvirtiofsd
+from daemonproc import Daemon
 
 USER = "pvfs-rootless"
 SUBIDS = (200000, 65536)          # its /etc/subuid and /etc/subgid range
@@ -67,30 +69,20 @@ def check_python() -> None:
     assert r.stdout.strip() == mine, f"{SYSTEM_PYTHON} is {r.stdout.strip()}, the tests run {mine}"
 
 
-class UserDaemon:
-    """``python -m pyvirtiofsd`` started as :data:`USER` (through runuser)."""
+class UserDaemon(Daemon):
+    """The daemon started as :data:`USER` (through runuser), from :func:`runtime`'s copy under
+    the system's Python.  ``directory``: the user's own directory for its socket, its log and
+    the runtime."""
 
     def __init__(self, directory: Path, shared_dir: Path, *args: str):
-        ensure_user()
+        user = ensure_user()
         check_python()
         directory.chmod(0o755)
-        self.socket_path = str(directory / "vfs.sock")
-        self.log_path = directory / "daemon.log"
-        self.argv = ["runuser", "-u", USER, "--", "env", f"PYTHONPATH={runtime(directory)}",
-                     SYSTEM_PYTHON, "-m", "pyvirtiofsd", "--socket-path", self.socket_path,
-                     "--shared-dir", str(shared_dir), "--log-level", "debug", *args]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while "listening" not in self.log():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"daemon not listening:\n{self.log()}")
-            time.sleep(0.02)
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        os.chown(directory, user.pw_uid, user.pw_gid)
+        launcher = ["runuser", "-u", USER, "--", "env", f"PYTHONPATH={runtime(directory)}",
+                    SYSTEM_PYTHON]
+        super().__init__(shared_dir, directory / "vfs.sock", *args, launcher=launcher)
+        self.serving_pid()                      # wait until it listens
 
     def pids(self) -> tuple[int, int]:
         """(supervisor, daemon): runuser's child is the supervisor, whose child serves."""
@@ -107,16 +99,16 @@ class UserDaemon:
         finally:
             self.stop()
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+
+@contextmanager
+def public_dir(prefix: str = "pvfs-rootless-"):
+    """A directory the user can reach (pytest's tmp_path lies under a root-only one)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def owner(path: Path) -> tuple[int, int]:

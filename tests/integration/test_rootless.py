@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
-from rootless import SUBIDS, UserDaemon, ensure_user, ids, owner
+from rootless import SUBIDS, UserDaemon, ensure_user, ids, owner, public_dir
 
 from pyvirtiofsd.fuse import abi
 
@@ -23,11 +20,8 @@ def user():
 
 @pytest.fixture
 def public():
-    """A directory the user can reach (pytest's tmp_path lies under a root-only one)."""
-    path = Path(tempfile.mkdtemp(prefix="pvfs-rootless-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with public_dir() as path:
+        yield path
 
 
 @pytest.fixture
@@ -45,7 +39,6 @@ def run_as_user(public, user):
     def start(shared_dir, *args):
         directory = public / f"daemon{len(started)}"
         directory.mkdir()
-        os.chown(directory, user.pw_uid, user.pw_gid)       # where it binds its socket
         d = UserDaemon(directory, shared_dir, *args)
         started.append(d)
         return d
