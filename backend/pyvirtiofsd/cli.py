@@ -310,7 +310,8 @@ def _start(args: argparse.Namespace) -> int:
 
     try:
         limits.set_nofile(args.rlimit_nofile)
-        child = sandbox.spawn(args.sandbox, uid_map=args.ns_uid_map, gid_map=args.ns_gid_map)
+        child = sandbox.spawn(args.sandbox, args.seccomp, uid_map=args.ns_uid_map,
+                              gid_map=args.ns_gid_map)
     except BaseException:
         remove_socket()
         raise

@@ -315,6 +315,19 @@ def test_supervisor_is_filtered_and_forwards_signals_under_kill(start_daemon, co
     assert "terminating" in d.log()
 
 
+@pytest.mark.parametrize("action, seccomp_field", [("none", "0"), ("trap", "2")])
+def test_the_supervisor_takes_the_daemon_s_seccomp_action(start_daemon, connect, action,
+                                                           seccomp_field):
+    """--seccomp applies to the supervisor too: none leaves it unfiltered."""
+    d = start_daemon("--seccomp", action)
+    connect(d).getattr(1)
+    assert _status(d.proc.pid)["Seccomp"] == seccomp_field
+    assert _status(d.serving_pid())["Seccomp"] == seccomp_field
+    assert ("process=supervisor" in d.log()) == (action != "none")
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0, d.log()
+
+
 @pytest.mark.parametrize("mode, sig", [("namespace", signal.SIGKILL),
                                        ("chroot", signal.SIGVTALRM)])
 def test_supervisor_mirrors_a_daemon_death_under_kill(start_daemon, connect, mode, sig):
