@@ -50,12 +50,12 @@ def open_file(fuse, parent, name, flags=os.O_RDWR):
 
 class FaultyFs(FileSystem):
     """Root with two files: ``bad`` (every read fails with EIO) and ``slow`` (reads block
-    until ``release`` is set)."""
+    until ``unblock`` is set)."""
 
     FILES = {b"bad": 2, b"slow": 3}
 
     def __init__(self):
-        self.release = threading.Event()
+        self.unblock = threading.Event()
         self.slow_started = threading.Event()
 
     def _attr(self, ino):
@@ -81,7 +81,7 @@ class FaultyFs(FileSystem):
         if inode == 2:
             raise OSError(errno.EIO, "media error")
         self.slow_started.set()
-        if not self.release.wait(60):
+        if not self.unblock.wait(60):
             raise OSError(errno.ETIMEDOUT, "never released")
         return b"s" * min(size, 4096 - min(offset, 4096))
 
@@ -156,7 +156,7 @@ def faulty(shared):
     mnt.mkdir()
     host = HostFuse(fs, str(mnt))
     yield fs
-    fs.release.set()
+    fs.unblock.set()
     host.close()
 
 
@@ -196,7 +196,7 @@ def test_disconnect_while_a_request_is_blocked_in_the_host_fs(start_daemon, shar
     assert faulty.slow_started.wait(10)
     fe.close()
     time.sleep(3)
-    faulty.release.set()            # the host file system recovers
+    faulty.unblock.set()            # the host file system recovers
     t0 = time.monotonic()
     assert daemon.wait(30) == 0, daemon.log()
     assert time.monotonic() - t0 < 15
@@ -344,7 +344,7 @@ def test_interrupt_of_a_blocked_request(start_daemon, connect, shared, faulty):
         assert fuse.getattr(1).ino                  # served while the read is blocked
         fuse.forget(d, 0)                           # hiprio is alive too
     assert blocked.reply is None
-    faulty.release.set()
+    faulty.unblock.set()
     r = fuse.reap(blocked)
     assert r.error == 0 and r.body == b"s" * 100
 
