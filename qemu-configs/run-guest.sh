@@ -9,7 +9,9 @@
 #   /usr/lib/qemu/virtiofsd --socket-path=/tmp/vfs.sock -o source=./share
 # The console is this terminal (serial on stdio; Ctrl-A X quits). To get a kernel and an initramfs
 # that mount the tag, run `python -m pyvirtiofsd.guest prepare --flavor bookworm`, or let
-# `python -m pyvirtiofsd.guest run` do all of this for you (it uses the same basic.cfg).
+# `python -m pyvirtiofsd.guest run` do all of this for you (it uses the same basic.cfg).  Its
+# assets go to $PYVIRTIOFSD_CACHE, else $XDG_CACHE_HOME/pyvirtiofsd (the repository's scripts
+# set PYVIRTIOFSD_CACHE=.cache).
 #
 # What basic.cfg can and cannot hold (QEMU 7.2 -readconfig): [object], [numa], [chardev], [device],
 # [machine], [accel], [memory], [smp-opts], [fsdev], [global], [name], [rtc], [boot-opts], [action]
