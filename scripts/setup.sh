@@ -38,7 +38,8 @@ packages=(
     gcc python3-dev libffi-dev         # building the cffi extension
     libseccomp-dev strace              # the seccomp filter (C extension); scripts/gen-seccomp.py
     zstd                               # unpacks the sid kernel for a direct (PVH) boot, ~3 s faster
-    fio attr acl util-linux cpio xz-utils  # the guest benchmark; xattr/ACL tools; setpriv; debugging
+    fio attr acl util-linux cpio xz-utils  # the guest benchmark; xattr/ACL tools; setpriv, runuser
+    uidmap passwd                      # rootless tests: newuidmap/newgidmap; useradd, usermod
     systemd libvirt-clients libxml2-utils  # qemu-configs/ checks: systemd-analyze verify,
                                            # systemd-socket-activate, virt-xml-validate (xmllint)
 )
