@@ -18,10 +18,10 @@ from pyvirtiofsd.virtiofs import VirtioFsDevice
 
 
 class SlowFsync(FileSystem):
-    """fsync blocks until released; getattr answers at once."""
+    """fsync blocks until ``unblock`` is set; getattr answers at once."""
 
     def __init__(self):
-        self.release = threading.Event()
+        self.unblock = threading.Event()
         self.fsync_started = threading.Event()
 
     def getattr(self, ctx, inode, fh):
@@ -29,7 +29,7 @@ class SlowFsync(FileSystem):
 
     def fsync(self, ctx, inode, fh, datasync):
         self.fsync_started.set()
-        if not self.release.wait(30):
+        if not self.unblock.wait(30):
             raise OSError(5, "never released")
 
 
@@ -56,10 +56,10 @@ def test_slow_fsync_does_not_stall_getattr():
             assert client.getattr(abi.FUSE_ROOT_ID).ino == abi.FUSE_ROOT_ID
         assert time.monotonic() - t0 < 10
         assert pending.reply is None  # the fsync is still blocked
-        fs.release.set()
+        fs.unblock.set()
         assert client.reap(pending).error == 0
     finally:
-        fs.release.set()
+        fs.unblock.set()
         fe.close()
         backend.close()
         device.close()
@@ -76,7 +76,7 @@ def test_without_a_pool_requests_are_served_in_order():
             client.reap(client.submit(Opcode.FUSE_GETATTR, abi.FUSE_ROOT_ID,
                                       abi.fuse_getattr_in.build(), abi.FUSE_ATTR_OUT_SIZE), timeout=1.0)
     finally:
-        fs.release.set()
+        fs.unblock.set()
         fe.close()
         backend.close()
         device.close()

@@ -406,7 +406,7 @@ def test_a_disabled_ring_is_not_served_until_enabled_again(rig_factory):
 
 class SlowWrites:
     """A host FUSE file system (test_faults.HostFuse) whose file ``slow`` takes writes only
-    once ``release`` is set."""
+    once ``unblock`` is set."""
 
     def __new__(cls):
         from test_faults import FaultyFs
@@ -418,7 +418,7 @@ class SlowWrites:
 
             def write(self, ctx, inode, fh, offset, data, flags, kill_priv):
                 self.write_started.set()
-                if not self.release.wait(60):
+                if not self.unblock.wait(60):
                     raise OSError(errno.ETIMEDOUT, "never released")
                 return len(data)
 
@@ -446,11 +446,11 @@ def test_a_small_write_stuck_in_the_host_fs_does_not_stall_the_queue(rig_factory
         for _ in range(10):
             assert c.getattr(ROOT).ino            # served meanwhile
         assert blocked.reply is None
-        fs.release.set()
+        fs.unblock.set()
         assert abi.fuse_write_out.parse(c.reap(blocked).check()).size == 100
         assert rig.stats()["writes"] == 1
     finally:
-        fs.release.set()
+        fs.unblock.set()
         host.close()
 
 
