@@ -31,6 +31,7 @@ from the shared directory.
 from __future__ import annotations
 
 import errno
+import importlib
 import importlib.machinery
 import os
 import pkgutil
@@ -79,18 +80,36 @@ def _thread_count() -> int:
         return threading.active_count()
 
 
+NOT_THE_DAEMON = frozenset({
+    "pyvirtiofsd.__main__", "pyvirtiofsd.bench", "pyvirtiofsd.frontend", "pyvirtiofsd.guest",
+    "pyvirtiofsd._testkit", "pyvirtiofsd.ops",
+})
+"""The package's tools (and their subpackages): never loaded by the daemon."""
+
+
 def preload() -> None:
-    """Import every module of the package now, while the import system can still find them
-    (a lazy import after confinement would fail: see :func:`seal_imports`)."""
+    """Import every module of the daemon now, while the import system can still find them
+    (a lazy import after confinement would fail: see :func:`seal_imports`) -- and none of
+    the tools in :data:`NOT_THE_DAEMON`, so the sandboxed process carries none of their code."""
     import pyvirtiofsd
 
-    for info in pkgutil.walk_packages(pyvirtiofsd.__path__, "pyvirtiofsd."):
-        if info.name == "pyvirtiofsd.__main__":
-            continue
+    for name in _daemon_modules(pyvirtiofsd.__path__, "pyvirtiofsd."):
         try:
-            __import__(info.name)
-        except ImportError as e:  # a tool's optional dependency: not the daemon's
-            log.debug("not preloaded", module=info.name, error=str(e))
+            importlib.import_module(name)
+        except ImportError as e:  # an optional dependency the daemon does not need
+            log.debug("not preloaded", module=name, error=str(e))
+
+
+def _daemon_modules(path, prefix: str):
+    """Module names below ``path``, depth first; a package is imported only to look inside
+    it (``pkgutil.walk_packages`` would import the tools' packages too)."""
+    for info in pkgutil.iter_modules(path, prefix):
+        if info.name in NOT_THE_DAEMON:
+            continue
+        yield info.name
+        if info.ispkg:
+            package = importlib.import_module(info.name)
+            yield from _daemon_modules(package.__path__, info.name + ".")
 
 
 def seal_imports() -> None:

@@ -122,8 +122,6 @@ def test_a_serving_daemon_maps_cext_and_imported_no_test_kit(tmp_path):
     assert [m for m in modules if is_test_kit(m)] == []
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox.preload() imports every module of the package, "
-                   "the test kits included, before confinement (fix: preload only the daemon's)")
 def test_a_sandboxed_daemon_does_not_map_the_test_kit(tmp_path):
     if os.geteuid() != 0:
         pytest.fail("the namespace sandbox needs root (CI runs as root)")
