@@ -88,6 +88,7 @@ class GuestRun:
     result: guest.GuestResult = field(repr=False)
     lines: dict[str, list[dict]] = field(repr=False)  # marker → parsed JSON objects, in console order
     backend_log: str = field(repr=False)
+    backend_argv: list[str] = field(default_factory=list, repr=False)
     host_file: bytes = b""  # what the host wrote into the share before boot
 
     def checks(self) -> dict[str, dict]:
@@ -102,7 +103,8 @@ def run_guest(frontend: str, share: Path, workdir: Path, command: str) -> GuestR
     """Start the back-end on ``share``, boot one guest that runs ``command``, stop the back-end."""
     socket = workdir / "vhost-user.sock"
     # Extended attributes on: guest_checks.py tests them (without it: ENOTSUP from every daemon).
-    argv = guest.backend_command(backend_kind(), socket, share, TAG, xattr=True)
+    argv = guest.backend_command(backend_kind(), socket, share,
+                                 TAG if frontend == "qemu111" else None, xattr=True)
     argv += shlex.split(os.environ.get("PYVIRTIOFSD_E2E_BACKEND_ARGS", ""))
     timeout = float(os.environ.get("PYVIRTIOFSD_E2E_TIMEOUT", "900"))
     backend = guest.Backend(argv, socket, workdir / "backend.log")
@@ -112,7 +114,7 @@ def run_guest(frontend: str, share: Path, workdir: Path, command: str) -> GuestR
                             console_path=workdir / "console.log")
     print(f"\n[e2e] {frontend}/{FLAVOR[frontend]} with {backend_kind()}: boot {result.boot_seconds:.1f} s, "
           f"total {result.total_seconds:.1f} s; console in {workdir / 'console.log'}")
-    return GuestRun(share, result, parse_lines(result.console), backend.log)
+    return GuestRun(share, result, parse_lines(result.console), backend.log, argv)
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,14 @@ def test_all_checks_ran(checks_run):
     assert len(done) == 1 and done[0].split()[1:2] == [str(len(checks_run.checks()) - len(failed))]
 
 
+def test_the_front_end_is_offered_nothing_it_cannot_take(checks_run, frontend):
+    """QEMU 7.2's vhost-user-fs-pci has its own tag and reads no config space: a back-end
+    that offered PROTOCOL_F_CONFIG anyway made it print a warning on every boot."""
+    console = checks_run.result.console
+    assert "QEMU does not" not in console, [l for l in console.splitlines() if "QEMU does" in l]
+    assert ("--tag" in " ".join(checks_run.backend_argv)) == (frontend == "qemu111")
+
+
 def test_guest_files_on_host(checks_run):
     """Every file a check wrote is on the host with exactly the content the guest wrote."""
     expected = {}
