@@ -100,18 +100,24 @@ def check_maps(pid: int) -> None:
     assert not [n for n in names if n.startswith("_testkit.")], sorted(names)
 
 
-def test_a_serving_daemon_maps_cext_and_imported_no_test_kit(tmp_path):
-    dump = tmp_path / "modules.json"
-    proc, sock = start(tmp_path, "--sandbox", "none", dump=dump)
+def serve_and_check_maps(tmp_path, sandbox: str, dump=None) -> None:
+    """Start a daemon, serve a whole session, check the serving process's mappings while it
+    serves, and see it exit 0 when the front-end hangs up."""
+    proc, sock = start(tmp_path, "--sandbox", sandbox, dump=dump)
     try:
         fe = serve_a_session(sock)
-        check_maps(proc.pid)
+        check_maps(proc.pid if sandbox == "none" else serving_pid(proc))
         fe.close()
         assert proc.wait(20) == 0, (tmp_path / "daemon.log").read_text(errors="replace")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_serving_daemon_maps_cext_and_imported_no_test_kit(tmp_path):
+    dump = tmp_path / "modules.json"
+    serve_and_check_maps(tmp_path, "none", dump=dump)
     modules = json.loads(dump.read_text())
     # It did serve: the daemon's own modules are all there ...
     for needed in ("pyvirtiofsd._cext", "pyvirtiofsd.cli", "pyvirtiofsd.passthrough",
@@ -125,13 +131,4 @@ def test_a_serving_daemon_maps_cext_and_imported_no_test_kit(tmp_path):
 def test_a_sandboxed_daemon_does_not_map_the_test_kit(tmp_path):
     if os.geteuid() != 0:
         pytest.fail("the namespace sandbox needs root (CI runs as root)")
-    proc, sock = start(tmp_path, "--sandbox", "namespace")
-    try:
-        fe = serve_a_session(sock)
-        check_maps(serving_pid(proc))
-        fe.close()
-        assert proc.wait(20) == 0, (tmp_path / "daemon.log").read_text(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    serve_and_check_maps(tmp_path, "namespace")
