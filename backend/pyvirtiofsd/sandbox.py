@@ -307,7 +307,7 @@ def _enter_namespaces(shared_dir: str) -> None:
            f"bind mount {shared_dir}")
     # subset=pid (Linux 5.8): only process directories, no /proc/sys and friends.
     rc = _mount("proc", new_root + "/proc", "proc", hardened, "subset=pid")
-    if rc == -22:  # EINVAL: an older kernel
+    if rc == -errno.EINVAL:  # an older kernel
         rc = _mount("proc", new_root + "/proc", "proc", hardened)
     _check(rc, "mount /proc")
     _check(_mount(None, new_root, None,
