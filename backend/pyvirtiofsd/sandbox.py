@@ -36,6 +36,7 @@ import importlib.machinery
 import os
 import pkgutil
 import resource
+import select
 import signal
 import sys
 import threading
@@ -159,12 +160,21 @@ def spawn(mode: str, seccomp_mode: str = "kill", uid_map: userns.IdMapping | Non
     hold_signals()
     sys.stdout.flush()
     sys.stderr.flush()
+    # The supervisor holds the write end for its whole life: should it die before the daemon
+    # has asked to be told (PR_SET_PDEATHSIG), the daemon sees the end of this pipe.
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
+        os.close(alive_w)
         # Do not outlive the supervisor (killed with SIGKILL, it cannot clean up for us).
         _check(lib.pvfs_sb_set_pdeathsig(signal.SIGTERM), "prctl(PR_SET_PDEATHSIG)")
+        gone = select.select([alive_r], [], [], 0)[0]
+        os.close(alive_r)
+        if gone:
+            raise SandboxError("sandbox: the supervisor died as the daemon started")
         _daemon_signals()
     else:
+        os.close(alive_r)
         _filter_supervisor(seccomp_mode, pid)
     return pid
 
