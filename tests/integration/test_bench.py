@@ -35,7 +35,7 @@ def run_bench(tmp_path, *args, timeout=240):
 
 def test_every_row_on_all_three_back_ends(tmp_path):
     for p in BACKENDS:
-        assert peers.missing(peers.BUILTIN[p]()) is None, f"{p} is not installed (scripts/setup.sh)"
+        assert peers.missing(peers.parse_peer(p)) is None, f"{p} is not installed (scripts/setup.sh)"
     proc, doc = run_bench(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert doc["columns"] == BACKENDS + ["host"]
@@ -57,7 +57,7 @@ def test_every_row_on_all_three_back_ends(tmp_path):
                 assert cell["mb_per_s"] == pytest.approx(cell["ops_per_s"] * row["block"] / 1e6,
                                                          rel=0.5), (rid, name)
         if not row["only"]:
-            assert set(row["ratio_to_first"]) == {"c-virtiofsd", "rust-virtiofsd"}
+            assert set(row["ratio_to_first"]) == set(BACKENDS[1:])
             assert row["ours_vs_best_peer"] > 0
     # Reads were checked against the data, not just counted.
     assert rows["seq-read-1m-qd1"]["results"]["ours"]["verified"] > 0
@@ -76,6 +76,15 @@ def test_a_back_end_given_as_a_command_template(tmp_path):
     for row in doc["rows"]:
         assert row["results"]["mine"]["ops"] > 0
         assert "mine" in row["ratio_to_first"]
+
+
+def test_a_peer_at_a_given_thread_pool_size():
+    for name in peers.BUILTIN:
+        p = peers.parse_peer(f"{name}@3")
+        assert p.name == f"{name}@3"
+        assert p.argv == (*peers.parse_peer(name).argv, "--thread-pool-size=3")
+    with pytest.raises(ValueError, match="thread-pool size"):
+        peers.parse_peer("c-virtiofsd@many")
 
 
 def test_bad_back_end_specs_are_refused(tmp_path):

@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark vhost-user-fs back-ends side by side through our front-end "
                     "(no VM), or from inside QEMU guests with --guest.")
     p.add_argument("-b", "--backend", action="append", metavar="NAME[=COMMAND]",
-                   help="a back-end: ours, c-virtiofsd, rust-virtiofsd, or NAME=COMMAND with "
-                        "{socket} and {dir} (repeatable; default: the three built-in ones; "
-                        "ratios are to the first)")
+                   help="a back-end: ours, c-virtiofsd, rust-virtiofsd, NAME@THREADS (one of "
+                        "those with --thread-pool-size=THREADS), or NAME=COMMAND with {socket} "
+                        "and {dir} (repeatable; default: the three built-in ones at their "
+                        "defaults; ratios are to the first)")
     p.add_argument("--ours-args", default="", metavar="ARGS",
                    help="extra arguments for our daemon, e.g. '--thread-pool-size 4'")
     p.add_argument("--rows", metavar="IDS", help="comma-separated row ids or prefixes "
@@ -114,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.repeat = min(args.duration, 0.05), 1
         args.file_size, args.dir_entries = 8 << 20, 300
     rows = select_rows(args.rows)
+    extra = shlex.split(args.ours_args)
     specs = args.backend or ["ours", "c-virtiofsd", "rust-virtiofsd"]
     try:
         chosen = [peers_mod.parse_peer(s) for s in specs]
     except ValueError as e:
         print(f"pyvirtiofsd-bench: {e}", file=sys.stderr)
         return 2
-    extra = shlex.split(args.ours_args)
     chosen = [peers_mod.ours(*extra) if p.name == "ours" else p for p in chosen]
     names = [p.name for p in chosen]
     if len(set(names)) != len(names):

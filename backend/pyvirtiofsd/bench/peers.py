@@ -66,12 +66,20 @@ BUILTIN = {"ours": ours, "c-virtiofsd": c_virtiofsd, "rust-virtiofsd": rust_virt
 
 
 def parse_peer(text: str) -> Peer:
-    """``NAME`` of a built-in back-end, or ``NAME=COMMAND TEMPLATE`` (shell words with
-    ``{socket}`` and ``{dir}``)."""
+    """``NAME`` of a built-in back-end, ``NAME@N`` for one with ``--thread-pool-size=N``
+    (all three take it), or ``NAME=COMMAND TEMPLATE`` (shell words with ``{socket}`` and
+    ``{dir}``)."""
     if "=" not in text:
-        if text not in BUILTIN:
-            raise ValueError(f"unknown back-end {text!r}: one of {sorted(BUILTIN)} or NAME=COMMAND")
-        return BUILTIN[text]()
+        name, at, threads = text.partition("@")
+        if name not in BUILTIN:
+            raise ValueError(f"unknown back-end {text!r}: one of {sorted(BUILTIN)}, NAME@THREADS "
+                             "or NAME=COMMAND")
+        peer = BUILTIN[name]()
+        if not at:
+            return peer
+        if not threads.isdigit():
+            raise ValueError(f"back-end {text!r}: NAME@THREADS takes a thread-pool size")
+        return Peer(text, (*peer.argv, f"--thread-pool-size={int(threads)}"), dax=peer.dax)
     name, command = text.split("=", 1)
     argv = tuple(shlex.split(command))
     if not name or not argv or not any("{socket}" in a for a in argv):
