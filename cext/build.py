@@ -13,6 +13,12 @@ between the ``CFFI-BEGIN`` and ``CFFI-END`` markers to its extension's cdef, so 
 module needs no edit here unless it is a test kit's: add ``foo.c`` and ``foo.h`` with
 markers.
 
+A header-only module (a ``NAME.h`` without ``NAME.c``) must be listed in
+:data:`SHARED_HEADERS`: its marked declarations go into the cdef of *both* extensions,
+ahead of the modules' own (so their marked blocks may use its types), and both include it.
+It can hold only what needs no object code -- types, enums and ``#define`` constants --
+since there is no source file to compile (``fusewire.h``: the FUSE wire structs).
+
 The marked text is real C that the compiler sees too.  Two conventions let a struct show
 cffi only its public fields: a line ending in ``// C only`` is left out of the cdef, and
 ``/*cffi: TEXT */`` (a C comment) becomes TEXT in the cdef, e.g. ``/*cffi: ...; */`` to
@@ -34,6 +40,9 @@ CFFI_ONLY = re.compile(r"/\*cffi:(.*?)\*/", re.S)
 # its own sources and no source file is compiled into both.
 TESTKIT = ("driver", "bench", "window")
 
+# Header-only modules (NAME.h, no NAME.c) whose marked declarations both extensions get.
+SHARED_HEADERS = ("fusewire",)
+
 COMPILE_ARGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                 "-fno-strict-aliasing"]
 
@@ -53,9 +62,18 @@ def _rel(path: pathlib.Path) -> str:
 def _modules() -> tuple[list[str], list[str]]:
     """(daemon modules, test kit modules), each a sorted list of C module names."""
     names = sorted(p.stem for p in HERE.glob("*.c"))
-    unpaired = sorted({p.stem for p in HERE.glob("*.h")} ^ set(names))
+    headers = {p.stem for p in HERE.glob("*.h")}
+    shared_with_c = sorted(set(SHARED_HEADERS) & set(names))
+    if shared_with_c:
+        raise RuntimeError(f"cext/build.py: SHARED_HEADERS are header-only, but these have a .c: "
+                           f"{shared_with_c}")
+    missing = sorted(set(SHARED_HEADERS) - headers)
+    if missing:
+        raise RuntimeError(f"cext/build.py: SHARED_HEADERS names headers that do not exist: {missing}")
+    unpaired = sorted((headers - set(SHARED_HEADERS)) ^ set(names))
     if unpaired:
-        raise RuntimeError(f"cext/: every module is a NAME.c with its NAME.h; unpaired: {unpaired}")
+        raise RuntimeError(f"cext/: every module is a NAME.c with its NAME.h (or a header-only one "
+                           f"listed in SHARED_HEADERS); unpaired: {unpaired}")
     missing = [n for n in TESTKIT if n not in names]
     if missing:
         raise RuntimeError(f"cext/build.py: TESTKIT names modules that do not exist: {missing}")
@@ -63,7 +81,8 @@ def _modules() -> tuple[list[str], list[str]]:
 
 
 def _builder(module: str, names: list[str], **kw) -> FFI:
-    headers = [HERE / f"{n}.h" for n in names]
+    # The shared headers first: the modules' marked blocks may use their types.
+    headers = [HERE / f"{n}.h" for n in (*SHARED_HEADERS, *names)]
     builder = FFI()
     builder.cdef("\n".join(_cdef(m) for h in headers for m in MARKED.findall(h.read_text())))
     builder.set_source(
