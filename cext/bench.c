@@ -1,6 +1,7 @@
 /* The benchmark's request loop and its host-native twin (see bench.h). */
 #define _GNU_SOURCE
 #include "bench.h"
+#include "fusewire.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -10,39 +11,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-/* FUSE opcodes and sizes the loop needs (the Python side has the full ABI). */
-enum {
-    OP_LOOKUP = 1, OP_FORGET = 2, OP_GETATTR = 3, OP_UNLINK = 10, OP_READ = 15, OP_WRITE = 16,
-    OP_RELEASE = 18, OP_CREATE = 35, OP_READDIRPLUS = 44,
-};
-#define IN_HDR 40
-#define OUT_HDR 16
-#define ENTRY_OUT 128
-#define ATTR_OUT 104
-#define OPEN_OUT 16
-#define DIRENT 24
+/* The FUSE layout is fusewire.h's; these are the sizes the loop uses most. */
+#define IN_HDR sizeof(struct pvfs_fuse_in_header)
+#define OUT_HDR sizeof(struct pvfs_fuse_out_header)
+#define ENTRY_OUT sizeof(struct pvfs_fuse_entry_out)
 #define PVFS_BENCH_MAX_FORGET 1024
-
-struct in_header {
-    uint32_t len, opcode;
-    uint64_t unique, nodeid;
-    uint32_t uid, gid, pid;
-    uint16_t total_extlen, padding;
-};
-struct out_header {
-    uint32_t len;
-    int32_t error;
-    uint64_t unique;
-};
-struct rw_in { /* fuse_read_in and fuse_write_in share this layout */
-    uint64_t fh, offset;
-    uint32_t size, rw_flags;
-    uint64_t lock_owner;
-    uint32_t flags, padding;
-};
 
 static uint64_t now_ns(void)
 {
@@ -135,12 +112,21 @@ struct loop {
     uint16_t forget_buf_of_head[32768];
 };
 
+/* The back-end has exited: spec->gone_fd (its pidfd) is readable. */
+static int backend_gone(const struct pvfs_bench_spec *s)
+{
+    if (s->gone_fd <= 0)
+        return 0;
+    struct pollfd p = {.fd = s->gone_fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
 static void *host(const struct loop *L, uint64_t gpa) { return (void *)(uintptr_t)(gpa + L->s->host_delta); }
 
 static void put_header(struct slot *sl, uint32_t len, uint32_t opcode, uint64_t unique, uint64_t nodeid)
 {
-    struct in_header h = {.len = htole32(len), .opcode = htole32(opcode), .unique = htole64(unique),
-                          .nodeid = htole64(nodeid)};
+    struct pvfs_fuse_in_header h = {.len = htole32(len), .opcode = htole32(opcode),
+                                    .unique = htole64(unique), .nodeid = htole64(nodeid)};
     memcpy(sl->in, &h, sizeof(h));
 }
 
@@ -168,60 +154,62 @@ static void build(struct loop *L, struct slot *sl)
     case PVFS_BENCH_WRITE: {
         int write = s->kind == PVFS_BENCH_WRITE;
         sl->offset = next_offset(L);
-        struct rw_in a = {.fh = htole64(s->fh), .offset = htole64(sl->offset), .size = htole32(s->block),
-                          .flags = htole32(2 /* O_RDWR */)};
+        /* fuse_read_in and fuse_write_in have the same layout (the data follows a WRITE's) */
+        struct pvfs_fuse_write_in a = {.fh = htole64(s->fh), .offset = htole64(sl->offset),
+                                       .size = htole32(s->block), .flags = htole32(O_RDWR)};
         memcpy(sl->in + IN_HDR, &a, sizeof(a));
         if (write)
             patch_tags(sl->in + IN_HDR + sizeof(a), s->block, sl->offset, s->tag);
-        sl->opcode = write ? OP_WRITE : OP_READ;
+        sl->opcode = write ? PVFS_FUSE_WRITE : PVFS_FUSE_READ;
         sl->in_len = IN_HDR + sizeof(a) + (write ? s->block : 0);
-        sl->out_len = OUT_HDR + (write ? 8 : s->block);
+        sl->out_len = OUT_HDR + (write ? sizeof(struct pvfs_fuse_write_out) : s->block);
         put_header(sl, sl->in_len, sl->opcode, unique, s->nodeid);
         break;
     }
     case PVFS_BENCH_GETATTR:
-        memset(sl->in + IN_HDR, 0, 16);
-        sl->opcode = OP_GETATTR;
-        sl->in_len = IN_HDR + 16;
-        sl->out_len = OUT_HDR + ATTR_OUT;
+        memset(sl->in + IN_HDR, 0, sizeof(struct pvfs_fuse_getattr_in));
+        sl->opcode = PVFS_FUSE_GETATTR;
+        sl->in_len = IN_HDR + sizeof(struct pvfs_fuse_getattr_in);
+        sl->out_len = OUT_HDR + sizeof(struct pvfs_fuse_attr_out);
         put_header(sl, sl->in_len, sl->opcode, unique, s->nodeid);
         break;
     case PVFS_BENCH_LOOKUP:
         memcpy(sl->in + IN_HDR, sl->name, sl->name_len);
-        sl->opcode = OP_LOOKUP;
+        sl->opcode = PVFS_FUSE_LOOKUP;
         sl->in_len = IN_HDR + sl->name_len;
         sl->out_len = OUT_HDR + ENTRY_OUT;
         put_header(sl, sl->in_len, sl->opcode, unique, s->nodeid);
         break;
     case PVFS_BENCH_CREATE_UNLINK:
         if (sl->phase == 0) {
-            uint32_t a[4] = {htole32(0100 | 0200 | 2) /* O_CREAT|O_EXCL|O_RDWR */, htole32(0100644),
-                             htole32(022), 0};
-            memcpy(sl->in + IN_HDR, a, sizeof(a));
+            struct pvfs_fuse_create_in a = {.flags = htole32(O_CREAT | O_EXCL | O_RDWR),
+                                            .mode = htole32(S_IFREG | 0644), .umask = htole32(022)};
+            memcpy(sl->in + IN_HDR, &a, sizeof(a));
             memcpy(sl->in + IN_HDR + sizeof(a), sl->name, sl->name_len);
-            sl->opcode = OP_CREATE;
+            sl->opcode = PVFS_FUSE_CREATE;
             sl->in_len = IN_HDR + sizeof(a) + sl->name_len;
-            sl->out_len = OUT_HDR + ENTRY_OUT + OPEN_OUT;
+            sl->out_len = OUT_HDR + ENTRY_OUT + sizeof(struct pvfs_fuse_open_out);
             put_header(sl, sl->in_len, sl->opcode, unique, s->nodeid);
         } else if (sl->phase == 1) {
-            uint64_t a[3] = {htole64(sl->fh), htole64(2 /* flags O_RDWR, release_flags 0 */), 0};
-            memcpy(sl->in + IN_HDR, a, sizeof(a));
-            sl->opcode = OP_RELEASE;
+            struct pvfs_fuse_release_in a = {.fh = htole64(sl->fh), .flags = htole32(O_RDWR)};
+            memcpy(sl->in + IN_HDR, &a, sizeof(a));
+            sl->opcode = PVFS_FUSE_RELEASE;
             sl->in_len = IN_HDR + sizeof(a);
             sl->out_len = OUT_HDR;
             put_header(sl, sl->in_len, sl->opcode, unique, sl->nodeid);
         } else {
             memcpy(sl->in + IN_HDR, sl->name, sl->name_len);
-            sl->opcode = OP_UNLINK;
+            sl->opcode = PVFS_FUSE_UNLINK;
             sl->in_len = IN_HDR + sl->name_len;
             sl->out_len = OUT_HDR;
             put_header(sl, sl->in_len, sl->opcode, unique, s->nodeid);
         }
         break;
     case PVFS_BENCH_READDIRPLUS: {
-        struct rw_in a = {.fh = htole64(s->fh), .offset = htole64(sl->offset), .size = htole32(s->block)};
+        struct pvfs_fuse_read_in a = {.fh = htole64(s->fh), .offset = htole64(sl->offset),
+                                      .size = htole32(s->block)};
         memcpy(sl->in + IN_HDR, &a, sizeof(a));
-        sl->opcode = OP_READDIRPLUS;
+        sl->opcode = PVFS_FUSE_READDIRPLUS;
         sl->in_len = IN_HDR + sizeof(a);
         sl->out_len = OUT_HDR + s->block;
         put_header(sl, sl->in_len, sl->opcode, unique, s->nodeid);
@@ -295,19 +283,24 @@ static int send_forget(struct loop *L, uint64_t nodeid)
             break;
         if (now_ns() > deadline)
             return -ETIMEDOUT;
+        if (backend_gone(s))
+            return -EPIPE;
         if (!pvfs_drv_enable_cb(s->hiprio))
             pvfs_eventfd_wait(s->hiprio_call_fd, 10);
     }
     unsigned idx = L->forget_free[--L->forget_nfree];
     uint64_t gpa = s->forget_gpa + 64ull * idx;
     uint8_t *b = host(L, gpa);
-    struct in_header h = {.len = htole32(IN_HDR + 8), .opcode = htole32(OP_FORGET),
-                          .unique = htole64(L->unique += 2), .nodeid = htole64(nodeid)};
-    uint64_t nlookup = htole64(1);
-    memcpy(b, &h, sizeof(h));
-    memcpy(b + IN_HDR, &nlookup, 8);
+    struct {
+        struct pvfs_fuse_in_header h;
+        struct pvfs_fuse_forget_in a;
+    } req = {.h = {.len = htole32(sizeof(req)), .opcode = htole32(PVFS_FUSE_FORGET),
+                   .unique = htole64(L->unique += 2), .nodeid = htole64(nodeid)},
+             .a = {.nlookup = htole64(1)}};
+    _Static_assert(sizeof(req) <= 64, "a FORGET buffer is 64 bytes");
+    memcpy(b, &req, sizeof(req));
     uint64_t addr = gpa;
-    uint32_t len = IN_HDR + 8;
+    uint32_t len = sizeof(req);
     int head = pvfs_drv_add(s->hiprio, &addr, &len, 1, 0, 0, 0);
     if (head < 0) {
         L->forget_free[L->forget_nfree++] = (uint16_t)idx;
@@ -335,7 +328,7 @@ static int on_reply(struct loop *L, int si, uint32_t used_len, uint64_t now)
     const struct pvfs_bench_spec *s = L->s;
     struct pvfs_bench_result *res = L->res;
     struct slot *sl = &L->slots[si];
-    struct out_header oh;
+    struct pvfs_fuse_out_header oh;
     sl->busy = 0;
     memcpy(&oh, sl->out, sizeof(oh));
     uint32_t len = le32toh(oh.len);
@@ -368,9 +361,13 @@ static int on_reply(struct loop *L, int si, uint32_t used_len, uint64_t now)
         break;
     }
     case PVFS_BENCH_WRITE: {
-        uint32_t n;
-        memcpy(&n, body, 4);
-        if (blen < 8 || le32toh(n) != s->block) {
+        struct pvfs_fuse_write_out w;
+        if (blen < sizeof(w)) {
+            res->bad_replies++;
+            return 0;
+        }
+        memcpy(&w, body, sizeof(w));
+        if (le32toh(w.size) != s->block) {
             res->bad_replies++;
             return 0;
         }
@@ -378,7 +375,7 @@ static int on_reply(struct loop *L, int si, uint32_t used_len, uint64_t now)
         break;
     }
     case PVFS_BENCH_GETATTR:
-        if (blen < ATTR_OUT) {
+        if (blen < sizeof(struct pvfs_fuse_attr_out)) {
             res->bad_replies++;
             return 0;
         }
@@ -391,14 +388,16 @@ static int on_reply(struct loop *L, int si, uint32_t used_len, uint64_t now)
         break;
     case PVFS_BENCH_CREATE_UNLINK:
         if (sl->phase == 0) {
-            if (blen < ENTRY_OUT + OPEN_OUT) {
+            struct pvfs_fuse_entry_out e;
+            struct pvfs_fuse_open_out o;
+            if (blen < sizeof(e) + sizeof(o)) {
                 res->bad_replies++;
                 return 0;
             }
-            memcpy(&sl->nodeid, body, 8);
-            memcpy(&sl->fh, body + ENTRY_OUT, 8);
-            sl->nodeid = le64toh(sl->nodeid);
-            sl->fh = le64toh(sl->fh);
+            memcpy(&e, body, sizeof(e));
+            memcpy(&o, body + sizeof(e), sizeof(o));
+            sl->nodeid = le64toh(e.nodeid);
+            sl->fh = le64toh(o.fh);
         }
         if (sl->phase < 2) {
             sl->phase++;
@@ -415,15 +414,13 @@ static int on_reply(struct loop *L, int si, uint32_t used_len, uint64_t now)
     case PVFS_BENCH_READDIRPLUS: {
         if (blen == 0)
             break; /* end of the listing: the op is done */
-        uint32_t p = 0, n = 0;
-        uint64_t last = sl->offset;
-        while (p + ENTRY_OUT + DIRENT <= blen) {
-            uint64_t off;
-            uint32_t namelen;
-            memcpy(&off, body + p + ENTRY_OUT + 8, 8);
-            memcpy(&namelen, body + p + ENTRY_OUT + 16, 4);
-            last = le64toh(off);
-            p += ENTRY_OUT + ((DIRENT + le32toh(namelen) + 7) & ~7u);
+        uint64_t p = 0, last = sl->offset;
+        uint32_t n = 0;
+        struct pvfs_fuse_direntplus d;
+        while (p + sizeof(d) <= blen) {
+            memcpy(&d, body + p, sizeof(d));
+            last = le64toh(d.dirent.off);
+            p += (sizeof(d) + (uint64_t)le32toh(d.dirent.namelen) + 7) & ~(uint64_t)7;
             n++;
         }
         if (n == 0 || p != blen) {
@@ -469,7 +466,8 @@ int pvfs_bench_run(struct pvfs_drv *q, int kick_fd, int call_fd, const struct pv
     unsigned nforget = s->hiprio_size < PVFS_BENCH_MAX_FORGET ? s->hiprio_size : PVFS_BENCH_MAX_FORGET;
     for (unsigned i = 0; i < nforget; i++)
         L->forget_free[L->forget_nfree++] = (uint16_t)(nforget - 1 - i);
-    uint64_t out_off = ((uint64_t)IN_HDR + 40 + (s->block > 4096 ? s->block : 4096) + 4095) & ~4095ull;
+    uint64_t out_off = ((uint64_t)IN_HDR + sizeof(struct pvfs_fuse_write_in) +
+                        (s->block > 4096 ? s->block : 4096) + 4095) & ~4095ull;
     for (unsigned i = 0; i < s->qd; i++) {
         struct slot *sl = &L->slots[i];
         sl->in_gpa = s->slot_gpa + i * s->slot_size;
@@ -477,7 +475,8 @@ int pvfs_bench_run(struct pvfs_drv *q, int kick_fd, int call_fd, const struct pv
         sl->in = host(L, sl->in_gpa);
         sl->out = host(L, sl->out_gpa);
         if (s->kind == PVFS_BENCH_WRITE)
-            pvfs_bench_fill(sl->in + IN_HDR + 40, s->block, 0, s->tag, s->base);
+            pvfs_bench_fill(sl->in + IN_HDR + sizeof(struct pvfs_fuse_write_in), s->block, 0,
+                            s->tag, s->base);
         if (s->kind == PVFS_BENCH_CREATE_UNLINK)
             sl->name_len = (uint32_t)snprintf(sl->name, sizeof(sl->name), "%.*s%u",
                                               (int)s->name_len, s->name, i) + 1;
@@ -550,6 +549,10 @@ int pvfs_bench_run(struct pvfs_drv *q, int kick_fd, int call_fd, const struct pv
             rc = w;
             goto out;
         }
+        if (w == 0 && backend_gone(s)) {
+            rc = -EPIPE;
+            goto out;
+        }
         if (w == 0 && now_ns() - last_progress > s->stall_ns) {
             rc = -ETIMEDOUT;
             goto out;
@@ -557,7 +560,7 @@ int pvfs_bench_run(struct pvfs_drv *q, int kick_fd, int call_fd, const struct pv
     }
     /* Let the last FORGETs land so that the next run starts from a quiet queue. */
     uint64_t until = now_ns() + s->stall_ns;
-    while (s->hiprio && L->forget_inflight && now_ns() < until) {
+    while (s->hiprio && L->forget_inflight && now_ns() < until && !backend_gone(s)) {
         reap_hiprio(L);
         if (L->forget_inflight && !pvfs_drv_enable_cb(s->hiprio))
             pvfs_eventfd_wait(s->hiprio_call_fd, 10);

@@ -57,6 +57,7 @@ struct pvfs_bench_spec {
     uint32_t hiprio_size;
     uint64_t forget_gpa;
     uint64_t stall_ns;      /* give up when no reply arrives for this long */
+    int gone_fd;            /* the back-end's pidfd: readable once it exited (0: none) */
 };
 
 struct pvfs_bench_result {
@@ -75,8 +76,10 @@ struct pvfs_bench_result {
     uint64_t waits;
 };
 
-/* Returns 0, or -ETIMEDOUT (no reply for stall_ns), -ENOSPC (ring full at start),
- * -EINVAL (bad spec).  latencies (ns, capacity max_ops) get one entry per op. */
+/* Returns 0, or -ETIMEDOUT (no reply for stall_ns), -EPIPE (the back-end exited: gone_fd,
+ * checked whenever 100 ms pass without a reply), -ENOSPC (ring full at start), -EINVAL
+ * (bad spec).  latencies (ns, capacity max_ops) get one entry per op.  CREATE_UNLINK runs
+ * qd cycles at once, each slot on its own name (name + slot number). */
 int pvfs_bench_run(struct pvfs_drv *q, int kick_fd, int call_fd, const struct pvfs_bench_spec *spec,
                    struct pvfs_bench_result *res, uint32_t *latencies);
 
