@@ -51,9 +51,16 @@ def ours(*extra: str, name: str = "ours", dax: bool = False) -> Peer:
                        "--shared-dir", "{dir}", *_sandbox_none(), *extra), dax=dax)
 
 
+def _glibc_arena_max() -> str:
+    """GLIBC_TUNABLES=glibc.malloc.arena_max=N with N the limit glibc's malloc computes for
+    itself (8 arenas per CPU this process may run on, 64-bit): the same malloc, except that
+    it no longer asks the kernel for that CPU count (see PEER_DEFAULT_THREADS)."""
+    return f"GLIBC_TUNABLES=glibc.malloc.arena_max={8 * len(os.sched_getaffinity(0))}"
+
+
 def c_virtiofsd() -> Peer:
-    return Peer("c-virtiofsd", (guest.C_VIRTIOFSD, "--socket-path={socket}", "-o", "source={dir}",
-                                "-o", "cache=auto"))
+    return Peer("c-virtiofsd", ("/usr/bin/env", _glibc_arena_max(), guest.C_VIRTIOFSD,
+                                "--socket-path={socket}", "-o", "source={dir}", "-o", "cache=auto"))
 
 
 def rust_virtiofsd() -> Peer:
@@ -64,17 +71,64 @@ def rust_virtiofsd() -> Peer:
 
 BUILTIN = {"ours": ours, "c-virtiofsd": c_virtiofsd, "rust-virtiofsd": rust_virtiofsd}
 
+# The --thread-pool-size the peers run with when not given one (their --help: "default 0",
+# no pool: each queue's own thread serves its requests).  Ours: ours_default_threads().
+#
+# QEMU 7.2's C virtiofsd with a pool of 8 (c-virtiofsd@8) died in the first row where its
+# pool grew (seq-read-1m-qd16; create-unlink-qd1 too, whose FORGETs overlap the next
+# CREATE): the kernel killed its sandboxed child with SIGSYS (audit: comm="pool"
+# syscall=204, sched_getaffinity, which its seccomp filter does not allow), and the parent
+# then exits 1 without a message.  The call is Debian 12's glibc 2.36 malloc: once a process
+# has more than 8 arenas (main, vhost-user and queue threads, then pool threads), the next
+# new thread's first malloc computes the arena limit from the CPU count, with
+# sched_getaffinity(0, 4096).  Setting that limit (glibc.malloc.arena_max) to the value glibc
+# would compute skips the call and changes nothing else; c_virtiofsd() does so.  Any
+# back-end that dies all the same is a PROBLEM for that row, and is started again for the
+# next (cli.Backends).
+PEER_DEFAULT_THREADS = {"c-virtiofsd": 0, "rust-virtiofsd": 0}
 
-def parse_peer(text: str) -> Peer:
+
+def ours_default_threads() -> int:
+    """Our daemon's default --thread-pool-size (its argument parser says)."""
+    from ..cli import build_parser
+
+    return build_parser().get_default("thread_pool_size")
+
+
+def _threads_in(args: tuple[str, ...] | list[str]) -> int | None:
+    """The --thread-pool-size given in ``args`` (the last one wins), or None."""
+    value = None
+    for i, a in enumerate(args):
+        if a == "--thread-pool-size" and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith("--thread-pool-size="):
+            value = a.partition("=")[2]
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def pool_size(peer: Peer) -> int | None:
+    """The thread-pool size ``peer`` runs with, when known: a built-in back-end at its
+    default, or one given --thread-pool-size (``NAME@N``, or ours with it in its extra
+    arguments); None for a command template."""
+    base = peer.name.partition("@")[0]
+    if base not in BUILTIN:
+        return None
+    given = _threads_in(peer.argv)
+    if given is not None:
+        return given
+    return ours_default_threads() if base == "ours" else PEER_DEFAULT_THREADS[base]
+
+
+def parse_peer(text: str, ours_args: tuple[str, ...] | list[str] = ()) -> Peer:
     """``NAME`` of a built-in back-end, ``NAME@N`` for one with ``--thread-pool-size=N``
     (all three take it), or ``NAME=COMMAND TEMPLATE`` (shell words with ``{socket}`` and
-    ``{dir}``)."""
+    ``{dir}``).  ``ours_args``: extra arguments for our daemon (``ours`` and ``ours@N``)."""
     if "=" not in text:
         name, at, threads = text.partition("@")
         if name not in BUILTIN:
             raise ValueError(f"unknown back-end {text!r}: one of {sorted(BUILTIN)}, NAME@THREADS "
                              "or NAME=COMMAND")
-        peer = BUILTIN[name]()
+        peer = ours(*ours_args) if name == "ours" else BUILTIN[name]()
         if not at:
             return peer
         if not threads.isdigit():
@@ -165,16 +219,23 @@ class Session:
     client: FuseClient | None = None
     start_seconds: float = 0.0
     idle_memory: dict = field(default_factory=dict)
+    pidfd: int = -1            # readable once the back-end's process exited
+    broken: bool = False       # a run failed on it: no more requests, only stop it
 
     def start(self) -> "Session":
         import time
 
         sock = os.path.join(self.workdir, f"{self.peer.name}.sock")
         log = os.path.join(self.workdir, f"{self.peer.name}.log")
+        if os.path.exists(log):      # a restart: keep the log of the run that failed
+            os.replace(log, log + ".prev")
+        if os.path.lexists(sock):    # left by a back-end that died
+            os.unlink(sock)
         self.backend = guest.Backend(self.peer.command(sock, self.directory), sock, log)
         t0 = time.monotonic()
         self.backend.start()
         self.start_seconds = time.monotonic() - t0
+        self.pidfd = os.pidfd_open(self.backend.proc.pid)
         self.fe = VhostUserFrontend(sock, ram_size=self.ram_size, queue_size=self.queue_size,
                                     dax=self.peer.dax).connect()
         self.client = FuseClient(self.fe)
@@ -191,16 +252,36 @@ class Session:
     def alive(self) -> bool:
         return self.backend is not None and self.backend.proc.poll() is None
 
+    def status(self) -> str:
+        """How the back-end's process is doing: running, or how it ended."""
+        import signal
+
+        rc = self.backend.proc.poll() if self.backend and self.backend.proc else None
+        if rc is None:
+            return "still running"
+        if rc < 0:
+            try:
+                return f"killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                return f"killed by signal {-rc}"
+        return f"exited with status {rc}"
+
     def close(self) -> None:
-        if self.client is not None:
+        # DESTROY only to a back-end that can answer: a dead one never would (the client
+        # would wait out its 30 s timeout), nor one whose queues a failed run left in use.
+        if self.client is not None and not self.broken and self.alive():
             try:
                 self.client.destroy()
             except Exception:  # noqa: BLE001 - a back-end that died mid-run: just stop it
                 pass
         if self.fe is not None:
             self.fe.close()
+            self.fe = None
         if self.backend is not None:
             self.backend.stop()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.backend.log.splitlines()[-lines:]) if self.backend else ""

@@ -114,34 +114,43 @@ def ratios(cells: dict[str, Cell], names: list[str]) -> dict[str, float]:
     return {n: cells[n].ops_per_s / first.ops_per_s for n in names[1:] if n in cells}
 
 
-def ours_vs_best_peer(cells: dict[str, Cell], names: list[str]) -> float | None:
-    if "ours" not in cells:
+def ours_vs_best_peer(cells: dict[str, Cell], names: list[str], ours: str = "ours") -> float | None:
+    """ops/s of ``ours`` divided by the fastest of the other back-ends in ``names``."""
+    if ours not in cells:
         return None
-    peers = [cells[n].ops_per_s for n in names if n != "ours" and n in cells]
+    peers = [cells[n].ops_per_s for n in names if n != ours and n in cells]
     if not peers or not max(peers):
         return None
-    return cells["ours"].ops_per_s / max(peers)
+    return cells[ours].ops_per_s / max(peers)
+
+
+FAILED = "FAILED (see PROBLEM)"
 
 
 def table(rows: list[Row], results: dict[str, dict[str, Cell]], names: list[str],
-          host: bool) -> str:
+          host: bool, failures: dict[str, dict[str, str]] | None = None,
+          ours: str = "ours") -> str:
     """The text table: a column per back-end (ratio to the first), the host-native column,
-    and ours ÷ the best peer."""
+    and ours ÷ the best peer (``ours``: the column that is ours).  A back-end that failed a
+    row (``failures[row id][name]``) shows FAILED there, and that row has no ours/best
+    peer figure (it would compare with a back-end that did not finish)."""
+    failures = failures or {}
     lines = []
     head = ["row"] + [n + (" (ratio to " + names[0] + ")" if i == 1 else "") for i, n in enumerate(names)]
     if host:
         head.append("host-native (C pread/pwrite)")
-    head.append("ours/best peer")
+    head.append(f"{ours}/best peer")
     body = []
     for row in rows:
         cells = results.get(row.id, {})
+        failed = failures.get(row.id, {})
         r = ratios(cells, names)
         line = [row.title]
         for n in names:
-            line.append(cell_text(cells.get(n), row, r.get(n)))
+            line.append(FAILED if n in failed else cell_text(cells.get(n), row, r.get(n)))
         if host:
             line.append(cell_text(cells.get(HOST), row) if row.native else "")
-        v = ours_vs_best_peer(cells, names)
+        v = None if any(n in failed for n in names) else ours_vs_best_peer(cells, names, ours)
         line.append("" if v is None else f"{v:.2f}x")
         body.append(line)
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]

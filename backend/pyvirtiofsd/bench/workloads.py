@@ -8,6 +8,7 @@ row needs the front-end's backend-channel server (Python), so it is a Python loo
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -62,7 +63,11 @@ def default_rows() -> list[Row]:
         rows.append(Row(f"getattr-qd{qd}", f"GETATTR QD{qd}", lib.PVFS_BENCH_GETATTR, qd))
     for qd in (1, 16):
         rows.append(Row(f"lookup-qd{qd}", f"LOOKUP QD{qd}", lib.PVFS_BENCH_LOOKUP, qd))
-    rows.append(Row("create-unlink-qd1", "create+release+unlink", lib.PVFS_BENCH_CREATE_UNLINK, 1))
+    # CREATE, RELEASE, UNLINK and a FORGET on the hiprio queue; at QD16 sixteen cycles at
+    # once, each on its own name, in the same directory.
+    for qd in (1, 16):
+        rows.append(Row(f"create-unlink-qd{qd}", f"create+release+unlink QD{qd}",
+                        lib.PVFS_BENCH_CREATE_UNLINK, qd))
     rows.append(Row("readdirplus-10k", "READDIRPLUS 10k dir", lib.PVFS_BENCH_READDIRPLUS, 1, 4096))
     rows.append(Row("dax-setup-remove", "DAX setup+remove 2M", "dax", 1, 2 * MiB, only="ours-dax"))
     return rows
@@ -179,6 +184,10 @@ class Fixture:
 
 # ---- running a row on a back-end ---------------------------------------------------------
 
+class BackendFailed(RuntimeError):
+    """A run could not complete on a back-end: it died, or stopped answering."""
+
+
 class Driver:
     """Runs rows on one :class:`Session`: looks up the fixture once, keeps handles open."""
 
@@ -197,6 +206,10 @@ class Driver:
     def _setup(self) -> None:
         """Look up the fixture and open handles, once, on the first non-DAX row."""
         c = self.s.client
+        # Names a session that died mid-cycle left behind would make CREATE (O_EXCL) fail.
+        cu_dir = self.fx.path(f"cu-{self.s.peer.name}")
+        for leftover in os.listdir(cu_dir):
+            os.unlink(os.path.join(cu_dir, leftover))
         self.data_node = c.lookup(ROOT, DATA_FILE.encode())[0].nodeid
         self.data_fh = c.open(self.data_node, os.O_RDONLY).fh
         wname = self.fx.write_files[self.s.peer.name].encode()
@@ -235,6 +248,7 @@ class Driver:
         sp.host_delta = fe.ram.host(slot_gpa) - slot_gpa
         sp.hiprio = ffi.NULL
         sp.stall_ns = int(self.stall * 1e9)
+        sp.gone_fd = self.s.pidfd
         name = b""
         if row.kind == lib.PVFS_BENCH_READ:
             sp.nodeid, sp.fh, sp.tag = self.data_node, self.data_fh, DATA_TAG
@@ -263,8 +277,11 @@ class Driver:
             fe.alloc.free(slots, slot_size * row.qd + 4096)
             fe.alloc.free(forget, 64 * hi.size)
         if rc < 0:
-            raise RuntimeError(f"{self.s.peer.name}: {row.id}: {os.strerror(-rc)}"
-                               f" (back-end {'alive' if self.s.alive() else 'dead'})\n{self.s.log_tail()}")
+            if rc == -errno.EPIPE:
+                raise BackendFailed("its process ended mid-run")
+            if rc == -errno.ETIMEDOUT:
+                raise BackendFailed(f"no reply for {self.stall:g} s")
+            raise BackendFailed(f"the request loop failed: {os.strerror(-rc)}")
         if row.kind == lib.PVFS_BENCH_LOOKUP:
             self.lookups += self._res.ops
         cell = _cell(self._res, self._lat, load)
@@ -309,7 +326,7 @@ class Driver:
     def close(self) -> None:
         """Forget what the LOOKUP rows looked up and close the handles (best effort)."""
         c = self.s.client
-        if not self._ready:
+        if not self._ready or self.s.broken or not self.s.alive():
             return
         try:
             if self.lookups:
