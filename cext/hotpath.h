@@ -1,103 +1,34 @@
-/* The hot path: FUSE READ, WRITE, GETATTR and LOOKUP served in C without entering Python,
- * and READDIRPLUS records packed in C for the Python server.
+/* The hot path: FUSE requests served in C without entering Python.
  *
- * Three pieces:
+ * A serving loop (pvfs_hot_run) for a request queue waits for kicks, pops chains and
+ * serves, itself, the requests it is safe to: the session is initialised, the opcode is
+ * enabled (the file system's offload description, see passthrough/offload.py), the request
+ * is well-formed and ordinary, its fh or nodeid is in the store (store.h) -- writing the
+ * reply and pushing the used entry.  Everything else (other opcodes, anything unusual,
+ * every error the Python server would have to explain) is handed back to the caller
+ * untouched, who gives it to the Python server -- on the queue thread itself for quick
+ * opcodes (a hand-off to a worker thread costs more than a GETATTR), to the worker pool for
+ * the ones that may block.  So the C path never answers differently from Python: it
+ * answers only the cases where Python's answer would be the same bytes.
  *
- * - A table (pvfs_fhtab) used twice: fh -> fd, filled by the passthrough file system as it
- *   opens files (passthrough/handles.py) and emptied on RELEASE; and nodeid -> O_PATH fd
- *   plus the file's identity, the inode table (passthrough/inodes.py), which C LOOKUPs may
- *   add to.  An entry is reference counted: the Python owner holds one reference, and
- *   every C request holds one while it uses the fd, so a RELEASE racing with a READ never
- *   closes the fd under it (nor lets the number be reused by another open): the fd is
- *   closed by whichever of them lets go last.
+ * The pieces, one file each: store.c (inodes and handles), pack.c (reply layouts), rw.c
+ * (READ, WRITE), meta.c (GETATTR, LOOKUP, READDIRPLUS records), leader.c (which of a
+ * queue's threads holds the ring), and this file (the context, dispatch, the loop).
  *
- * - A serving loop (pvfs_hot_run) for a request queue: it waits for kicks, pops chains,
- *   and serves READ/WRITE (preadv/pwritev between the file and guest memory), GETATTR
- *   (fstat of the inode's fd) and LOOKUP (statx of the name, a hit in the inode table)
- *   itself when it is safe to -- the session is initialised, the opcode is enabled, the
- *   request is well-formed and ordinary, the fh or nodeid is in its table -- writing the
- *   reply and pushing the used entry.  Everything else (other opcodes, anything unusual,
- *   every error the Python server would have to explain) is handed back to the caller
- *   untouched, who gives it to the Python server -- on the queue thread itself for quick
- *   opcodes (a hand-off to a worker thread costs more than a GETATTR), to the worker pool
- *   for the ones that may block.  So the C path never answers differently from Python: it
- *   answers only the cases where Python's answer would be the same bytes.
- *
- * - pvfs_dirplus: READDIRPLUS records for PassthroughFs.readdirplus_records.
- *
- * Several threads may run the loop on one queue, leader/follower style (pvfs_hotq); the
- * loop does not allocate.  A READ or WRITE that may block hands the ring to another thread
- * first; a GETATTR or LOOKUP served in C does not (see the note above pvfs_hot_run).
+ * Several threads may run the loop on one queue, leader/follower style (leader.h); no
+ * request stalls the queue on a slow host file system (see leader.h for how).  The loop
+ * does not allocate.
  */
 #ifndef PVFS_HOTPATH_H
 #define PVFS_HOTPATH_H
 
 #include <stdint.h>
 #include "vq.h"
+#include "store.h"
+#include "pack.h"
+#include "leader.h"
 
 /* CFFI-BEGIN */
-struct pvfs_fhtab;
-struct pvfs_fh;
-
-struct pvfs_fhtab *pvfs_fhtab_new(void);
-/* Drop a reference to the table (the owner's, or a serving context's). */
-void pvfs_fhtab_unref(struct pvfs_fhtab *t);
-/* Register fh -> fd; the entry takes over closing fd (see pvfs_fh_close).  NULL if fh is
- * 0 or ~0 (reserved), already present, or memory is short: the caller keeps the fd. */
-struct pvfs_fh *pvfs_fhtab_add(struct pvfs_fhtab *t, uint64_t fh, int fd);
-/* An inode: nodeid -> O_PATH fd as pvfs_fhtab_add, plus the file's identity, so that a
- * C LOOKUP of a name that resolves to it answers with its nodeid and counts the lookup in
- * the entry.  NULL also if the identity is already registered. */
-struct pvfs_fh *pvfs_fhtab_add_inode(struct pvfs_fhtab *t, uint64_t nodeid, int fd,
-                                     uint64_t dev, uint64_t ino, uint64_t mnt_id, uint32_t mode);
-/* A fresh nodeid (C LOOKUPs that open new inodes take theirs from the same counter). */
-uint64_t pvfs_fhtab_new_id(struct pvfs_fhtab *t);
-/* What the owner needs to know of an inode a C LOOKUP registered. */
-struct pvfs_inode_info {
-    uint64_t nodeid;
-    int fd;            /* the entry's: closed through pvfs_fh_close */
-    uint64_t dev, ino, mnt_id;
-    uint32_t mode;
-};
-/* Take over an inode a C LOOKUP registered and the owner has not seen yet, found by nodeid
- * (key NULL) or by identity (key: dev, ino, mnt_id): the entry (the owner now holds its
- * reference; its lookups are all in the entry's count, see pvfs_fh_settle) with *info
- * filled, or NULL if there is none not yet adopted. */
-struct pvfs_fh *pvfs_fhtab_adopt(struct pvfs_fhtab *t, uint64_t nodeid, const uint64_t *key,
-                                 struct pvfs_inode_info *info);
-/* How many registered inodes no owner has adopted yet; drop them all (end of session). */
-unsigned pvfs_fhtab_unadopted(struct pvfs_fhtab *t);
-unsigned pvfs_fhtab_purge_unadopted(struct pvfs_fhtab *t);
-/* Settle an inode's lookup count: the owner's count ``held`` plus what C LOOKUPs counted
- * since the last settle, minus ``n`` (a FORGET's nlookup; 0 to just read it), floored at 0.
- * At 0 the entry leaves the table (as pvfs_fhtab_remove) under the same lock, so no C
- * LOOKUP can hand the nodeid out again.  Returns the total, which the owner now holds. */
-uint64_t pvfs_fh_settle(struct pvfs_fhtab *t, struct pvfs_fh *e, uint64_t held, uint64_t n);
-/* Lookups counted in C not yet settled (for statistics and tests). */
-uint64_t pvfs_fh_pending(struct pvfs_fhtab *t, struct pvfs_fh *e);
-/* C lookups of fh fail from now on (RELEASE).  The entry and its fd stay valid. */
-void pvfs_fhtab_remove(struct pvfs_fhtab *t, uint64_t fh);
-/* The owner is done with the entry: its fd is closed now, or by the last C user. */
-void pvfs_fh_close(struct pvfs_fh *e);
-unsigned pvfs_fhtab_count(struct pvfs_fhtab *t);
-
-/* READDIRPLUS records of the directory open as dir_fd (whose O_PATH fd is parent_fd, on
- * mount parent_mnt), from offset on, packed into out (room bytes) as the Python server
- * packs them (server/dirs.py, server/packing.py):
- * each entry's lookup counted in the table (as a C LOOKUP's), an inode the table does not
- * hold opened and registered when new_ok (else the entry is left to Python); "." and ".."
- * as nodeid 0.  Returns the bytes packed, or a negative errno when nothing was;
- * *next_offset is where the entries packed (or skipped: gone since getdents) end, *why why
- * it stopped: */
-#define PVFS_DIRPLUS_END 0      /* end of the directory */
-#define PVFS_DIRPLUS_FULL 1     /* the next entry does not fit */
-#define PVFS_DIRPLUS_PYTHON 2   /* the entry at *next_offset is Python's (another mount, an
-                                   error, a new inode without new_ok: Python looks it up
-                                   or reports the error) */
-int64_t pvfs_dirplus(struct pvfs_fhtab *inodes, int dir_fd, int parent_fd, uint64_t parent_mnt,
-                     int new_ok, uint64_t offset, uint8_t *out, uint32_t room, uint32_t blksize,
-                     uint64_t valid_sec, uint32_t valid_nsec, uint64_t *next_offset, int *why);
-
 /* The most argument bytes a request other than WRITE may claim: server.ARGS_MAX (a test
  * holds the two equal).  C leaves a longer one to Python, which refuses it unread. */
 #define PVFS_FUSE_ARGS_MAX 77824
@@ -118,17 +49,13 @@ enum {
 };
 
 struct pvfs_hot;
-/* A serving context over a handle table (which it keeps a reference to). */
-struct pvfs_hot *pvfs_hot_new(struct pvfs_fhtab *t);
+/* A serving context over a store (which it keeps a reference to). */
+struct pvfs_hot *pvfs_hot_new(struct pvfs_store *s);
 void pvfs_hot_free(struct pvfs_hot *h);
-/* GETATTR and LOOKUP in C (with PVFS_HOT_GETATTR/LOOKUP in ops): nodeids are looked up in ``inodes`` (a
- * table of O_PATH fds the inode table fills, see passthrough/inodes.py); every reply says
- * blksize and the attribute timeout given here.  Set once, before serving. */
-void pvfs_hot_set_getattr(struct pvfs_hot *h, struct pvfs_fhtab *inodes, uint32_t blksize,
-                          uint64_t valid_sec, uint32_t valid_nsec);
-/* With PVFS_HOT_LOOKUP: may a C LOOKUP also open and register inodes the table does not
- * hold (only when the owner keeps an fd per inode, i.e. no file handles)?  Default 0. */
-void pvfs_hot_set_lookup_new(struct pvfs_hot *h, int on);
+/* What every attribute C packs says: blksize (the guest page size) and the attribute and
+ * entry timeout.  Set once, before serving. */
+void pvfs_hot_set_attr(struct pvfs_hot *h, uint32_t blksize, uint64_t valid_sec,
+                       uint32_t valid_nsec);
 /* Which opcodes (PVFS_HOT_*) the loop serves; 0 hands everything to Python. */
 void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops);
 unsigned pvfs_hot_get_ops(struct pvfs_hot *h);
@@ -137,7 +64,9 @@ unsigned pvfs_hot_get_ops(struct pvfs_hot *h);
  * instead of PVFS_HOT_RUN_POOL). */
 void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes);
 /* The FUSE session as INIT negotiated it: nothing is served in C while it is off.  A READ
- * asking for more than max_read (max_pages x guest page size) is left to Python. */
+ * asking for more than max_read (max_pages x guest page size) is left to Python.  Turning
+ * it off returns once no request is being served in C any more, so the caller may then
+ * clear the store (DESTROY, a reset) knowing C adds nothing to it. */
 void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write,
                           uint32_t max_read);
 uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which);
@@ -153,34 +82,52 @@ uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which);
 /* Serve what the ring holds.  Returns PVFS_HOT_RUN_POOL or PVFS_HOT_RUN_INLINE with *out
  * set, PVFS_HOT_RUN_EMPTY, or -EIO if the queue is broken or stopped. */
 int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out);
-/* The threads serving one queue share a struct pvfs_hotq: one of them at a time (the
- * leader) waits for kicks and pops, and hands over to another before serving what it
- * popped, waking it only when more requests are pending (see hotpath.c). */
-struct pvfs_hotq;
-struct pvfs_hotq *pvfs_hotq_new(void);
-void pvfs_hotq_free(struct pvfs_hotq *q);
-/* Every thread of the queue returns PVFS_HOT_RUN_STOP from pvfs_hot_run from now on (set
- * before joining them; a restarted queue gets a new pvfs_hotq). */
-void pvfs_hotq_stop(struct pvfs_hotq *q);
-/* A disabled ring (SET_VRING_ENABLE 0): pvfs_hot_run returns PVFS_HOT_RUN_STOP instead of
- * popping. */
-void pvfs_hotq_set_paused(struct pvfs_hotq *q, int paused);
 /* The queue thread's loop: serve, wait for a kick (kick_fd, -1: poll every timeout_ms),
  * serve...  Returns PVFS_HOT_RUN_POOL or PVFS_HOT_RUN_INLINE with *out set (a request for
  * Python, as pvfs_hot_serve), PVFS_HOT_RUN_STOP, or a negative errno (-EIO: queue broken
- * or stopped).  q may be NULL (every thread then waits for kicks).
- *
- * What may stall the queue: a READ or WRITE of 32 KiB or more, and a smaller READ not all
- * in the page cache, hand the ring to another thread before their preadv/pwritev; a smaller
- * WRITE is done by the thread holding the ring, and a follower takes the ring over once
- * it has taken PVFS_HOT_STALL_NS; a request passed up to Python gives up the ring, and a
- * follower takes it within PVFS_HOT_STALL_NS if Python is slow.  A GETATTR or LOOKUP
- * served in C does neither: its fstat/statx (and, for a new inode, openat2) runs on the
- * thread that holds the ring, so a stat that blocks on a slow host file system stalls the
- * queue until it returns.  With one thread per queue (PYVIRTIOFSD_HOT_THREADS=1) there is
- * no follower to take over at all. */
+ * or stopped).  q may be NULL (every thread then waits for kicks). */
 int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, int kick_fd,
                  int stop_fd, int timeout_ms, struct pvfs_req **out);
 /* CFFI-END */
+
+/* ---- for the serving modules (rw.c, meta.c) ------------------------------------------- */
+
+struct pvfs_hot {
+    struct pvfs_store *store;
+    struct pvfs_attr_policy attr;
+    unsigned ops;        /* atomic */
+    uint64_t inline_ops; /* atomic: bit n set: opcode n is served on the queue thread */
+    uint64_t session;    /* atomic: on << 63 | minor << 32 | max_write */
+    uint32_t max_read;   /* atomic, stored before session: max_pages x guest page size */
+    unsigned serving;    /* atomic: requests being served in C now (see set_session) */
+    uint64_t stat[6];    /* atomic */
+};
+
+/* A request as the serving functions get it: the header decoded, the first argument bytes
+ * copied, and the queue's leadership (NULL outside pvfs_hot_run). */
+#define PVFS_HOT_ARGS 40
+struct pvfs_hot_req {
+    struct pvfs_req *req;
+    struct pvfs_fuse_in_header in;   /* host byte order */
+    uint8_t args[PVFS_HOT_ARGS];     /* the first argument bytes (little-endian) */
+    uint32_t have_args;              /* how many of them the request has */
+    uint32_t minor, max_write;       /* the session's */
+    struct pvfs_lead *lead;
+};
+
+/* What a serving function returns: SERVED (replied), or where Python should serve it
+ * (nothing was written to it then). */
+enum { PVFS_TO_PYTHON = 0, PVFS_SERVED = 1 };
+
+static inline void pvfs_hot_count(struct pvfs_hot *h, int which, uint64_t n)
+{
+    __atomic_fetch_add(&h->stat[which], n, __ATOMIC_RELAXED);
+}
+
+/* The checks every C-served metadata request passes besides the session: the whole request
+ * is within ARGS_MAX and the chain, and the reply area takes reply_len body bytes. */
+int pvfs_hot_meta_ok(const struct pvfs_hot_req *r, uint32_t reply_len);
+/* Complete r with error (errno, or 0 with body). */
+void pvfs_hot_reply(const struct pvfs_hot_req *r, int error, const void *body, uint32_t len);
 
 #endif

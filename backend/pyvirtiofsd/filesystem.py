@@ -74,12 +74,15 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from pyvirtiofsd.fstypes import (  # noqa: F401 - dirent_type: importable from here too
     Attr, Context, DirEntry, Entry, FileRange, Opened, SetAttr, StatFs, Statx, WriteData,
     dirent_type,
 )
+
+if TYPE_CHECKING:
+    from pyvirtiofsd.offload import Offload, ReplyPolicy
 
 __all__ = [
     "Attr", "Context", "DirEntry", "Entry", "FileRange", "FileSystem", "Opened", "SetAttr",
@@ -119,6 +122,12 @@ class FileSystem:
 
     def destroy(self) -> None:
         """The session ended (FUSE_DESTROY, or a new INIT): drop every inode and handle."""
+
+    def offload(self, policy: "ReplyPolicy") -> "Offload | None":
+        """Optional: which requests the C hot path may serve for this file system, and from
+        which C store (see :mod:`pyvirtiofsd.offload`).  The default, ``None``: all of them
+        come to these methods."""
+        return None
 
     # --- names and inodes ---------------------------------------------------------------
 

@@ -5,11 +5,11 @@ Queue 0 is hiprio (FORGET, BATCH_FORGET, INTERRUPT: served inline, they never bl
 queues 1..n are request queues whose requests go to a pool of worker threads, so one slow
 FSYNC does not hold up a GETATTR behind it.
 
-The hot path: when the file system is a :class:`~pyvirtiofsd.passthrough.PassthroughFs`
-(whose handles and inodes live in C tables too) and nothing needs to see every request (no
-ops log, no statistics), each request queue is served by ``hot_threads`` threads running
+The hot path: when the file system offloads requests to C (its offload description, see
+:mod:`pyvirtiofsd.offload`; the passthrough file system does) and nothing needs to see every
+request (no ops log, no statistics), each request queue is served by ``hot_threads`` threads running
 the C loop of cext/hotpath.c, which answers READ and WRITE itself -- a preadv/pwritev
-between the file and guest memory -- and GETATTR and LOOKUP from the C inode table, and
+between the file and guest memory -- and GETATTR and LOOKUP from the C store, and
 passes everything else up: quick metadata operations are served by the queue thread itself
 (:data:`INLINE_OPCODES`), the rest by the worker pool.  See :class:`HotPath` for when each
 of them stays in Python.  (READDIRPLUS reaches Python, whose PassthroughFs packs its
@@ -27,6 +27,7 @@ import structlog
 from ._cext import ffi, lib
 from .fuse.abi import Opcode
 from .fuse.request import FuseRequest
+from .offload import ReplyPolicy
 from .vhost_user.backend_channel import BackendChannel
 from .vhost_user.device import VhostUserDevice
 from .vhost_user.protocol import SHMEM_BIT_DEFAULT, ProtocolFeature as P, shmem_bit
@@ -119,7 +120,7 @@ class WorkerPool:
 # do.  What may block for long (FSYNC, FLUSH on NFS, FALLOCATE, a truncating
 # SETATTR, DAX mappings that wait for the front-end, READ/WRITE that C left to Python)
 # still goes to the pool.  Should an inline one block anyway (a hung NFS LOOKUP), another
-# thread of the queue takes the ring over within 10 ms (PVFS_HOT_STALL_NS, hotpath.c).
+# thread of the queue takes the ring over within 10 ms (PVFS_HOT_STALL_NS, cext/leader.h).
 INLINE_OPCODES = frozenset({
     Opcode.FUSE_LOOKUP, Opcode.FUSE_GETATTR, Opcode.FUSE_STATX, Opcode.FUSE_ACCESS,
     Opcode.FUSE_READLINK, Opcode.FUSE_OPEN, Opcode.FUSE_OPENDIR, Opcode.FUSE_RELEASE,
@@ -132,59 +133,44 @@ INLINE_OPCODES = frozenset({
 })
 
 
-class HotPath:
-    """The C serving context of the request queues, and what it may serve.
+# The opcodes the C loop can serve, and its bit for each (cext/hotpath.h).
+_HOT_BITS = {
+    Opcode.FUSE_READ: lib.PVFS_HOT_READ, Opcode.FUSE_WRITE: lib.PVFS_HOT_WRITE,
+    Opcode.FUSE_GETATTR: lib.PVFS_HOT_GETATTR, Opcode.FUSE_LOOKUP: lib.PVFS_HOT_LOOKUP,
+}
 
-    READ is served in C whenever the file system is a plain ``PassthroughFs`` (a subclass
-    that overrides ``read`` keeps it).  WRITE too, except: on a read-only server or file
-    system (Python answers EROFS); with a DAX window (the server re-fits a file's
-    mappings after every WRITE); when ``write`` is overridden.  GETATTR and LOOKUP too,
-    except with a DAX window or uid/gid translation (AttrPacker would change the bytes) or
-    when ``getattr``/``lookup`` is overridden.  Nothing is served in C
-    while an ops recorder is on (every request must be recorded) or before INIT: the
-    context follows the server's session (:meth:`publish`).  ``PYVIRTIOFSD_HOTPATH=0`` in the
-    environment switches it off, ``PYVIRTIOFSD_HOT_THREADS=N`` sets the threads per queue
-    (for comparisons).
+
+class HotPath:
+    """The C serving context of the request queues.
+
+    What it serves is the file system's offload description (:mod:`pyvirtiofsd.offload`:
+    the file system alone knows which of its answers C can give) -- and nothing while an
+    ops recorder is on (every request must be recorded), before INIT (the context follows
+    the server's session, :meth:`publish`), or with ``PYVIRTIOFSD_HOTPATH=0`` in the
+    environment.  ``PYVIRTIOFSD_HOT_THREADS=N`` sets the threads per queue (for
+    comparisons).
     """
 
     def __init__(self, server, dax, threads: int):
-        from .passthrough.fs import PassthroughFs
-
         self.server = server
         self.threads = int(os.environ.get("PYVIRTIOFSD_HOT_THREADS", threads))
         self.ctx = None
-        fs = server.fs
-        table = fs.handles.c_table if isinstance(fs, PassthroughFs) else None
-        ops = 0
-        if (table is not None and server.ops is None
-                and os.environ.get("PYVIRTIOFSD_HOTPATH", "1") != "0"):
-            if type(fs).read is PassthroughFs.read:
-                ops |= lib.PVFS_HOT_READ
-            if (type(fs).write is PassthroughFs.write and dax is None
-                    and not server.options.readonly and not fs.readonly):
-                ops |= lib.PVFS_HOT_WRITE
-            # GETATTR: the C reply is what AttrPacker would build as long as no attribute
-            # flag or id translation applies (DAX sets FUSE_ATTR_DAX and re-fits mappings
-            # after GETATTR; --translate-uid/gid rewrites ids).
-            o = server.options
-            if (type(fs).getattr is PassthroughFs.getattr and dax is None
-                    and not o.uid_map and not o.gid_map):
-                ops |= lib.PVFS_HOT_GETATTR
-                # LOOKUP of a name whose inode the guest holds already, on the same mount
-                # (no submount flag): the entry Python would build.
-                if type(fs).lookup is PassthroughFs.lookup:
-                    ops |= lib.PVFS_HOT_LOOKUP
-        self.ops = ops
-        if ops:
-            self.ctx = ffi.gc(lib.pvfs_hot_new(table), lib.pvfs_hot_free)
-            if ops & (lib.PVFS_HOT_GETATTR | lib.PVFS_HOT_LOOKUP):
-                whole = int(server.options.timeout)
-                lib.pvfs_hot_set_getattr(self.ctx, fs.inodes.c_table, server.options.guest_page_size,
-                                         whole, int((server.options.timeout - whole) * 1e9))
-                # new inodes too where C may register them (Python adopts them on sight)
-                lib.pvfs_hot_set_lookup_new(self.ctx, int(fs.c_registers_inodes))
-            lib.pvfs_hot_set_ops(self.ctx, ops)
-            lib.pvfs_hot_set_inline(self.ctx, sum(1 << op for op in INLINE_OPCODES if op < 64))
+        self.ops = 0
+        if server.ops is not None or os.environ.get("PYVIRTIOFSD_HOTPATH", "1") == "0":
+            return
+        o = server.options
+        offload = server.fs.offload(ReplyPolicy(readonly=o.readonly, dax=dax is not None,
+                                                id_mapping=bool(o.uid_map or o.gid_map)))
+        if offload is None:
+            return
+        self.ops = sum(_HOT_BITS[op] for op in offload.opcodes if op in _HOT_BITS)
+        if not self.ops:
+            return
+        self.ctx = ffi.gc(lib.pvfs_hot_new(offload.store), lib.pvfs_hot_free)
+        whole = int(o.timeout)
+        lib.pvfs_hot_set_attr(self.ctx, o.guest_page_size, whole, int((o.timeout - whole) * 1e9))
+        lib.pvfs_hot_set_ops(self.ctx, self.ops)
+        lib.pvfs_hot_set_inline(self.ctx, sum(1 << op for op in INLINE_OPCODES if op < 64))
 
     def publish(self, s) -> None:
         """The server's session as C must see it: called by the server under its lifecycle

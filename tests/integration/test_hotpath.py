@@ -303,43 +303,6 @@ def test_release_racing_reads_never_closes_the_fd_under_them(rig_factory, tmp_pa
     assert rig.stats()["reads"] > 0
 
 
-def test_c_handle_table_closes_after_the_last_user(tmp_path):
-    path = tmp_path / "f"
-    path.write_bytes(b"x")
-    table = ffi.gc(lib.pvfs_fhtab_new(), lib.pvfs_fhtab_unref)
-    fd = os.open(path, os.O_RDONLY)
-    entry = lib.pvfs_fhtab_add(table, 7, fd)
-    assert entry != ffi.NULL and lib.pvfs_fhtab_count(table) == 1
-    assert lib.pvfs_fhtab_add(table, 7, fd) == ffi.NULL      # one entry per fh
-    assert lib.pvfs_fhtab_add(table, 0, fd) == ffi.NULL      # reserved numbers
-    lib.pvfs_fhtab_remove(table, 7)
-    assert lib.pvfs_fhtab_count(table) == 0
-    os.fstat(fd)                                              # still open: the owner holds it
-    lib.pvfs_fh_close(entry)
-    with pytest.raises(OSError) as e:
-        os.fstat(fd)
-    assert e.value.errno == errno.EBADF
-
-
-def test_c_handle_table_grows(tmp_path):
-    table = ffi.gc(lib.pvfs_fhtab_new(), lib.pvfs_fhtab_unref)
-    entries = []
-    for i in range(1, 2001):
-        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-        entries.append(lib.pvfs_fhtab_add(table, i, fd))
-    assert lib.pvfs_fhtab_count(table) == 2000
-    for i, e in enumerate(entries, 1):
-        if i % 2:
-            lib.pvfs_fhtab_remove(table, i)
-            lib.pvfs_fh_close(e)
-    assert lib.pvfs_fhtab_count(table) == 1000
-    for i, e in enumerate(entries, 1):
-        if not i % 2:
-            lib.pvfs_fhtab_remove(table, i)
-            lib.pvfs_fh_close(e)
-    assert lib.pvfs_fhtab_count(table) == 0
-
-
 def test_many_reads_in_flight_on_several_c_threads(rig_factory, tmp_path):
     data = os.urandom(4 * MiB)
     (tmp_path / "big").write_bytes(data)
@@ -537,9 +500,8 @@ def test_getattr_stays_in_python_with_id_translation(rig_factory, tmp_path):
 
 def test_lookup_in_c_answers_what_python_answers(rig_factory, tmp_path):
     """A LOOKUP is answered in C -- of an inode the guest holds already, and (without file
-    handles) of a new one, which C opens and registers and Python adopts when it first meets
-    the nodeid -- with the bytes the server would have sent; the lookups it counts are the
-    guest's to FORGET."""
+    handles) of a new one, which C opens and registers in the store -- with the bytes the
+    server would have sent; the lookups it counts are the guest's to FORGET."""
     (tmp_path / "f").write_bytes(b"x" * 777)
     os.link(tmp_path / "f", tmp_path / "hard")
     (tmp_path / "g").write_bytes(b"y" * 5)
@@ -547,11 +509,12 @@ def test_lookup_in_c_answers_what_python_answers(rig_factory, tmp_path):
     assert rig.device.hotpath.ops & lib.PVFS_HOT_LOOKUP
     c, inodes = rig.client, rig.fs.inodes
     served = lambda: rig.stats()["lookups"]                     # noqa: E731
-    # the Python answer for a new inode, with C's new-inode path off
-    lib.pvfs_hot_set_lookup_new(rig.device.hotpath.ctx, 0)
+    # the Python answer for a new inode, with LOOKUP in C off
+    ctx, ops = rig.device.hotpath.ctx, rig.device.hotpath.ops
+    lib.pvfs_hot_set_ops(ctx, ops & ~lib.PVFS_HOT_LOOKUP)
     py_g = c.check(Opcode.FUSE_LOOKUP, ROOT, b"g\0", abi.FUSE_ENTRY_OUT_SIZE)
     assert served() == 0
-    lib.pvfs_hot_set_lookup_new(rig.device.hotpath.ctx, 1)
+    lib.pvfs_hot_set_ops(ctx, ops)
     first = c.check(Opcode.FUSE_LOOKUP, ROOT, b"f\0", abi.FUSE_ENTRY_OUT_SIZE)
     assert served() == 1                                         # a new inode, in C
     node = c.parse_entry(first)[0].nodeid
@@ -568,7 +531,7 @@ def test_lookup_in_c_answers_what_python_answers(rig_factory, tmp_path):
     assert c_g[:cut] == py_g[:cut] and c_g[cut + 8:] == py_g[cut + 8:]
     assert c.lookup(ROOT, b"hard")[0].nodeid == node              # a hard link: same inode
     assert served() == 4
-    assert inodes.lookup_count(node) == 3                         # adopted by Python here
+    assert inodes.lookup_count(node) == 3
     c.forget(node, 2)
     c.getattr(ROOT)
     assert inodes.lookup_count(node) == 1 and c.getattr(node).size == 777
@@ -581,9 +544,10 @@ def test_lookup_in_c_answers_what_python_answers(rig_factory, tmp_path):
     assert c.lookup(ROOT, b"f")[0].nodeid not in (node, 0)
 
 
-def test_inodes_registered_in_c_are_adopted_or_dropped(rig_factory, tmp_path):
-    """Python meets C-registered inodes by nodeid (GETATTR in Python, FORGET), by identity
-    (its own LOOKUP of the same file), and drops the ones it never met at session end."""
+def test_inodes_registered_in_c_are_the_stores(rig_factory, tmp_path):
+    """Inodes C registers are the store's like any other: Python finds them by nodeid (OPEN,
+    FORGET) and by identity (its own LOOKUP of the same file), and the session's end drops
+    them all."""
     for n in "abc":
         (tmp_path / n).write_bytes(n.encode())
     rig = rig_factory()
@@ -602,11 +566,11 @@ def test_inodes_registered_in_c_are_adopted_or_dropped(rig_factory, tmp_path):
     os.link(tmp_path / "b", tmp_path / "b2")
     assert rig.fs.lookup(Context(0, 0, 0), ROOT, b"b2").nodeid == b
     assert inodes.lookup_count(b) == 2
-    # FORGET of one Python never met
+    # FORGET of one only C served
     c.forget(cc, 1)
     c.getattr(ROOT)
     assert len(inodes) == 3
-    # session end: everything but the root goes, C-only inodes included
+    # session end: everything but the root goes
     c.lookup(ROOT, b"c")
     rig.server.reset()
     assert len(inodes) == 1 and inodes.open_fds() == base_fds

@@ -16,8 +16,7 @@ from pyvirtiofsd.filesystem import Attr, Context, Entry, FileSystem
 from pyvirtiofsd.fuse import abi
 from pyvirtiofsd.passthrough import file_handle, syscalls
 from pyvirtiofsd.passthrough.credentials import Credentials
-from pyvirtiofsd.passthrough.handles import HandleTable
-from pyvirtiofsd.passthrough.inodes import Inode, InodeKey, InodeTable
+from pyvirtiofsd.passthrough.store import Handles, Inode, InodeKey, Inodes, Store
 from pyvirtiofsd.passthrough.xattrmap import XattrMap
 
 if TYPE_CHECKING:
@@ -103,9 +102,9 @@ class PassthroughBase(FileSystem):
     credentials: Credentials
     mount_fds: file_handle.MountFds
     file_handles: str
-    c_registers_inodes: bool
-    inodes: InodeTable
-    handles: HandleTable
+    store: Store
+    inodes: Inodes
+    handles: Handles
     _proc_fd: int
 
     def _proc_name(self, fd: int) -> str:
@@ -123,12 +122,12 @@ class PassthroughBase(FileSystem):
         except BaseException:
             os.close(fd)
             raise
-        inode = self.inodes.add_lookup(fd, inode_key(stx), stx.mode, handle)
+        nodeid = self.inodes.add_lookup(fd, inode_key(stx), stx.mode, handle)
         attr = attr_from_statx(stx)
         if (self.submounts and parent_mnt is not None and stx.mnt_id != parent_mnt
                 and stat.S_ISDIR(stx.mode)):
             attr.flags |= abi.FUSE_ATTR_SUBMOUNT
-        return Entry(inode.nodeid, 0, attr)
+        return Entry(nodeid, 0, attr)
 
     def _handle_for(self, fd: int, mode: int) -> file_handle.FileHandle | None:
         """The file handle to keep instead of ``fd`` (None: keep the fd).
@@ -151,9 +150,8 @@ class PassthroughBase(FileSystem):
             return None
         return h
 
-    def _open_inode(self, inode: Inode) -> int:
-        """An O_PATH fd for a handle-only inode (the inode table calls this)."""
-        h = inode.handle
+    def _open_inode(self, inode: Inode, h: file_handle.FileHandle) -> int:
+        """An O_PATH fd for a file-handle inode (the store's façade calls this)."""
         return file_handle.open_handle(self.mount_fds.get(h.mount_id), h,
                                        os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
 

@@ -11,7 +11,7 @@ from pyvirtiofsd._cext import ffi, lib
 from pyvirtiofsd.filesystem import DIRPLUS_END, DIRPLUS_FULL, DIRPLUS_PYTHON, Context, DirEntry, Opened
 from pyvirtiofsd.passthrough import syscalls
 from pyvirtiofsd.passthrough.common import PassthroughBase, err
-from pyvirtiofsd.passthrough.handles import Handle, HandleTable
+from pyvirtiofsd.passthrough.store import Handle, Handles
 from pyvirtiofsd.passthrough.names import NameOps
 
 DIRPLUS_BUFFER = 64 << 10
@@ -40,19 +40,16 @@ class DirOps(PassthroughBase):
     def readdirplus_records(self, ctx: Context, inode: int, fh: int, offset: int, room: int,
                             blksize: int, timeout: float) -> tuple[bytes, int, int]:
         """READDIRPLUS records packed in C (see :meth:`FileSystem.readdir`): getdents64,
-        then per entry statx and the C inode table -- new inodes opened and registered there
-        too unless inodes keep file handles, which only :meth:`lookup` makes."""
+        then per entry statx and the store -- new inodes opened and registered there too
+        unless inodes keep file handles, which only :meth:`lookup` makes."""
         if type(self).lookup is not NameOps.lookup or room <= 0:   # lookup overridden
             return b"", offset, DIRPLUS_PYTHON
         with self.handles.borrow(fh) as h, h.lock, self.inodes.borrow(inode) as p:
-            if p.c is None or p.fd < 0:
-                return b"", offset, DIRPLUS_PYTHON          # not in the C table
             room = min(room, DIRPLUS_BUFFER)   # a shorter reply is fine: the guest asks again
             buf = ffi.new("uint8_t[]", room)
             nxt, why = ffi.new("uint64_t *"), ffi.new("int *")
             whole = int(timeout)
-            n = lib.pvfs_dirplus(self.inodes.c_table, h.fd, p.fd, p.key[2],
-                                 int(self.c_registers_inodes), offset, buf, room, blksize,
+            n = lib.pvfs_dirplus(self.store.c, h.fd, p.fd, p.key[2], offset, buf, room, blksize,
                                  whole, int((timeout - whole) * 1e9), nxt, why)
         if n < 0:
             raise OSError(-n, os.strerror(-n))
@@ -76,7 +73,7 @@ class _DirStream:
     reading on is how a FUSE readdir continues.
     """
 
-    def __init__(self, table: HandleTable, handle: Handle, offset: int):
+    def __init__(self, table: Handles, handle: Handle, offset: int):
         self._table = table
         self._handle: Handle | None = handle
         self._batch: Iterator[syscalls.Dirent64] = iter(())

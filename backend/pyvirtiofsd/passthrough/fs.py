@@ -33,16 +33,16 @@ from pyvirtiofsd.passthrough.common import STAT_EMPTY, PassthroughBase, inode_ke
 from pyvirtiofsd.passthrough.credentials import Credentials
 from pyvirtiofsd.passthrough.dirs import DirOps
 from pyvirtiofsd.passthrough.files import FileOps
-from pyvirtiofsd.passthrough.handles import HandleTable
-from pyvirtiofsd.passthrough.inodes import InodeTable
 from pyvirtiofsd.passthrough.names import NameOps
+from pyvirtiofsd.passthrough.offload import OffloadOps
+from pyvirtiofsd.passthrough.store import Store
 from pyvirtiofsd.passthrough.xattrmap import XattrMap
 from pyvirtiofsd.passthrough.xattrs import XattrOps
 
 log = structlog.get_logger()
 
 
-class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, PassthroughBase):
+class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, OffloadOps, PassthroughBase):
     """Serve the host directory ``root``.
 
     ``allow_direct_io``: honour O_DIRECT from the guest (virtiofsd's ``--allow-direct-io``;
@@ -96,9 +96,6 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, PassthroughBase):
             raise
         self.mount_fds = file_handle.MountFds()
         self.file_handles = inode_file_handles
-        # C may open and register new inodes (LOOKUP, READDIRPLUS) only where each inode is
-        # an fd its C entry can own, i.e. without file handles
-        self.c_registers_inodes = inode_file_handles == "never"
         if inode_file_handles != "never":
             why = file_handle.probe(root_fd)
             if why is not None:
@@ -110,13 +107,16 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, PassthroughBase):
                 self.file_handles = "never"
             else:
                 self.mount_fds.remember(file_handle.handle_of(root_fd).mount_id, root_fd)
-        self.inodes = InodeTable(root_fd, inode_key(stx), stx.mode, opener=self._open_inode)
-        self.handles = HandleTable()
+        # C may open and register new inodes (LOOKUP, READDIRPLUS) only where each inode is
+        # an fd, i.e. without file handles
+        self.store = Store(root_fd, inode_key(stx), stx.mode,
+                           fds_only=self.file_handles == "never", opener=self._open_inode)
+        self.inodes = self.store.inodes
+        self.handles = self.store.handles
 
     def close(self) -> None:
         """Release every fd (the object is unusable afterwards)."""
-        self.destroy()
-        self.inodes.close_root()
+        self.store.close()
         os.close(self._proc_fd)
         self.mount_fds.close()
 
@@ -131,5 +131,4 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, PassthroughBase):
         return flags
 
     def destroy(self) -> None:
-        self.handles.clear()
-        self.inodes.clear()
+        self.store.clear()

@@ -12,8 +12,7 @@ from pyvirtiofsd.passthrough import syscalls
 from pyvirtiofsd.passthrough.common import (
     PATH_FLAGS, STAT_EMPTY, PassthroughBase, check_name, err, inode_key, modifies,
 )
-from pyvirtiofsd.passthrough.handles import Handle
-from pyvirtiofsd.passthrough.inodes import Inode
+from pyvirtiofsd.passthrough.store import Handle, Inode
 
 
 class NameOps(PassthroughBase):
@@ -24,7 +23,7 @@ class NameOps(PassthroughBase):
     def lookup(self, ctx: Context, parent: int, name: bytes) -> Entry:
         check_name(name, creating=False)
         with self.inodes.borrow(parent) as p:
-            if name == b"." or (name == b".." and p is self.inodes.root):
+            if name == b"." or (name == b".." and p.is_root):
                 self.inodes.add_existing(p)
                 return Entry(p.nodeid, 0, Attr.from_stat(os.fstat(p.fd)))
             if name == b"..":
@@ -36,7 +35,7 @@ class NameOps(PassthroughBase):
         try:
             stx = syscalls.statx(fd, b"", STAT_EMPTY,
                                  syscalls.STATX_BASIC_STATS | syscalls.STATX_MNT_ID)
-            if self.inodes.find(inode_key(stx)) is None:
+            if not self.inodes.find(inode_key(stx)):
                 raise err(errno.EXDEV, b"..")
         except BaseException:
             os.close(fd)
@@ -47,8 +46,7 @@ class NameOps(PassthroughBase):
         self.inodes.forget(inode, nlookup)
 
     def batch_forget(self, ctx: Context, requests: list[tuple[int, int]]) -> None:
-        for nodeid, nlookup in requests:
-            self.inodes.forget(nodeid, nlookup)
+        self.inodes.forget_many(requests)
 
     def lookup_count(self, inode: int) -> int:
         """How many lookups of ``inode`` the guest holds (0: it forgot it)."""

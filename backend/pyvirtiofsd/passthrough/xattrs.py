@@ -7,7 +7,7 @@ import stat
 
 from pyvirtiofsd.filesystem import Context
 from pyvirtiofsd.passthrough.common import PassthroughBase, modifies, xattr_op
-from pyvirtiofsd.passthrough.inodes import Inode
+from pyvirtiofsd.passthrough.store import Inode
 
 
 class XattrOps(PassthroughBase):

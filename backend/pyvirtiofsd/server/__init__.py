@@ -9,7 +9,7 @@ here so that every file system gets it for free:
   ``i_blkbits`` from it and DAX writeback fails (WARN + EIO) whenever it differs from the
   guest page size -- larger *or* smaller; a host tmpfs with ``huge=always`` says 2 MiB.
   :class:`AttrPacker` is the only Python code that turns attributes into bytes; the C hot
-  path's GETATTR/LOOKUP/READDIRPLUS pack the same bytes (cext/hotpath.c ``pack_attr``).
+  path's GETATTR/LOOKUP/READDIRPLUS pack the same bytes (cext/pack.c).
 * cache policy (entry/attr timeouts, ``FOPEN_*``), read-only mode, xattr on/off, INIT
   negotiation, READDIRPLUS built from ``readdir`` + ``lookup``.
 

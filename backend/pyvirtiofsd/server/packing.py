@@ -4,8 +4,8 @@
 :class:`ReplyPacking` (mixed into :class:`~pyvirtiofsd.server.Server`) the only Python code
 that builds ``fuse_entry_out``, ``fuse_attr_out`` and ``fuse_open_out`` around them, so no
 reply built in Python can carry another blksize.  The C hot path packs the same structs
-for the GETATTR, LOOKUP and READDIRPLUS it serves (``pack_attr``/``pack_entry`` in
-cext/hotpath.c), and is switched on only where its bytes equal these (no DAX attribute
+for the GETATTR, LOOKUP and READDIRPLUS it serves (``pvfs_pack_attr``/``pvfs_pack_entry`` in
+cext/pack.c), and is switched on only where its bytes equal these (no DAX attribute
 flag, no id translation; tests/unit/test_dirplus.py and tests/integration/test_hotpath.py
 compare them).
 """

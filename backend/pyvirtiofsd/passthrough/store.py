@@ -1,0 +1,261 @@
+"""The Python face of the C store (cext/store.c): the inodes the guest knows and the files
+it has open.
+
+C owns every piece of this state -- nodeids, the (st_dev, st_ino, mnt_id) index, lookup
+counts, the O_PATH fds or file handles, the open handles -- and the C hot path reads and
+changes it directly; Python keeps no copy.  Operations *borrow* an inode or a handle for
+as long as they use its fd (``with inodes.borrow(nodeid) as i``): a FORGET or RELEASE
+racing with them takes the entry out of the store, but its fd stays open until the last
+borrower is done, so it is never closed under a syscall, nor its number reused by another
+open meanwhile.
+
+Nodeids and fh numbers come from counters and are never reused within a store's life: a
+stale number from a confused guest finds nothing (EBADF).  The root is nodeid 1
+(FUSE_ROOT_ID) and is never forgotten.
+
+With file handles (``--inode-file-handles``, see :mod:`.file_handle`) an inode keeps a
+handle instead of an fd: its first borrower opens it (``opener``) and the last one to give
+it back closes it, so the daemon holds fds only for inodes in use right now.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from pyvirtiofsd._cext import ffi, lib
+from pyvirtiofsd.fuse.abi import FUSE_ROOT_ID
+from pyvirtiofsd.passthrough.file_handle import FileHandle
+
+InodeKey = tuple[int, int, int]
+"""(st_dev, st_ino, mnt_id)"""
+
+_HANDLE_HEAD = struct.Struct("<Qi")   # how a FileHandle is kept in C: mount_id, type, bytes
+
+
+class Inode:
+    """A borrowed inode, as the store gave it (valid inside its ``borrow`` block)."""
+
+    __slots__ = ("nodeid", "fd", "mode", "key", "_c")
+
+    def __init__(self, nodeid: int, fd: int, mode: int, key: InodeKey, c: Any = None):
+        self.nodeid = nodeid
+        self.fd = fd
+        self.mode = mode
+        """``st_mode`` at lookup time; only the file type bits are relied upon."""
+        self.key = key
+        self._c = c
+
+    @property
+    def is_root(self) -> bool:
+        return self.nodeid == FUSE_ROOT_ID
+
+
+class Handle:
+    """A borrowed open file (valid until given back)."""
+
+    __slots__ = ("fh", "fd", "nodeid", "_c")
+
+    def __init__(self, fh: int, fd: int, nodeid: int, c: Any):
+        self.fh = fh
+        self.fd = fd
+        self.nodeid = nodeid
+        self._c = c
+
+    @property
+    def lock(self) -> "_HandleLock":
+        """Serialises users of the fd's file position (readdir's seek + getdents)."""
+        return _HandleLock(self._c)
+
+
+class _HandleLock:
+    __slots__ = ("_c",)
+
+    def __init__(self, c: Any):
+        self._c = c
+
+    def acquire(self) -> None:
+        lib.pvfs_handle_lock(self._c)     # the GIL is released while it waits
+
+    def release(self) -> None:
+        lib.pvfs_handle_unlock(self._c)
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Store:
+    """The store of one passthrough file system: ``root_fd`` (an O_PATH fd of the shared
+    directory, now the store's) is nodeid 1.  ``opener(inode, handle)`` opens a
+    file-handle inode for its borrowers."""
+
+    def __init__(self, root_fd: int, root_key: InodeKey, root_mode: int, *, fds_only: bool,
+                 opener: Callable[[Inode, FileHandle], int] | None = None):
+        c = lib.pvfs_store_new(root_fd, *root_key, root_mode, int(fds_only))
+        if c == ffi.NULL:
+            raise MemoryError("cannot allocate the inode store")
+        self.c = ffi.gc(c, lib.pvfs_store_unref)
+        self.fds_only = fds_only
+        self._opener = opener
+        self._closed = False
+        self.root_fd = root_fd
+        self.inodes = Inodes(self)
+        self.handles = Handles(self)
+
+    def clear(self) -> None:
+        """DESTROY: every handle and every inode but the root leave the store."""
+        lib.pvfs_store_clear(self.c)
+
+    def close(self) -> None:
+        """The end of the file system: every fd the store holds is closed (borrowed ones as
+        their borrowers finish)."""
+        if not self._closed:
+            self._closed = True
+            lib.pvfs_store_close(self.c)   # now, though a hot path may hold a reference
+
+    def counts(self) -> tuple[int, int, int]:
+        """(inodes, inode fds open now, handles)."""
+        out = ffi.new("struct pvfs_store_counts *")
+        lib.pvfs_store_counts(self.c, out)
+        return out.inodes, out.inode_fds, out.handles
+
+
+class Inodes:
+    """The inode half of a :class:`Store`."""
+
+    def __init__(self, store: Store):
+        self._s = store
+
+    @property
+    def root(self) -> Inode:
+        """The root (never forgotten, so its fd is stable for the store's life)."""
+        s = self._s
+        v = ffi.new("struct pvfs_inode_view *")
+        i = lib.pvfs_inode_get(s.c, FUSE_ROOT_ID, v)
+        if i == ffi.NULL:
+            raise OSError(errno.EBADF, "the store has no root")
+        lib.pvfs_inode_put(s.c, i)
+        return Inode(FUSE_ROOT_ID, v.fd, v.mode, (v.dev, v.ino, v.mnt_id))
+
+    def __len__(self) -> int:
+        return self._s.counts()[0]
+
+    def open_fds(self) -> int:
+        """How many inode fds are open now (for tests and statistics)."""
+        return self._s.counts()[1]
+
+    @contextmanager
+    def borrow(self, nodeid: int) -> Iterator[Inode]:
+        """The live inode ``nodeid`` for the ``with`` block; EBADF if the guest names one
+        the store does not hold."""
+        c = self._s.c
+        v = ffi.new("struct pvfs_inode_view *")
+        e = lib.pvfs_inode_get(c, nodeid, v)
+        if e == ffi.NULL:
+            raise OSError(errno.EBADF, "unknown nodeid", nodeid)
+        try:
+            fd = v.fd
+            if fd < 0:
+                fd = self._reopen(e, v)
+            yield Inode(v.nodeid, fd, v.mode, (v.dev, v.ino, v.mnt_id), e)
+        finally:
+            lib.pvfs_inode_put(c, e)
+
+    def _reopen(self, e: Any, v: Any) -> int:
+        """An fd for a file-handle inode's borrowers (two racing borrowers may both open
+        one; the loser closes its own)."""
+        if self._s._opener is None or not v.handle_len:
+            raise OSError(errno.ESTALE, "inode has neither fd nor opener", v.nodeid)
+        raw = ffi.new("uint8_t[]", v.handle_len)
+        lib.pvfs_inode_handle(e, raw, v.handle_len)
+        data = ffi.buffer(raw)[:]
+        mount_id, htype = _HANDLE_HEAD.unpack_from(data)
+        handle = FileHandle(mount_id, htype, data[_HANDLE_HEAD.size:])
+        fd = self._s._opener(Inode(v.nodeid, -1, v.mode, (v.dev, v.ino, v.mnt_id)), handle)
+        used = lib.pvfs_inode_set_fd(self._s.c, e, fd)
+        if used != fd:
+            os.close(fd)
+        return used
+
+    def add_lookup(self, fd: int, key: InodeKey, mode: int,
+                   handle: FileHandle | None = None) -> int:
+        """Count one lookup of the file ``fd`` refers to: its nodeid.  Takes ``fd``: it
+        becomes the inode's, or is closed when the file has a nodeid already -- or when
+        ``handle`` is given, which a new inode keeps instead."""
+        if handle is None:
+            nodeid = lib.pvfs_store_lookup(self._s.c, fd, *key, mode, ffi.NULL, 0)
+        else:
+            raw = _HANDLE_HEAD.pack(handle.mount_id, handle.type) + handle.data
+            nodeid = lib.pvfs_store_lookup(self._s.c, fd, *key, mode, raw, len(raw))
+        if nodeid == 0:
+            raise OSError(errno.ENOMEM, "cannot register an inode")
+        return nodeid
+
+    def add_existing(self, inode: Inode) -> None:
+        """One more lookup of an inode the caller has borrowed (LOOKUP of ``.``)."""
+        lib.pvfs_inode_add_lookup(self._s.c, inode._c)
+
+    def find(self, key: InodeKey) -> int:
+        """The nodeid of the file with this identity if the guest holds it, else 0."""
+        return lib.pvfs_store_find(self._s.c, *key)
+
+    def forget(self, nodeid: int, nlookup: int) -> None:
+        """The guest gave back ``nlookup`` lookups (unknown nodeids are ignored: FORGET has
+        no reply)."""
+        lib.pvfs_store_forget(self._s.c, nodeid, nlookup)
+
+    def forget_many(self, requests: list[tuple[int, int]]) -> None:
+        flat = [n for pair in requests for n in pair]
+        lib.pvfs_store_forget_many(self._s.c, ffi.new("uint64_t[]", flat), len(requests))
+
+    def lookup_count(self, nodeid: int) -> int:
+        """Lookups the guest holds on ``nodeid`` (0 when unknown)."""
+        return lib.pvfs_store_lookups(self._s.c, nodeid)
+
+
+class Handles:
+    """The open-file half of a :class:`Store`."""
+
+    def __init__(self, store: Store):
+        self._s = store
+
+    def __len__(self) -> int:
+        return self._s.counts()[2]
+
+    def add(self, fd: int, nodeid: int) -> int:
+        """A new fh for ``fd`` (now the store's) opened on ``nodeid``."""
+        fh = lib.pvfs_store_open(self._s.c, fd, nodeid)
+        if fh == 0:
+            raise OSError(errno.ENOMEM, "cannot register an open file")
+        return fh
+
+    def acquire(self, fh: int) -> Handle:
+        """Borrow handle ``fh`` until :meth:`unborrow`; EBADF if unknown."""
+        fd, nodeid = ffi.new("int *"), ffi.new("uint64_t *")
+        c = lib.pvfs_handle_get(self._s.c, fh, fd, nodeid)
+        if c == ffi.NULL:
+            raise OSError(errno.EBADF, "unknown file handle", fh)
+        return Handle(fh, fd[0], nodeid[0], c)
+
+    def unborrow(self, h: Handle) -> None:
+        c, h._c = h._c, None
+        if c is not None:
+            lib.pvfs_handle_put(c)
+
+    @contextmanager
+    def borrow(self, fh: int) -> Iterator[Handle]:
+        h = self.acquire(fh)
+        try:
+            yield h
+        finally:
+            self.unborrow(h)
+
+    def remove(self, fh: int) -> None:
+        """RELEASE: drop ``fh``; its fd closes when the last borrower is done."""
+        if lib.pvfs_store_release(self._s.c, fh) < 0:
+            raise OSError(errno.EBADF, "unknown file handle", fh)

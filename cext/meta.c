@@ -1,0 +1,219 @@
+/* GETATTR, LOOKUP and READDIRPLUS records in C (see meta.h). */
+#define _GNU_SOURCE
+#include "meta.h"
+#include "fsops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* GETATTR: fstat the inode's O_PATH fd, fuse_attr_out as the Python server would answer. */
+int pvfs_serve_getattr(struct pvfs_hot *h, struct pvfs_hot_req *r)
+{
+    if (!pvfs_hot_meta_ok(r, sizeof(struct pvfs_fuse_attr_out)))
+        return PVFS_TO_PYTHON;
+    int fd;
+    uint64_t mnt;
+    struct pvfs_inode *i = pvfs_store_inode_fd(h->store, r->in.nodeid, &fd, &mnt);
+    if (!i)
+        return PVFS_TO_PYTHON;                            /* unknown nodeid: Python says EBADF */
+    struct stat st;
+    pvfs_lead_busy(r->lead);
+    int rc = fstat(fd, &st);
+    pvfs_lead_done(r->lead);
+    pvfs_inode_put(h->store, i);
+    if (rc < 0)
+        return PVFS_TO_PYTHON;                            /* Python reports the error */
+    uint8_t b[sizeof(struct pvfs_fuse_attr_out)];
+    pvfs_pack_attr_out(b, &st, &h->attr);
+    pvfs_hot_count(h, PVFS_HOT_STAT_GETATTRS, 1);
+    pvfs_hot_reply(r, 0, b, sizeof(b));
+    return PVFS_SERVED;
+}
+
+#define STATX_WANT (STATX_BASIC_STATS | STATX_MNT_ID)
+
+/* statx a name under a parent O_PATH fd as a LOOKUP does (no symlink followed, no automount);
+ * 0, or -1 with errno (EXDEV: on another mount than the parent -- a submount, Python's). */
+static int stat_child(int parent_fd, const char *name, uint64_t parent_mnt, struct statx *sx)
+{
+    if (statx(parent_fd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_WANT, sx) < 0)
+        return -1;
+    if ((sx->stx_mask & STATX_WANT) != STATX_WANT || sx->stx_mnt_id != parent_mnt) {
+        errno = EXDEV;
+        return -1;
+    }
+    return 0;
+}
+
+/* What a LOOKUP of name under the parent (its O_PATH fd, on mount parent_mnt) gives: the
+ * nodeid, one lookup counted, and in sx the attributes the reply carries.  statx of the
+ * name finds an inode the store holds; any other file is opened as
+ * PassthroughFs._lookup_child opens it -- openat2(O_PATH | O_NOFOLLOW, RESOLVE_BENEATH |
+ * RESOLVE_NO_MAGICLINKS) -- and registered, if the store keeps fds only.  0 with errno when
+ * the Python path should answer instead (EXDEV: another mount, a submount; EAGAIN: new in
+ * a store with file handles).  The syscalls run marked busy (leader.h). */
+static uint64_t lookup_child(struct pvfs_store *s, int parent_fd, uint64_t parent_mnt,
+                             const char *name, struct statx *sx, struct pvfs_lead *lead)
+{
+    pvfs_lead_busy(lead);
+    int rc = stat_child(parent_fd, name, parent_mnt, sx);
+    pvfs_lead_done(lead);
+    if (rc < 0)
+        return 0;
+    uint64_t nodeid = pvfs_store_count_known(s, sx);
+    if (nodeid)
+        return nodeid;
+    if (!pvfs_store_fds_only(s)) {
+        errno = EAGAIN;
+        return 0;
+    }
+    pvfs_lead_busy(lead);
+    int fd = pvfs_fs_openat2(parent_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0,
+                             PVFS_FS_RESOLVE_BENEATH | PVFS_FS_RESOLVE_NO_MAGICLINKS);
+    /* the attributes of what was opened (the name may have changed files since the statx) */
+    rc = fd < 0 ? (errno = -fd, -1)
+                : statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_WANT, sx);
+    pvfs_lead_done(lead);
+    if (fd < 0)
+        return 0;
+    if (rc < 0 || (sx->stx_mask & STATX_WANT) != STATX_WANT || sx->stx_mnt_id != parent_mnt) {
+        close(fd);
+        errno = EXDEV;
+        return 0;
+    }
+    nodeid = pvfs_store_count_or_add(s, fd, sx);
+    if (!nodeid)
+        errno = ENOMEM;
+    return nodeid;
+}
+
+/* A request's name argument (NUL-terminated, one component, not "." or ".."), copied into
+ * name[256]: its length with the NUL, or 0 if Python should judge it. */
+static uint32_t read_name(const struct pvfs_hot_req *r, uint32_t at, char *name)
+{
+    uint32_t n = r->in.len - at;
+    if (r->in.len < at + 2 || n > 256 ||
+        pvfs_req_read_in(r->req, at, name, n) != (int64_t)n || name[n - 1] != '\0' ||
+        memchr(name, '\0', n - 1) || memchr(name, '/', n - 1) ||
+        !strcmp(name, ".") || !strcmp(name, ".."))
+        return 0;
+    return n;
+}
+
+/* LOOKUP (see lookup_child): the lookup counted in the store, fuse_entry_out as the Python
+ * server would answer.  ".", "..", an odd name, a submount, an error are Python's. */
+int pvfs_serve_lookup(struct pvfs_hot *h, struct pvfs_hot_req *r)
+{
+    char name[256];
+    if (!pvfs_hot_meta_ok(r, sizeof(struct pvfs_fuse_entry_out)) ||
+        !read_name(r, sizeof(r->in), name))
+        return PVFS_TO_PYTHON;
+    int pfd;
+    uint64_t pmnt;
+    struct pvfs_inode *p = pvfs_store_inode_fd(h->store, r->in.nodeid, &pfd, &pmnt);
+    if (!p)
+        return PVFS_TO_PYTHON;                            /* unknown nodeid: Python says EBADF */
+    struct statx sx;
+    uint64_t nodeid = lookup_child(h->store, pfd, pmnt, name, &sx, r->lead);
+    pvfs_inode_put(h->store, p);
+    if (!nodeid)
+        return PVFS_TO_PYTHON;                            /* an error, a submount...: Python's */
+    uint8_t b[sizeof(struct pvfs_fuse_entry_out)];
+    pvfs_pack_entry(b, nodeid, &sx, &h->attr);
+    pvfs_hot_count(h, PVFS_HOT_STAT_LOOKUPS, 1);
+    pvfs_hot_reply(r, 0, b, sizeof(b));
+    return PVFS_SERVED;
+}
+
+/* ---- READDIRPLUS records ---- */
+
+struct dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+#define DIRENT_SIZE 24          /* struct fuse_dirent before the name */
+
+int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
+                     uint64_t offset, uint8_t *out, uint32_t room, uint32_t blksize,
+                     uint64_t valid_sec, uint32_t valid_nsec, uint64_t *next_offset, int *why)
+{
+    const struct pvfs_attr_policy pol = {blksize, valid_sec, valid_nsec};
+    const uint32_t entry = sizeof(struct pvfs_fuse_entry_out);
+    *next_offset = offset;
+    *why = PVFS_DIRPLUS_PYTHON;
+    if (offset > INT64_MAX)
+        return -EINVAL;
+    if (lseek(dir_fd, (off_t)offset, SEEK_SET) < 0)
+        return -errno;
+    char buf[8192] __attribute__((aligned(8)));
+    /* Read about what fits: a reply re-seeks, so entries read past it are read again.  A
+     * dirent64 is at most ~2/3 of its direntplus record (a quarter for short names). */
+    size_t want = room / 4 + 512;
+    if (want > sizeof(buf))
+        want = sizeof(buf);
+    uint32_t used = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir_fd, buf, want);
+        if (n < 0)
+            return used ? (int64_t)used : -errno;         /* with entries: Python goes on */
+        if (n == 0) {
+            *why = PVFS_DIRPLUS_END;
+            return used;
+        }
+        for (long pos = 0; pos < n;) {
+            const struct dirent64 *d = (const void *)(buf + pos);
+            const size_t name_at = offsetof(struct dirent64, d_name);
+            if (d->d_reclen <= name_at || pos + d->d_reclen > n)
+                return used ? (int64_t)used : -EIO;
+            pos += d->d_reclen;
+            size_t nl = strnlen(d->d_name, d->d_reclen - name_at);
+            if (nl == 0 || nl > 255)
+                return used ? (int64_t)used : -EIO;
+            uint32_t rec = entry + (((uint32_t)(DIRENT_SIZE + nl) + 7) & ~7u);
+            if (used + rec > room) {
+                *why = PVFS_DIRPLUS_FULL;
+                return used;
+            }
+            uint8_t *e = out + used;
+            memset(e, 0, rec);
+            int dots = (nl == 1 && d->d_name[0] == '.') ||
+                       (nl == 2 && d->d_name[0] == '.' && d->d_name[1] == '.');
+            if (dots) {
+                /* nodeid 0, no timeouts, only ino, type and nlink 1 (filesystem.Attr's
+                 * defaults): the guest skips these */
+                struct stat st = {0};
+                st.st_ino = d->d_ino;
+                st.st_mode = (mode_t)d->d_type << 12;
+                st.st_nlink = 1;
+                pvfs_pack_attr(e + offsetof(struct pvfs_fuse_entry_out, attr), &st, blksize);
+            } else {
+                struct statx sx;
+                uint64_t nodeid = lookup_child(s, parent_fd, parent_mnt, d->d_name, &sx, NULL);
+                if (!nodeid && errno == ENOENT) {         /* gone since getdents: skipped */
+                    *next_offset = (uint64_t)d->d_off;
+                    continue;
+                }
+                if (!nodeid)
+                    return used;                          /* Python's, from this entry */
+                pvfs_pack_entry(e, nodeid, &sx, &pol);
+            }
+            uint8_t *de = e + entry;                      /* struct fuse_dirent */
+            pvfs_put64(de, d->d_ino);
+            pvfs_put64(de + 8, (uint64_t)d->d_off);
+            pvfs_put32(de + 16, (uint32_t)nl);
+            pvfs_put32(de + 20, d->d_type);
+            memcpy(de + DIRENT_SIZE, d->d_name, nl);
+            used += rec;
+            *next_offset = (uint64_t)d->d_off;
+        }
+    }
+}

@@ -1,0 +1,135 @@
+/* The store: every inode the guest knows and every file it has open, for the passthrough
+ * file system.  C owns it; Python (passthrough/inodes.py and handles.py) reaches it through
+ * the calls below and keeps no copy of it.  The hot path (hotpath.c) and the READDIRPLUS
+ * packer use the same store, so there is one answer to "which nodeid is this file", "how
+ * many lookups does the guest hold" and "which fd is fh N".
+ *
+ * Inodes.  An inode is an O_PATH fd (or, with --inode-file-handles, a file handle that is
+ * opened only while somebody borrows the inode), the file's identity (st_dev, st_ino,
+ * mnt_id) -- two names of one file share one nodeid -- its file type, and the lookups the
+ * guest holds.  pvfs_store_lookup counts a lookup (registering the file if it is new);
+ * FORGET gives lookups back, and at zero the inode leaves the store.  Nodeids come from a
+ * counter and are never reused within a store's life, so a stale nodeid finds nothing.
+ * The root is nodeid 1 and is never forgotten.
+ *
+ * Handles.  An open file: fh -> an ordinary fd, the inode it was opened on, and what the
+ * hot path needs to serve it (O_APPEND, a lock that serialises large writes and directory
+ * reads).  fh numbers come from a counter too.
+ *
+ * Borrowing.  Every user -- a Python operation, a C request -- borrows an entry for as long
+ * as it uses the fd (pvfs_inode_get/put, pvfs_handle_get/put).  An entry that leaves the
+ * store (FORGET to zero, RELEASE, DESTROY) keeps its fd until the last borrower puts it
+ * back, so a FORGET or RELEASE racing with a READ never closes the fd under it, nor lets
+ * the fd number be reused by another open while the READ still uses it.
+ *
+ * Locking: one mutex per table (inodes, handles), held only for table work (never across
+ * a syscall that may block).  Reference counts are atomic.
+ */
+#ifndef PVFS_STORE_H
+#define PVFS_STORE_H
+
+#include <stdint.h>
+
+/* CFFI-BEGIN */
+struct pvfs_store;
+struct pvfs_inode;
+struct pvfs_handle;
+
+/* What a borrower sees of an inode (filled by pvfs_inode_get). */
+struct pvfs_inode_view {
+    uint64_t nodeid;
+    int fd;              /* O_PATH; -1 for a handle-only inode until pvfs_inode_set_fd */
+    uint32_t mode;       /* st_mode at lookup time (only the type bits are relied upon) */
+    uint64_t dev, ino, mnt_id;
+    uint32_t handle_len; /* > 0: a file-handle inode (pvfs_inode_handle gives the bytes) */
+};
+
+/* A store whose root (nodeid 1) is root_fd (an O_PATH fd of the shared directory, now the
+ * store's).  fds_only: every inode keeps an fd (no file handles), so C may register new
+ * inodes itself (LOOKUP, READDIRPLUS in C).  NULL if memory is short (root_fd closed). */
+struct pvfs_store *pvfs_store_new(int root_fd, uint64_t dev, uint64_t ino, uint64_t mnt_id,
+                                  uint32_t mode, int fds_only);
+/* The owner is done: every inode (the root too) and handle leave the store now, and their
+ * fds are closed (borrowed ones when put back), whoever else still holds a reference. */
+void pvfs_store_close(struct pvfs_store *s);
+/* Drop a reference (the owner's, or a serving context's); the last one frees the store
+ * (closing what pvfs_store_close has not). */
+void pvfs_store_unref(struct pvfs_store *s);
+int pvfs_store_fds_only(struct pvfs_store *s);
+
+/* Count one lookup of the file O_PATH fd refers to, whose identity and mode the caller
+ * took from statx.  The store takes fd: it becomes the new inode's, or is closed when the
+ * file has a nodeid already -- or when handle (handle_len bytes, opaque to the store) is
+ * given, which a new inode keeps instead of the fd.  Returns the nodeid, or 0 if memory is
+ * short (fd closed, nothing counted). */
+uint64_t pvfs_store_lookup(struct pvfs_store *s, int fd, uint64_t dev, uint64_t ino,
+                           uint64_t mnt_id, uint32_t mode, const uint8_t *handle,
+                           uint32_t handle_len);
+/* The nodeid of the file with this identity, if the guest holds it (0: none). */
+uint64_t pvfs_store_find(struct pvfs_store *s, uint64_t dev, uint64_t ino, uint64_t mnt_id);
+/* Borrow inode nodeid (NULL: unknown; *v is filled otherwise). */
+struct pvfs_inode *pvfs_inode_get(struct pvfs_store *s, uint64_t nodeid,
+                                  struct pvfs_inode_view *v);
+void pvfs_inode_put(struct pvfs_store *s, struct pvfs_inode *i);
+/* A file-handle inode's borrower opened fd for it: returns the fd borrowers use now --
+ * fd, or the one a racing borrower installed first (the caller then closes its own).  The
+ * fd is closed when the last borrower puts the inode back. */
+int pvfs_inode_set_fd(struct pvfs_store *s, struct pvfs_inode *i, int fd);
+/* Copy a file-handle inode's handle bytes into out (room bytes): their length. */
+uint32_t pvfs_inode_handle(struct pvfs_inode *i, uint8_t *out, uint32_t room);
+/* One more lookup of a borrowed inode (LOOKUP of "."). */
+void pvfs_inode_add_lookup(struct pvfs_store *s, struct pvfs_inode *i);
+/* FORGET: give back nlookup lookups of nodeid; at zero it leaves the store.  Unknown
+ * nodeids and the root are ignored (FORGET has no reply to say so). */
+void pvfs_store_forget(struct pvfs_store *s, uint64_t nodeid, uint64_t nlookup);
+/* BATCH_FORGET: n (nodeid, nlookup) pairs. */
+void pvfs_store_forget_many(struct pvfs_store *s, const uint64_t *pairs, uint32_t n);
+/* Lookups the guest holds on nodeid (0: unknown). */
+uint64_t pvfs_store_lookups(struct pvfs_store *s, uint64_t nodeid);
+
+/* Open handles: fh for fd (now the store's) opened on nodeid; 0 if memory is short (fd
+ * closed). */
+uint64_t pvfs_store_open(struct pvfs_store *s, int fd, uint64_t nodeid);
+/* Borrow handle fh (NULL: unknown); *fd and *nodeid are filled. */
+struct pvfs_handle *pvfs_handle_get(struct pvfs_store *s, uint64_t fh, int *fd,
+                                    uint64_t *nodeid);
+void pvfs_handle_put(struct pvfs_handle *h);
+/* RELEASE: fh leaves the store (its fd closes when the last borrower is done).  0, or
+ * -EBADF if unknown. */
+int pvfs_store_release(struct pvfs_store *s, uint64_t fh);
+/* Serialise users of a handle's file position (directory reads) -- the same lock large
+ * WRITEs through it take turns on. */
+void pvfs_handle_lock(struct pvfs_handle *h);
+void pvfs_handle_unlock(struct pvfs_handle *h);
+
+/* DESTROY: every handle and every inode but the root leave the store. */
+void pvfs_store_clear(struct pvfs_store *s);
+
+struct pvfs_store_counts {
+    uint32_t inodes;     /* in the store, root included */
+    uint32_t inode_fds;  /* of those, how many have an fd open now */
+    uint32_t handles;
+};
+void pvfs_store_counts(struct pvfs_store *s, struct pvfs_store_counts *c);
+/* CFFI-END */
+
+/* ---- for the other C modules (hotpath.c, dirplus) ---------------------------------------- */
+
+struct statx;
+
+void pvfs_store_ref(struct pvfs_store *s);
+/* Borrow by nodeid for a C request: the fd (O_PATH, >= 0) and the mount id, or NULL if the
+ * inode is unknown or has no fd open now (a file-handle inode: Python's). */
+struct pvfs_inode *pvfs_store_inode_fd(struct pvfs_store *s, uint64_t nodeid, int *fd,
+                                       uint64_t *mnt_id);
+/* Count a lookup of the file with sx's identity if the store holds it: its nodeid, or 0. */
+uint64_t pvfs_store_count_known(struct pvfs_store *s, const struct statx *sx);
+/* As pvfs_store_lookup for a file C opened (fd, identity from sx): registering it if new
+ * -- only in an fds_only store; otherwise 0 and fd closed, the caller leaves it to Python. */
+uint64_t pvfs_store_count_or_add(struct pvfs_store *s, int fd, const struct statx *sx);
+/* A handle's fd for a C READ/WRITE: NULL if unknown, else borrowed (pvfs_handle_put), with
+ * *append set if the fd has O_APPEND. */
+struct pvfs_handle *pvfs_store_handle_fd(struct pvfs_store *s, uint64_t fh, int *fd,
+                                         int *append);
+
+#endif

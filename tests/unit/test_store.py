@@ -1,0 +1,195 @@
+"""The C store of inodes and handles (cext/store.c) through its Python façade
+(passthrough/store.py): counting, identity, borrowing across FORGET/RELEASE, DESTROY, and
+that every fd it took is closed exactly once."""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import pytest
+
+from pyvirtiofsd.passthrough import file_handle
+from pyvirtiofsd.passthrough.store import Store
+
+PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _key(fd: int) -> tuple[int, int, int]:
+    st = os.fstat(fd)
+    from pyvirtiofsd.passthrough import syscalls
+    stx = syscalls.statx(fd, b"", syscalls.AT_EMPTY_PATH, syscalls.STATX_BASIC_STATS | syscalls.STATX_MNT_ID)
+    return (st.st_dev, st.st_ino, stx.mnt_id)
+
+
+def _open(path) -> int:
+    return os.open(path, PATH)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    for n in "abc":
+        (tmp_path / n).write_bytes(n.encode() * 3)
+    os.link(tmp_path / "a", tmp_path / "a2")
+    return tmp_path
+
+
+def _store(tree, fds_only=True, opener=None) -> Store:
+    root = _open(tree)
+    return Store(root, _key(root), os.fstat(root).st_mode, fds_only=fds_only, opener=opener)
+
+
+def _lookup(s: Store, path) -> int:
+    fd = _open(path)
+    return s.inodes.add_lookup(fd, _key(fd), os.fstat(fd).st_mode)
+
+
+def test_one_nodeid_per_file_and_counted_lookups(tree):
+    base = _fds()
+    s = _store(tree)
+    a = _lookup(s, tree / "a")
+    assert a > 1
+    assert _lookup(s, tree / "a2") == a                  # a hard link: the same inode
+    assert _lookup(s, tree / "a") == a
+    b = _lookup(s, tree / "b")
+    assert b not in (a, 1)
+    assert s.inodes.lookup_count(a) == 3 and s.inodes.lookup_count(b) == 1
+    assert s.counts() == (3, 3, 0)                       # root, a, b: one fd each
+    assert _fds() == base + 3                            # the duplicates' fds were closed
+    s.inodes.forget(a, 2)
+    assert s.inodes.lookup_count(a) == 1 and len(s.inodes) == 3
+    s.inodes.forget(a, 5)                                # more than held: floored, gone
+    assert s.inodes.lookup_count(a) == 0 and len(s.inodes) == 2
+    assert _fds() == base + 2
+    assert _lookup(s, tree / "a") not in (a, b, 1)       # nodeids are never reused
+    s.inodes.forget(1, 100)                              # the root is never forgotten
+    assert s.inodes.lookup_count(1) == 1
+    s.inodes.forget(12345, 1)                            # unknown: ignored
+    s.close()
+    assert _fds() == base
+
+
+def test_a_borrowed_inode_keeps_its_fd_past_forget(tree):
+    base = _fds()
+    s = _store(tree)
+    a = _lookup(s, tree / "a")
+    with s.inodes.borrow(a) as i:
+        s.inodes.forget(a, 1)
+        assert len(s.inodes) == 1
+        assert os.fstat(i.fd).st_size == 3              # still open for the borrower
+        with pytest.raises(OSError) as e, s.inodes.borrow(a):
+            pass
+        assert e.value.errno == errno.EBADF
+    assert _fds() == base + 1                            # closed by the last borrower
+    s.close()
+    assert _fds() == base
+
+
+def test_batch_forget_and_find(tree):
+    s = _store(tree)
+    nodes = [_lookup(s, tree / n) for n in "abc"]
+    _lookup(s, tree / "b")
+    fd = _open(tree / "b")
+    assert s.inodes.find(_key(fd)) == nodes[1]
+    s.inodes.forget_many([(nodes[0], 1), (nodes[1], 1), (nodes[2], 1), (999, 1)])
+    assert [s.inodes.lookup_count(n) for n in nodes] == [0, 1, 0]
+    s.inodes.forget_many([(nodes[1], 1)])
+    assert s.inodes.find(_key(fd)) == 0
+    os.close(fd)
+    s.close()
+
+
+def test_handles_outlive_release_while_borrowed(tree):
+    base = _fds()
+    s = _store(tree)
+    a = _lookup(s, tree / "a")
+    fh = s.handles.add(os.open(tree / "a", os.O_RDONLY | os.O_CLOEXEC), a)
+    fh2 = s.handles.add(os.open(tree / "b", os.O_RDONLY | os.O_CLOEXEC), a)
+    assert fh2 == fh + 1 and len(s.handles) == 2
+    with s.handles.borrow(fh) as h:
+        assert h.nodeid == a
+        s.handles.remove(fh)
+        with pytest.raises(OSError):
+            s.handles.remove(fh)                         # twice: EBADF
+        assert os.pread(h.fd, 3, 0) == b"aaa"            # still open for the borrower
+        with h.lock:                                     # the per-handle lock works
+            pass
+    assert len(s.handles) == 1
+    with pytest.raises(OSError) as e:
+        s.handles.acquire(fh)
+    assert e.value.errno == errno.EBADF
+    s.clear()                                            # DESTROY: handles and inodes go
+    assert s.counts() == (1, 1, 0)
+    assert _fds() == base + 1                            # the root's
+    s.close()
+    assert _fds() == base
+
+
+def test_closing_the_store_closes_what_it_holds(tree):
+    base = _fds()
+    s = _store(tree)
+    for n in "abc":
+        node = _lookup(s, tree / n)
+        s.handles.add(os.open(tree / n, os.O_RDONLY | os.O_CLOEXEC), node)
+    assert _fds() == base + 7
+    s.close()
+    assert _fds() == base
+
+
+def test_file_handle_inodes_hold_an_fd_only_while_borrowed(tree):
+    root = _open(tree)
+    if file_handle.probe(root) is not None:
+        pytest.skip("no file handles here")             # needs CAP_DAC_READ_SEARCH
+    os.close(root)
+    opened = []
+
+    def opener(inode, handle):
+        opened.append(inode.nodeid)
+        return file_handle.open_handle(mounts.get(handle.mount_id), handle, PATH)
+
+    outside = _fds()
+    s = _store(tree, fds_only=False, opener=opener)
+    mounts = file_handle.MountFds()
+    mounts.remember(file_handle.handle_of(s.inodes.root.fd).mount_id, s.inodes.root.fd)
+    base = _fds() - 1                                    # what the store holds apart
+    fd = _open(tree / "a")
+    h = file_handle.handle_of(fd)
+    a = s.inodes.add_lookup(fd, _key(fd), os.fstat(fd).st_mode, h)
+    assert _fds() == base + 1                            # the root only: a keeps a handle
+    with s.inodes.borrow(a) as i, s.inodes.borrow(a) as j:
+        assert i.fd >= 0 and j.fd == i.fd and os.fstat(i.fd).st_size == 3
+        assert opened == [a]                             # the second borrower reused it
+    assert _fds() == base + 1                            # closed by the last borrower
+    s.close()
+    mounts.close()
+    assert _fds() == outside
+
+
+def test_concurrent_lookups_and_forgets_balance(tree):
+    base = _fds()
+    s = _store(tree)
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(500):
+                node = _lookup(s, tree / "a")
+                with s.inodes.borrow(node) as i:
+                    os.fstat(i.fd)
+                s.inodes.forget(node, 1)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert len(s.inodes) == 1 and _fds() == base + 1
+    s.close()
+    assert _fds() == base
