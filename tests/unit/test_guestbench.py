@@ -122,6 +122,19 @@ def test_medians_of_rates_and_of_times_with_their_spread():
     assert body[0][-1] == "PROBLEM"
 
 
+def test_a_problem_that_hit_many_rows_is_reported_once():
+    rows = ["seq-read-1m-qd1", "create-unlink", *sf.ROW_IDS]
+    everywhere = {rid: ["run failed: back-end exited"] for rid in rows}
+    assert gb.problem_lines(everywhere, rows, "on ours (round 2)") == [
+        "every row on ours (round 2): run failed: back-end exited"]
+    found = {rid: ["checksum differs"] for rid in sf.ROW_IDS}
+    found["seq-read-1m-qd1"] = ["fio job error 5", "fio exited with 1"]
+    assert gb.problem_lines(found, rows, "on x (round 1)") == [
+        "smallfiles-* on x (round 1): checksum differs",
+        "seq-read-1m-qd1 on x (round 1): fio job error 5",
+        "seq-read-1m-qd1 on x (round 1): fio exited with 1"]
+
+
 # --- the small-file workload ----------------------------------------------------------------
 
 def test_the_tree_and_its_tarball_are_the_same_every_time_and_shaped_like_a_source_tree():

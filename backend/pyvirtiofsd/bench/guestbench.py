@@ -307,6 +307,25 @@ def run_one(peer: peers_mod.Peer, share: str, work: str, rows: list[str], runtim
     return out
 
 
+def problem_lines(found: dict[str, list[str]], rows: list[str], where: str) -> list[str]:
+    """One line per distinct message of one run, naming the rows it hit ("every row" when
+    it hit them all: a back-end that did not start, a guest that did not boot)."""
+    by_message: dict[str, list[str]] = {}
+    for rid, msgs in found.items():
+        for m in dict.fromkeys(msgs):
+            by_message.setdefault(m, []).append(rid)
+    out = []
+    for m, rids in by_message.items():
+        if set(rids) >= set(rows) and len(rows) > 1:
+            what = "every row"
+        elif set(rids) == set(sf.ROW_IDS):
+            what = "smallfiles-*"
+        else:
+            what = ", ".join(rids)
+        out.append(f"{what} {where}: {m}")
+    return out
+
+
 def _value(cell: dict) -> float:
     return cell["iops"] if "iops" in cell else cell["seconds"]
 
@@ -467,10 +486,8 @@ def main(args) -> int:
                     r = {"load": 0.0, "seconds": 0.0,
                          "problems": {rid: [f"run failed: {e}"] for rid in rows}}
                 runs[name].append(r)
-                for rid, msgs in r["problems"].items():
-                    bad.add(rid)
-                    for m in dict.fromkeys(msgs):
-                        problems.append(f"{rid} on {name} (round {k + 1}): {m}")
+                bad.update(r["problems"])
+                problems += problem_lines(r["problems"], rows, f"on {name} (round {k + 1})")
                 if fixture is not None and "smallfiles-total" in r:
                     print("    small files: " + ", ".join(
                         f"{p} {r[f'smallfiles-{p}']['seconds']:.2f}"
