@@ -11,8 +11,6 @@
 #include <string.h>
 #include <time.h>
 
-enum { FUSE_LOOKUP = 1, FUSE_GETATTR = 3, FUSE_READ = 15, FUSE_WRITE = 16 };
-
 struct pvfs_hot *pvfs_hot_new(struct pvfs_store *s)
 {
     struct pvfs_hot *h = calloc(1, sizeof(*h));
@@ -90,11 +88,15 @@ void pvfs_hot_reply(const struct pvfs_hot_req *r, int error, const void *body, u
 enum { TO_POOL = 0, SERVED = 1, INLINE = 2 };
 
 /* Where a request Python serves should go: the queue thread itself for the opcodes in
- * inline_ops (quick ones: a hand-off to a worker costs more than they do), else the pool. */
-static int route(struct pvfs_hot *h, uint32_t opcode)
+ * inline_ops (quick ones: a hand-off to a worker costs more than they do) while another
+ * thread can take the ring should it block (pvfs_hotq_spare), else the pool. */
+static int route(struct pvfs_hot *h, const struct pvfs_hot_req *r)
 {
+    uint32_t opcode = r->in.opcode;
     uint64_t inl = __atomic_load_n(&h->inline_ops, __ATOMIC_RELAXED);
-    return opcode < 64 && (inl >> opcode) & 1 ? INLINE : TO_POOL;
+    if (!(opcode < 64 && (inl >> opcode) & 1))
+        return TO_POOL;
+    return !r->lead || pvfs_hotq_spare(r->lead->q) ? INLINE : TO_POOL;
 }
 
 typedef int (*serve_fn)(struct pvfs_hot *, struct pvfs_hot_req *);
@@ -103,10 +105,10 @@ typedef int (*serve_fn)(struct pvfs_hot *, struct pvfs_hot_req *);
 static serve_fn server_for(uint32_t opcode, unsigned ops)
 {
     switch (opcode) {
-    case FUSE_READ: return ops & PVFS_HOT_READ ? pvfs_serve_read : NULL;
-    case FUSE_WRITE: return ops & PVFS_HOT_WRITE ? pvfs_serve_write : NULL;
-    case FUSE_GETATTR: return ops & PVFS_HOT_GETATTR ? pvfs_serve_getattr : NULL;
-    case FUSE_LOOKUP: return ops & PVFS_HOT_LOOKUP ? pvfs_serve_lookup : NULL;
+    case PVFS_FUSE_READ: return ops & PVFS_HOT_READ ? pvfs_serve_read : NULL;
+    case PVFS_FUSE_WRITE: return ops & PVFS_HOT_WRITE ? pvfs_serve_write : NULL;
+    case PVFS_FUSE_GETATTR: return ops & PVFS_HOT_GETATTR ? pvfs_serve_getattr : NULL;
+    case PVFS_FUSE_LOOKUP: return ops & PVFS_HOT_LOOKUP ? pvfs_serve_lookup : NULL;
     default: return NULL;
     }
 }
@@ -135,7 +137,11 @@ static int serve_one(struct pvfs_hot *h, struct pvfs_hot_req *r)
     memcpy(r->args, head + sizeof(r->in), r->have_args);
     serve_fn fn = server_for(r->in.opcode, __atomic_load_n(&h->ops, __ATOMIC_ACQUIRE));
     if (!fn)
-        return route(h, r->in.opcode);
+        return route(h, r);
+    /* Metadata may block on a sick file system: only with a thread to spare (leader.h). */
+    if (fn != pvfs_serve_read && fn != pvfs_serve_write && r->lead &&
+        !pvfs_hotq_spare(r->lead->q))
+        return TO_POOL;
     uint64_t session = __atomic_load_n(&h->session, __ATOMIC_SEQ_CST);
     if (!(session >> 63))
         return TO_POOL;                                   /* before INIT: Python answers EIO */
@@ -143,7 +149,7 @@ static int serve_one(struct pvfs_hot *h, struct pvfs_hot_req *r)
     r->max_write = (uint32_t)session;
     if (r->in.len < sizeof(r->in) || r->in.len > req->in_len)
         return TO_POOL;                                   /* malformed: Python explains */
-    return fn(h, r) == PVFS_SERVED ? SERVED : route(h, r->in.opcode);
+    return fn(h, r) == PVFS_SERVED ? SERVED : route(h, r);
 }
 
 /* serve_one, counted as serving while it runs (see pvfs_hot_set_session). */

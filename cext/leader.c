@@ -15,6 +15,8 @@ struct pvfs_hotq {
     int paused;   /* the ring is disabled: nobody may pop */
     uint64_t busy_since;  /* the leader is in a syscall since (CLOCK_MONOTONIC ns), or 0 */
     uint64_t gen;         /* bumped when a follower takes the ring from a busy leader */
+    unsigned threads;     /* serving this queue */
+    unsigned waiting;     /* atomic: of them, waiting in pvfs_lead */
 };
 
 static uint64_t mono_ns(void)
@@ -24,11 +26,12 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-struct pvfs_hotq *pvfs_hotq_new(void)
+struct pvfs_hotq *pvfs_hotq_new(unsigned threads)
 {
     struct pvfs_hotq *q = calloc(1, sizeof(*q));
     if (!q)
         return NULL;
+    q->threads = threads;
     pthread_mutex_init(&q->m, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -63,6 +66,11 @@ void pvfs_hotq_set_paused(struct pvfs_hotq *q, int paused)
     pthread_mutex_unlock(&q->m);
 }
 
+int pvfs_hotq_spare(struct pvfs_hotq *q)
+{
+    return !q || q->threads <= 1 || __atomic_load_n(&q->waiting, __ATOMIC_RELAXED) > 0;
+}
+
 int pvfs_hotq_halted(struct pvfs_hotq *q)
 {
     return q && (__atomic_load_n(&q->paused, __ATOMIC_ACQUIRE) ||
@@ -87,7 +95,9 @@ int pvfs_lead(struct pvfs_hotq *q)
         uint64_t until = (q->busy_since ? q->busy_since : now) + PVFS_HOT_STALL_NS;
         struct timespec ts = {.tv_sec = (time_t)(until / 1000000000ull),
                               .tv_nsec = (long)(until % 1000000000ull)};
+        __atomic_add_fetch(&q->waiting, 1, __ATOMIC_RELAXED);
         pthread_cond_timedwait(&q->c, &q->m, &ts);
+        __atomic_sub_fetch(&q->waiting, 1, __ATOMIC_RELAXED);
     }
     int rc = q->stop || q->paused ? PVFS_HOT_RUN_STOP : 0;
     if (!rc)

@@ -15,6 +15,11 @@
  *   (Python runs one thread at a time anyway); should Python be slow, a follower finds the
  *   ring unattended within PVFS_HOT_STALL_NS and takes it.
  *
+ * - A request that may block (metadata served in C, or by Python on the queue thread) is
+ *   only taken on by the queue's threads while another of them is waiting to take the ring
+ *   over (pvfs_hotq_spare); otherwise it goes to Python's worker pool.  So however many
+ *   requests for a hung file system arrive, the queue keeps a thread.
+ *
  * With one thread per queue (PYVIRTIOFSD_HOT_THREADS=1) there is no follower to take over.
  */
 #ifndef PVFS_LEADER_H
@@ -25,7 +30,8 @@
 
 /* CFFI-BEGIN */
 struct pvfs_hotq;
-struct pvfs_hotq *pvfs_hotq_new(void);
+/* The state shared by the threads (how many) serving one queue. */
+struct pvfs_hotq *pvfs_hotq_new(unsigned threads);
 void pvfs_hotq_free(struct pvfs_hotq *q);
 /* Every thread of the queue returns PVFS_HOT_RUN_STOP from pvfs_hot_run from now on (set
  * before joining them; a restarted queue gets a new pvfs_hotq). */
@@ -52,6 +58,9 @@ struct pvfs_lead {
 int pvfs_lead(struct pvfs_hotq *q);
 /* Give the ring up (wake_one: and wake a follower to take it). */
 void pvfs_unlead(struct pvfs_hotq *q, int wake_one);
+/* Is another thread of the queue waiting to take the ring (or is there only one)?  A
+ * request that may block is served on the queue's threads only then. */
+int pvfs_hotq_spare(struct pvfs_hotq *q);
 /* Stopping or paused (a leader checks between requests). */
 int pvfs_hotq_halted(struct pvfs_hotq *q);
 /* Before I/O that may block for long: hand the ring over now. */

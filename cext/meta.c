@@ -140,7 +140,7 @@ struct dirent64 {
     char d_name[];
 };
 
-#define DIRENT_SIZE 24          /* struct fuse_dirent before the name */
+#define DIRENT_SIZE sizeof(struct pvfs_fuse_dirent)   /* before the name */
 
 int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
                      uint64_t offset, uint8_t *out, uint32_t room, uint32_t blksize,
@@ -206,12 +206,10 @@ int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t p
                     return used;                          /* Python's, from this entry */
                 pvfs_pack_entry(e, nodeid, &sx, &pol);
             }
-            uint8_t *de = e + entry;                      /* struct fuse_dirent */
-            pvfs_put64(de, d->d_ino);
-            pvfs_put64(de + 8, (uint64_t)d->d_off);
-            pvfs_put32(de + 16, (uint32_t)nl);
-            pvfs_put32(de + 20, d->d_type);
-            memcpy(de + DIRENT_SIZE, d->d_name, nl);
+            struct pvfs_fuse_dirent de = {htole64(d->d_ino), htole64((uint64_t)d->d_off),
+                                          htole32((uint32_t)nl), htole32(d->d_type)};
+            memcpy(e + entry, &de, sizeof(de));
+            memcpy(e + entry + DIRENT_SIZE, d->d_name, nl);
             used += rec;
             *next_offset = (uint64_t)d->d_off;
         }

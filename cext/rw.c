@@ -7,8 +7,6 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#define FUSE_WRITE_KILL_SUIDGID (1u << 2)
-
 /* A small READ whose pages are all cached the leader serves itself (preadv2 RWF_NOWAIT),
  * still leading: a 4 KiB copy costs less than waking a thread.  Larger or uncached ones are
  * served after handing the ring over (leader.h). */
@@ -72,7 +70,7 @@ int pvfs_serve_write(struct pvfs_hot *h, struct pvfs_hot_req *r)
     uint32_t size = le32toh(a->size), flags = le32toh(a->write_flags);
     /* The payload follows fuse_write_in and must be all there. */
     if (offset > INT64_MAX || size > r->in.len - at || size > r->max_write ||
-        (flags & FUSE_WRITE_KILL_SUIDGID) ||
+        (flags & PVFS_FUSE_WRITE_KILL_SUIDGID) ||
         r->req->out_len < sizeof(struct pvfs_fuse_out_header) + sizeof(struct pvfs_fuse_write_out))
         return PVFS_TO_PYTHON;
     int fd, append;

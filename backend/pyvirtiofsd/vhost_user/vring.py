@@ -160,7 +160,7 @@ class Vring:
             # the race to read it must not block in read().
             os.set_blocking(kick_fd, False)
         if hot:
-            self._hotq = ffi.gc(lib.pvfs_hotq_new(), lib.pvfs_hotq_free)
+            self._hotq = ffi.gc(lib.pvfs_hotq_new(count), lib.pvfs_hotq_free)
             lib.pvfs_hotq_set_paused(self._hotq, int(not self.enabled))
         self._threads = [QueueThread(self, handler, i, self._hotq) for i in range(count)]
         for t in self._threads:
