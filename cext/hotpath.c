@@ -3,6 +3,7 @@
 #include "hotpath.h"
 #include "meta.h"
 #include "rw.h"
+#include "mutate.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -38,8 +39,14 @@ void pvfs_hot_set_attr(struct pvfs_hot *h, uint32_t blksize, uint64_t valid_sec,
     h->attr.valid_nsec = valid_nsec;
 }
 
-void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops) { __atomic_store_n(&h->ops, ops, __ATOMIC_RELEASE); }
-unsigned pvfs_hot_get_ops(struct pvfs_hot *h) { return __atomic_load_n(&h->ops, __ATOMIC_ACQUIRE); }
+void pvfs_hot_set_ops(struct pvfs_hot *h, uint64_t ops) { __atomic_store_n(&h->ops, ops, __ATOMIC_RELEASE); }
+uint64_t pvfs_hot_get_ops(struct pvfs_hot *h) { return __atomic_load_n(&h->ops, __ATOMIC_ACQUIRE); }
+
+void pvfs_hot_set_open_flags(struct pvfs_hot *h, uint32_t file, uint32_t dir)
+{
+    h->fopen_file = file;
+    h->fopen_dir = dir;
+}
 void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes) { __atomic_store_n(&h->inline_ops, opcodes, __ATOMIC_RELEASE); }
 
 void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write,
@@ -80,6 +87,30 @@ int pvfs_hot_meta_ok(const struct pvfs_hot_req *r, uint32_t reply_len)
     return pvfs_req_write_out(r->req, out_hdr, zeros, reply_len) == (int64_t)reply_len;
 }
 
+int pvfs_hot_read_strings(const struct pvfs_hot_req *r, uint32_t at, char *buf, uint32_t room,
+                          const char **out, int count)
+{
+    if (r->in.len <= at)
+        return 0;
+    uint32_t n = r->in.len - at;
+    if (n > room || pvfs_req_read_in(r->req, at, buf, n) != (int64_t)n || buf[n - 1])
+        return 0;
+    uint32_t pos = 0;
+    for (int k = 0; k < count; k++) {
+        if (pos >= n)
+            return 0;
+        out[k] = buf + pos;
+        pos += (uint32_t)strlen(buf + pos) + 1;
+    }
+    return pos == n;
+}
+
+int pvfs_hot_is_name(const char *s)
+{
+    size_t n = strlen(s);
+    return n && n <= 255 && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..");
+}
+
 void pvfs_hot_reply(const struct pvfs_hot_req *r, int error, const void *body, uint32_t len)
 {
     pvfs_reply(r->req, r->in.unique, error, body, len, 0, r->lead != NULL);
@@ -101,16 +132,39 @@ static int route(struct pvfs_hot *h, const struct pvfs_hot_req *r)
 
 typedef int (*serve_fn)(struct pvfs_hot *, struct pvfs_hot_req *);
 
-/* The serving function for an opcode the context has switched on, or NULL. */
-static serve_fn server_for(uint32_t opcode, unsigned ops)
+/* What serves each opcode C can serve. */
+static serve_fn serving(uint32_t opcode)
 {
     switch (opcode) {
-    case PVFS_FUSE_READ: return ops & PVFS_HOT_READ ? pvfs_serve_read : NULL;
-    case PVFS_FUSE_WRITE: return ops & PVFS_HOT_WRITE ? pvfs_serve_write : NULL;
-    case PVFS_FUSE_GETATTR: return ops & PVFS_HOT_GETATTR ? pvfs_serve_getattr : NULL;
-    case PVFS_FUSE_LOOKUP: return ops & PVFS_HOT_LOOKUP ? pvfs_serve_lookup : NULL;
+    case PVFS_FUSE_READ: return pvfs_serve_read;
+    case PVFS_FUSE_WRITE: return pvfs_serve_write;
+    case PVFS_FUSE_GETATTR: return pvfs_serve_getattr;
+    case PVFS_FUSE_LOOKUP: return pvfs_serve_lookup;
+    case PVFS_FUSE_CREATE: return pvfs_serve_create;
+    case PVFS_FUSE_MKDIR: return pvfs_serve_mkdir;
+    case PVFS_FUSE_MKNOD: return pvfs_serve_mknod;
+    case PVFS_FUSE_SYMLINK: return pvfs_serve_symlink;
+    case PVFS_FUSE_LINK: return pvfs_serve_link;
+    case PVFS_FUSE_UNLINK: case PVFS_FUSE_RMDIR: return pvfs_serve_unlink;
+    case PVFS_FUSE_RENAME: case PVFS_FUSE_RENAME2: return pvfs_serve_rename;
+    case PVFS_FUSE_OPEN: return pvfs_serve_open;
+    case PVFS_FUSE_OPENDIR: return pvfs_serve_opendir;
+    case PVFS_FUSE_RELEASE: case PVFS_FUSE_RELEASEDIR: return pvfs_serve_release;
+    case PVFS_FUSE_FLUSH: return pvfs_serve_flush;
+    case PVFS_FUSE_FSYNC: case PVFS_FUSE_FSYNCDIR: return pvfs_serve_fsync;
+    case PVFS_FUSE_STATFS: return pvfs_serve_statfs;
+    case PVFS_FUSE_FORGET: return pvfs_serve_forget;
+    case PVFS_FUSE_BATCH_FORGET: return pvfs_serve_batch_forget;
     default: return NULL;
     }
+}
+
+int pvfs_hot_can_serve(uint32_t opcode) { return serving(opcode) != NULL; }
+
+/* The serving function for an opcode the context has switched on, or NULL. */
+static serve_fn server_for(uint32_t opcode, uint64_t ops)
+{
+    return opcode < 64 && (ops >> opcode) & 1 ? serving(opcode) : NULL;
 }
 
 /* Serve req in C if it is one C may answer (SERVED), else say where Python should serve

@@ -33,11 +33,14 @@
  * holds the two equal).  C leaves a longer one to Python, which refuses it unread. */
 #define PVFS_FUSE_ARGS_MAX 77824
 
-/* Opcodes the loop may serve (pvfs_hot_set_ops). */
-#define PVFS_HOT_READ 1
-#define PVFS_HOT_WRITE 2
-#define PVFS_HOT_GETATTR 4
-#define PVFS_HOT_LOOKUP 8
+/* Opcodes the loop may serve (pvfs_hot_set_ops takes a set: bit n is opcode n); these are
+ * the bits of the four served from the start. */
+#define PVFS_HOT_READ 0x8000      /* 1 << FUSE_READ (15) */
+#define PVFS_HOT_WRITE 0x10000    /* 1 << FUSE_WRITE (16) */
+#define PVFS_HOT_GETATTR 0x8      /* 1 << FUSE_GETATTR (3) */
+#define PVFS_HOT_LOOKUP 0x2       /* 1 << FUSE_LOOKUP (1) */
+/* Whether C can serve opcode at all (whatever the set says). */
+int pvfs_hot_can_serve(uint32_t opcode);
 
 enum {
     PVFS_HOT_STAT_READS = 0,      /* READs served in C */
@@ -56,9 +59,12 @@ void pvfs_hot_free(struct pvfs_hot *h);
  * entry timeout.  Set once, before serving. */
 void pvfs_hot_set_attr(struct pvfs_hot *h, uint32_t blksize, uint64_t valid_sec,
                        uint32_t valid_nsec);
-/* Which opcodes (PVFS_HOT_*) the loop serves; 0 hands everything to Python. */
-void pvfs_hot_set_ops(struct pvfs_hot *h, unsigned ops);
-unsigned pvfs_hot_get_ops(struct pvfs_hot *h);
+/* Which opcodes (bit n: opcode n < 64) the loop serves; 0 hands everything to Python. */
+void pvfs_hot_set_ops(struct pvfs_hot *h, uint64_t ops);
+uint64_t pvfs_hot_get_ops(struct pvfs_hot *h);
+/* The fuse_open_out flags OPEN/CREATE (file) and OPENDIR (dir) replies carry: the server's
+ * cache policy (server/packing.py _open_out). */
+void pvfs_hot_set_open_flags(struct pvfs_hot *h, uint32_t file, uint32_t dir);
 /* Opcodes (bit n: opcode n < 64) Python should serve on the queue thread itself rather
  * than hand to the worker pool (pvfs_hot_serve/run return PVFS_HOT_RUN_INLINE for them
  * instead of PVFS_HOT_RUN_POOL). */
@@ -95,7 +101,8 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
 struct pvfs_hot {
     struct pvfs_store *store;
     struct pvfs_attr_policy attr;
-    unsigned ops;        /* atomic */
+    uint64_t ops;        /* atomic: bit n: opcode n */
+    uint32_t fopen_file, fopen_dir;
     uint64_t inline_ops; /* atomic: bit n set: opcode n is served on the queue thread */
     uint64_t session;    /* atomic: on << 63 | minor << 32 | max_write */
     uint32_t max_read;   /* atomic, stored before session: max_pages x guest page size */
@@ -127,6 +134,13 @@ static inline void pvfs_hot_count(struct pvfs_hot *h, int which, uint64_t n)
 /* The checks every C-served metadata request passes besides the session: the whole request
  * is within ARGS_MAX and the chain, and the reply area takes reply_len body bytes. */
 int pvfs_hot_meta_ok(const struct pvfs_hot_req *r, uint32_t reply_len);
+/* The request's strings from argument byte at on: exactly count NUL-terminated ones filling
+ * the rest of the request (at most room bytes, copied into buf), or 0. */
+int pvfs_hot_read_strings(const struct pvfs_hot_req *r, uint32_t at, char *buf, uint32_t room,
+                          const char **out, int count);
+/* One path component Python would take as it is: not empty, no '/', at most 255 bytes,
+ * not "." or "..". */
+int pvfs_hot_is_name(const char *s);
 /* Complete r with error (errno, or 0 with body). */
 void pvfs_hot_reply(const struct pvfs_hot_req *r, int error, const void *body, uint32_t len);
 

@@ -92,26 +92,15 @@ static uint64_t lookup_child(struct pvfs_store *s, int parent_fd, uint64_t paren
     return nodeid;
 }
 
-/* A request's name argument (NUL-terminated, one component, not "." or ".."), copied into
- * name[256]: its length with the NUL, or 0 if Python should judge it. */
-static uint32_t read_name(const struct pvfs_hot_req *r, uint32_t at, char *name)
-{
-    uint32_t n = r->in.len - at;
-    if (r->in.len < at + 2 || n > 256 ||
-        pvfs_req_read_in(r->req, at, name, n) != (int64_t)n || name[n - 1] != '\0' ||
-        memchr(name, '\0', n - 1) || memchr(name, '/', n - 1) ||
-        !strcmp(name, ".") || !strcmp(name, ".."))
-        return 0;
-    return n;
-}
-
 /* LOOKUP (see lookup_child): the lookup counted in the store, fuse_entry_out as the Python
  * server would answer.  ".", "..", an odd name, a submount, an error are Python's. */
 int pvfs_serve_lookup(struct pvfs_hot *h, struct pvfs_hot_req *r)
 {
-    char name[256];
+    char buf[256];
+    const char *name;
     if (!pvfs_hot_meta_ok(r, sizeof(struct pvfs_fuse_entry_out)) ||
-        !read_name(r, sizeof(r->in), name))
+        !pvfs_hot_read_strings(r, sizeof(r->in), buf, sizeof(buf), &name, 1) ||
+        !pvfs_hot_is_name(name))
         return PVFS_TO_PYTHON;
     int pfd;
     uint64_t pmnt;

@@ -148,6 +148,8 @@ struct pvfs_store {
     pthread_mutex_t hlock;         /* the handle index */
     struct index handles;
     uint64_t next_fh;              /* under hlock */
+    uint32_t policy;               /* atomic: PVFS_FS_* */
+    int proc_fd;
 };
 
 static struct pvfs_inode *inode_new(int fd, const struct inode_key *k, uint32_t mode,
@@ -204,6 +206,7 @@ struct pvfs_store *pvfs_store_new(int root_fd, uint64_t dev, uint64_t ino, uint6
     }
     s->refs = 1;
     s->fds_only = fds_only;
+    s->proc_fd = -1;
     pthread_mutex_init(&s->ilock, NULL);
     pthread_mutex_init(&s->hlock, NULL);
     root->nodeid = ROOT_ID;
@@ -221,6 +224,26 @@ void pvfs_store_ref(struct pvfs_store *s)
 }
 
 int pvfs_store_fds_only(struct pvfs_store *s) { return s->fds_only; }
+
+void pvfs_store_set_policy(struct pvfs_store *s, uint32_t flags)
+{
+    __atomic_store_n(&s->policy, flags, __ATOMIC_RELEASE);
+}
+
+uint32_t pvfs_store_policy(struct pvfs_store *s) { return __atomic_load_n(&s->policy, __ATOMIC_ACQUIRE); }
+
+int pvfs_store_set_proc(struct pvfs_store *s, int proc_fd)
+{
+    if (s->proc_fd >= 0)
+        return -EBUSY;                 /* once: C readers take it without a lock */
+    int fd = fcntl(proc_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    s->proc_fd = fd;
+    return 0;
+}
+
+int pvfs_store_proc_fd(struct pvfs_store *s) { return __atomic_load_n(&s->proc_fd, __ATOMIC_ACQUIRE); }
 
 /* Every handle, and every inode (but the root unless with_root), leaves the store. */
 static void clear(struct pvfs_store *s, int with_root)
@@ -265,7 +288,15 @@ static void clear(struct pvfs_store *s, int with_root)
 
 void pvfs_store_clear(struct pvfs_store *s) { clear(s, 0); }
 
-void pvfs_store_close(struct pvfs_store *s) { clear(s, 1); }
+void pvfs_store_close(struct pvfs_store *s)
+{
+    clear(s, 1);
+    /* Nothing is served from an empty store, so nobody reopens through this any more
+     * (the owner closes the store once the queues have stopped). */
+    int fd = __atomic_exchange_n(&s->proc_fd, -1, __ATOMIC_ACQ_REL);
+    if (fd >= 0)
+        close(fd);
+}
 
 void pvfs_store_unref(struct pvfs_store *s)
 {
@@ -276,6 +307,8 @@ void pvfs_store_unref(struct pvfs_store *s)
     free(s->by_key.slots);
     pthread_mutex_destroy(&s->ilock);
     pthread_mutex_destroy(&s->hlock);
+    if (s->proc_fd >= 0)
+        close(s->proc_fd);
     free(s);
 }
 

@@ -105,6 +105,19 @@ void pvfs_handle_unlock(struct pvfs_handle *h);
 /* DESTROY: every handle and every inode but the root leave the store. */
 void pvfs_store_clear(struct pvfs_store *s);
 
+/* What the file system does that the store's C users must do alike (metadata served in C,
+ * cext/mutate.c): its options, and what INIT negotiated.  Set by PassthroughFs at
+ * construction and at every INIT, before the session is published to C. */
+#define PVFS_FS_SWITCH_IDS 1     /* create as the caller (setfsuid/setfsgid): daemon is root */
+#define PVFS_FS_POSIX_ACL 2      /* FUSE_POSIX_ACL: apply the guest's umask here */
+#define PVFS_FS_WRITEBACK 4      /* FUSE_WRITEBACK_CACHE: no O_APPEND, no write-only fds */
+#define PVFS_FS_DIRECT_IO 8      /* --allow-direct-io: keep O_DIRECT */
+#define PVFS_FS_NOATIME 16       /* --preserve-noatime: keep O_NOATIME */
+void pvfs_store_set_policy(struct pvfs_store *s, uint32_t flags);
+/* The /proc/self/fd directory (an O_PATH fd, which the store dups): files are reopened
+ * through it.  0, or -errno. */
+int pvfs_store_set_proc(struct pvfs_store *s, int proc_fd);
+
 struct pvfs_store_counts {
     uint32_t inodes;     /* in the store, root included */
     uint32_t inode_fds;  /* of those, how many have an fd open now */
@@ -118,6 +131,8 @@ void pvfs_store_counts(struct pvfs_store *s, struct pvfs_store_counts *c);
 struct statx;
 
 void pvfs_store_ref(struct pvfs_store *s);
+uint32_t pvfs_store_policy(struct pvfs_store *s);
+int pvfs_store_proc_fd(struct pvfs_store *s);    /* -1 if not set */
 /* Borrow by nodeid for a C request: the fd (O_PATH, >= 0) and the mount id, or NULL if the
  * inode is unknown or has no fd open now (a file-handle inode: Python's). */
 struct pvfs_inode *pvfs_store_inode_fd(struct pvfs_store *s, uint64_t nodeid, int *fd,

@@ -133,13 +133,6 @@ INLINE_OPCODES = frozenset({
 })
 
 
-# The opcodes the C loop can serve, and its bit for each (cext/hotpath.h).
-_HOT_BITS = {
-    Opcode.FUSE_READ: lib.PVFS_HOT_READ, Opcode.FUSE_WRITE: lib.PVFS_HOT_WRITE,
-    Opcode.FUSE_GETATTR: lib.PVFS_HOT_GETATTR, Opcode.FUSE_LOOKUP: lib.PVFS_HOT_LOOKUP,
-}
-
-
 class HotPath:
     """The C serving context of the request queues.
 
@@ -163,12 +156,15 @@ class HotPath:
                                                 id_mapping=bool(o.uid_map or o.gid_map)))
         if offload is None:
             return
-        self.ops = sum(_HOT_BITS[op] for op in offload.opcodes if op in _HOT_BITS)
+        # bit n: opcode n, for the opcodes the C loop knows
+        self.ops = sum(1 << op for op in offload.opcodes if op < 64 and lib.pvfs_hot_can_serve(op))
         if not self.ops:
             return
         self.ctx = ffi.gc(lib.pvfs_hot_new(offload.store), lib.pvfs_hot_free)
         whole = int(o.timeout)
         lib.pvfs_hot_set_attr(self.ctx, o.guest_page_size, whole, int((o.timeout - whole) * 1e9))
+        lib.pvfs_hot_set_open_flags(self.ctx, server.cache_open_flags(False),
+                                    server.cache_open_flags(True))
         lib.pvfs_hot_set_ops(self.ctx, self.ops)
         lib.pvfs_hot_set_inline(self.ctx, sum(1 << op for op in INLINE_OPCODES if op < 64))
 
@@ -271,7 +267,11 @@ class VirtioFsDevice(VhostUserDevice):
 
     def handler(self, queue_index: int):
         if queue_index == HIPRIO_QUEUE:
-            return self._serve
+            # FORGET and BATCH_FORGET in C where the file system offloads them; the rest
+            # (INTERRUPT) by Python on the queue's one thread, as without the C path.
+            if self.hotpath.ctx is None:
+                return self._serve
+            return _QueueHandler(self._serve, self.hotpath.ctx, 1, self._serve)
         submit = self._serve if self.pool is None else self.pool.submit
         if self.hotpath.ctx is None:
             return submit

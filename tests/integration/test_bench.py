@@ -150,6 +150,7 @@ DYING = textwrap.dedent("""
         os._exit(7)
 
     PassthroughFs.create = create
+    os.environ["PYVIRTIOFSD_HOTPATH"] = "0"   # CREATE must reach the Python method above
     from pyvirtiofsd.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

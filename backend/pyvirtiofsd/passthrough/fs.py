@@ -113,6 +113,8 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, OffloadOps, PassthroughB
                            fds_only=self.file_handles == "never", opener=self._open_inode)
         self.inodes = self.store.inodes
         self.handles = self.store.handles
+        self.store.set_proc(self._proc_fd)
+        self._publish_policy()
 
     def close(self) -> None:
         """Release every fd (the object is unusable afterwards)."""
@@ -128,7 +130,14 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, OffloadOps, PassthroughB
         self.writeback = bool(flags & abi.FUSE_WRITEBACK_CACHE)
         self.posix_acl = bool(flags & abi.FUSE_POSIX_ACL)
         self.submounts = bool(flags & abi.FUSE_SUBMOUNTS)
+        self._publish_policy()
         return flags
+
+    def _publish_policy(self) -> None:
+        """What C must do alike when it serves metadata from the store (cext/mutate.c)."""
+        self.store.set_policy(switch_ids=self.credentials.switch_ids, posix_acl=self.posix_acl,
+                              writeback=self.writeback, direct_io=self.allow_direct_io,
+                              noatime=self.preserve_noatime)
 
     def destroy(self) -> None:
         self.store.clear()

@@ -107,6 +107,23 @@ class Store:
         self.inodes = Inodes(self)
         self.handles = Handles(self)
 
+    def set_policy(self, *, switch_ids: bool, posix_acl: bool, writeback: bool,
+                   direct_io: bool, noatime: bool) -> None:
+        """What the file system does that C, serving metadata from the store, must do
+        alike: its options and what INIT negotiated (cext/store.h, PVFS_FS_*)."""
+        flags = ((lib.PVFS_FS_SWITCH_IDS if switch_ids else 0)
+                 | (lib.PVFS_FS_POSIX_ACL if posix_acl else 0)
+                 | (lib.PVFS_FS_WRITEBACK if writeback else 0)
+                 | (lib.PVFS_FS_DIRECT_IO if direct_io else 0)
+                 | (lib.PVFS_FS_NOATIME if noatime else 0))
+        lib.pvfs_store_set_policy(self.c, flags)
+
+    def set_proc(self, proc_fd: int) -> None:
+        """The ``/proc/self/fd`` directory C reopens files through (the store dups it)."""
+        rc = lib.pvfs_store_set_proc(self.c, proc_fd)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc), "the store's /proc/self/fd")
+
     def clear(self) -> None:
         """DESTROY: every handle and every inode but the root leave the store."""
         lib.pvfs_store_clear(self.c)

@@ -34,6 +34,8 @@ class HandlerBase:
     dax: "DaxHandler | None"
     attrs: "AttrPacker"
     _session: "Session | None"
+    _serving: int
+    _idle: "threading.Condition"
     _lifecycle: threading.Lock
     session_changed: "Callable[[Session | None], None] | None"
     """Set by the transport: called under ``_lifecycle`` whenever the session starts

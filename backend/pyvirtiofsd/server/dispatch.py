@@ -92,6 +92,11 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
         # What bounds a request before INIT (only INIT itself is served then).
         self._no_session = Session(0, 0, self.options.max_write, self.options.max_read)
         self._lifecycle = threading.Lock()
+        # Requests being served in the current session: ending it waits for them, so the
+        # file system forgets its inodes and handles only once none of them can still add
+        # one (a CREATE racing DESTROY would otherwise leave its fds to the next session).
+        self._serving = 0
+        self._idle = threading.Condition()
         self.session_changed = None
         self._handlers: dict[int, Callable[..., Any]] = {
             Opcode.FUSE_LOOKUP: self._lookup,
@@ -184,10 +189,37 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
 
         if hdr.opcode == Opcode.FUSE_INIT:
             return hdr.unique, *self._run(self._init, req, hdr, arglen)
+        if hdr.opcode == Opcode.FUSE_DESTROY:
+            # not counted as serving: it is what waits for the others
+            if session is None:
+                return hdr.unique, None, errno.EIO
+            return hdr.unique, *self._run(self._destroy, req, hdr, arglen, session)
+        session = self._enter()
         if session is None:
             if hdr.opcode in _NO_REPLY_OPS:
                 return hdr.unique, NO_REPLY, 0
             return hdr.unique, None, errno.EIO
+        try:
+            return self._serve_in(session, req, hdr, arglen)
+        finally:
+            self._leave()
+
+    def _enter(self) -> Session | None:
+        """The current session, counting this request as served in it (None: none)."""
+        with self._idle:
+            session = self._session
+            if session is not None:
+                self._serving += 1
+            return session
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._serving -= 1
+            if not self._serving:
+                self._idle.notify_all()
+
+    def _serve_in(self, session: Session, req: FuseRequest, hdr: Any,
+                  arglen: int) -> tuple[int, Any, int]:
         handler = self._handlers.get(hdr.opcode)
         if handler is None:
             return hdr.unique, None, errno.ENOSYS

@@ -101,10 +101,14 @@ class ReplyPacking(HandlerBase):
         return abi.fuse_statx_out_head.pack(av, avn, 0, 0, 0) + self.attrs.fuse_statx(stx)
 
     def _open_out(self, opened: Opened, is_dir: bool) -> bytes:
-        flags = opened.open_flags
+        return abi.fuse_open_out.pack(opened.fh, opened.open_flags | self.cache_open_flags(is_dir), 0)
+
+    def cache_open_flags(self, is_dir: bool) -> int:
+        """The FOPEN_* flags the cache policy adds to every OPEN/CREATE (or OPENDIR) reply
+        (the C hot path adds the same, see virtiofs.HotPath)."""
         cache = self.options.cache
         if cache in (CachePolicy.NEVER, CachePolicy.METADATA) and not is_dir:
-            flags |= abi.FOPEN_DIRECT_IO
-        elif cache == CachePolicy.ALWAYS:
-            flags |= abi.FOPEN_CACHE_DIR if is_dir else abi.FOPEN_KEEP_CACHE
-        return abi.fuse_open_out.pack(opened.fh, flags, 0)
+            return abi.FOPEN_DIRECT_IO
+        if cache == CachePolicy.ALWAYS:
+            return abi.FOPEN_CACHE_DIR if is_dir else abi.FOPEN_KEEP_CACHE
+        return 0

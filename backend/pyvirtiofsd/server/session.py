@@ -21,6 +21,10 @@ from pyvirtiofsd.guestfaults import faults
 from .base import HandlerBase
 from .wire import ARGS_MAX, err
 
+# How long ending a session waits for the requests still being served (a hung host file
+# system must not keep DESTROY, or a reset, waiting for ever).
+END_WAIT = 10.0
+
 log = structlog.get_logger()
 
 FUSE_MAX_MINOR = 39
@@ -156,9 +160,14 @@ class SessionHandlers(HandlerBase):
         """Caller holds ``_lifecycle``."""
         if self._session is None:
             return
-        self._session = None
+        with self._idle:
+            self._session = None                  # new requests get EIO from here on
         if self.session_changed is not None:
             self.session_changed(None)            # nothing is served in C from here on
+        with self._idle:                          # nor in Python, once these are done
+            if not self._idle.wait_for(lambda: self._serving == 0, timeout=END_WAIT):
+                log.warning("ending the session with requests still being served",
+                            requests=self._serving, waited_s=END_WAIT)
         if self.dax is not None:
             # DESTROY: the guest is done with the window; a reset: the front-end dropped it.
             self.dax.reset(unmap=why == "DESTROY")
