@@ -64,6 +64,13 @@ class Rig:
         assert served_to_the_end, "Backend.serve still running 10 s after the front-end closed"
 
 
+@pytest.fixture(autouse=True)
+def _c_path_on(monkeypatch):
+    """These tests are about the C path: on even when the suite runs with it off
+    (scripts/test.sh runs everything a second time with PYVIRTIOFSD_HOTPATH=0)."""
+    monkeypatch.setenv("PYVIRTIOFSD_HOTPATH", "1")
+
+
 @pytest.fixture
 def rig_factory(tmp_path):
     made = []

@@ -26,7 +26,7 @@ FAST_WITHIN = 0.5    # by when every ordinary request must have its reply
 ROUNDS = 20          # x (GETATTR, LOOKUP, READ, GETATTR of the root) of the ordinary file
 FAST_DATA = b"fast file contents\n" * 50
 
-HOTPATH = [pytest.param({}, id="hotpath"),
+HOTPATH = [pytest.param({"PYVIRTIOFSD_HOTPATH": "1"}, id="hotpath"),
            pytest.param({"PYVIRTIOFSD_HOTPATH": "0"}, id="python")]
 
 
