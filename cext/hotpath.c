@@ -4,6 +4,7 @@
 #include "meta.h"
 #include "rw.h"
 #include "mutate.h"
+#include "setattr.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -153,6 +154,7 @@ static serve_fn serving(uint32_t opcode)
     case PVFS_FUSE_FLUSH: return pvfs_serve_flush;
     case PVFS_FUSE_FSYNC: case PVFS_FUSE_FSYNCDIR: return pvfs_serve_fsync;
     case PVFS_FUSE_STATFS: return pvfs_serve_statfs;
+    case PVFS_FUSE_SETATTR: return pvfs_serve_setattr;
     case PVFS_FUSE_FORGET: return pvfs_serve_forget;
     case PVFS_FUSE_BATCH_FORGET: return pvfs_serve_batch_forget;
     default: return NULL;
@@ -255,9 +257,17 @@ static int wait_stop(int stop_fd, int timeout_ms)
  * "Notifications"), so it is 1 (an interrupt decision per request). */
 #define FLUSH_EVERY 1
 
+/* The queue this thread left to serve a request in Python (see pvfs_hotq_blocked). */
+static __thread struct pvfs_hotq *in_python;
+
 int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, int kick_fd,
                  int stop_fd, int timeout_ms, struct pvfs_req **out)
 {
+    if (in_python) {            /* back from it */
+        if (in_python == q)
+            pvfs_hotq_blocked(q, -1);
+        in_python = NULL;
+    }
     if (pvfs_lead(q))
         return PVFS_HOT_RUN_STOP;
     unsigned unflushed = 0;
@@ -299,6 +309,10 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
                 pvfs_unlead(q, 0);
             pvfs_hot_count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */
             *out = req;
+            if (r == INLINE && q) {
+                in_python = q;
+                pvfs_hotq_blocked(q, 1);
+            }
             return r == INLINE ? PVFS_HOT_RUN_INLINE : PVFS_HOT_RUN_POOL;
         }
         if (++unflushed >= FLUSH_EVERY || !lead.leading) {

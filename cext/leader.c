@@ -16,7 +16,8 @@ struct pvfs_hotq {
     uint64_t busy_since;  /* the leader is in a syscall since (CLOCK_MONOTONIC ns), or 0 */
     uint64_t gen;         /* bumped when a follower takes the ring from a busy leader */
     unsigned threads;     /* serving this queue */
-    unsigned waiting;     /* atomic: of them, waiting in pvfs_lead */
+    unsigned blocked;     /* atomic: of them, in something that may block -- a syscall
+                             marked busy, or a request Python serves on the thread */
 };
 
 static uint64_t mono_ns(void)
@@ -68,7 +69,13 @@ void pvfs_hotq_set_paused(struct pvfs_hotq *q, int paused)
 
 int pvfs_hotq_spare(struct pvfs_hotq *q)
 {
-    return !q || q->threads <= 1 || __atomic_load_n(&q->waiting, __ATOMIC_RELAXED) > 0;
+    return !q || q->threads <= 1 || __atomic_load_n(&q->blocked, __ATOMIC_RELAXED) + 1 < q->threads;
+}
+
+void pvfs_hotq_blocked(struct pvfs_hotq *q, int delta)
+{
+    if (q)
+        __atomic_add_fetch(&q->blocked, (unsigned)delta, __ATOMIC_RELAXED);
 }
 
 int pvfs_hotq_halted(struct pvfs_hotq *q)
@@ -95,9 +102,7 @@ int pvfs_lead(struct pvfs_hotq *q)
         uint64_t until = (q->busy_since ? q->busy_since : now) + PVFS_HOT_STALL_NS;
         struct timespec ts = {.tv_sec = (time_t)(until / 1000000000ull),
                               .tv_nsec = (long)(until % 1000000000ull)};
-        __atomic_add_fetch(&q->waiting, 1, __ATOMIC_RELAXED);
         pthread_cond_timedwait(&q->c, &q->m, &ts);
-        __atomic_sub_fetch(&q->waiting, 1, __ATOMIC_RELAXED);
     }
     int rc = q->stop || q->paused ? PVFS_HOT_RUN_STOP : 0;
     if (!rc)
@@ -130,6 +135,7 @@ void pvfs_lead_busy(struct pvfs_lead *l)
 {
     if (!l || !l->q || !l->leading)
         return;
+    pvfs_hotq_blocked(l->q, 1);
     pthread_mutex_lock(&l->q->m);
     l->q->busy_since = mono_ns();
     l->gen = l->q->gen;
@@ -140,6 +146,7 @@ void pvfs_lead_done(struct pvfs_lead *l)
 {
     if (!l || !l->q || !l->leading)
         return;
+    pvfs_hotq_blocked(l->q, -1);
     pthread_mutex_lock(&l->q->m);
     if (l->q->gen == l->gen)
         l->q->busy_since = 0;

@@ -16,7 +16,7 @@
  *   ring unattended within PVFS_HOT_STALL_NS and takes it.
  *
  * - A request that may block (metadata served in C, or by Python on the queue thread) is
- *   only taken on by the queue's threads while another of them is waiting to take the ring
+ *   only taken on by the queue's threads while another of them is free to take the ring
  *   over (pvfs_hotq_spare); otherwise it goes to Python's worker pool.  So however many
  *   requests for a hung file system arrive, the queue keeps a thread.
  *
@@ -58,9 +58,11 @@ struct pvfs_lead {
 int pvfs_lead(struct pvfs_hotq *q);
 /* Give the ring up (wake_one: and wake a follower to take it). */
 void pvfs_unlead(struct pvfs_hotq *q, int wake_one);
-/* Is another thread of the queue waiting to take the ring (or is there only one)?  A
- * request that may block is served on the queue's threads only then. */
+/* Is another thread of the queue free to take the ring should this one block (or is there
+ * only one)?  A request that may block is served on the queue's threads only then. */
 int pvfs_hotq_spare(struct pvfs_hotq *q);
+/* A thread enters (+1) or leaves (-1) something that may block. */
+void pvfs_hotq_blocked(struct pvfs_hotq *q, int delta);
 /* Stopping or paused (a leader checks between requests). */
 int pvfs_hotq_halted(struct pvfs_hotq *q);
 /* Before I/O that may block for long: hand the ring over now. */

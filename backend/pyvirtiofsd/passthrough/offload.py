@@ -25,14 +25,14 @@ _METHOD = {
     Op.FUSE_RENAME2: "rename", Op.FUSE_OPEN: "open", Op.FUSE_OPENDIR: "opendir",
     Op.FUSE_RELEASE: "release", Op.FUSE_RELEASEDIR: "releasedir", Op.FUSE_FLUSH: "flush",
     Op.FUSE_FSYNC: "fsync", Op.FUSE_FSYNCDIR: "fsyncdir", Op.FUSE_STATFS: "statfs",
-    Op.FUSE_FORGET: "forget", Op.FUSE_BATCH_FORGET: "batch_forget",
+    Op.FUSE_FORGET: "forget", Op.FUSE_BATCH_FORGET: "batch_forget", Op.FUSE_SETATTR: "setattr",
 }
 # what changes the file system (EROFS when read-only)
 _MODIFYING = {Op.FUSE_WRITE, Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD, Op.FUSE_SYMLINK,
               Op.FUSE_LINK, Op.FUSE_UNLINK, Op.FUSE_RMDIR, Op.FUSE_RENAME, Op.FUSE_RENAME2,
-              Op.FUSE_OPEN}   # OPEN: Python refuses writable opens of a read-only fs
+              Op.FUSE_OPEN, Op.FUSE_SETATTR}   # OPEN: Python refuses writable opens of a read-only fs
 # what packs attributes, or acts as the caller (id translation changes both)
-_IDS = {Op.FUSE_GETATTR, Op.FUSE_LOOKUP, Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD,
+_IDS = {Op.FUSE_GETATTR, Op.FUSE_LOOKUP, Op.FUSE_SETATTR, Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD,
         Op.FUSE_SYMLINK, Op.FUSE_LINK}
 # what may register a new inode (which, with file handles, needs one made in Python)
 _NEW_INODES = {Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD, Op.FUSE_SYMLINK, Op.FUSE_LINK}
