@@ -1,4 +1,6 @@
-/* The hot path: FUSE requests served in C without entering Python.
+/* The hot path: FUSE requests served in C without entering Python -- READ, WRITE, and the
+ * metadata that makes up a package install or a build (GETATTR, LOOKUP, CREATE, OPEN,
+ * RELEASE, UNLINK, MKDIR, RENAME, SETATTR, FORGET...: serving() in hotpath.c).
  *
  * A serving loop (pvfs_hot_run) for a request queue waits for kicks, pops chains and
  * serves, itself, the requests it is safe to: the session is initialised, the opcode is
@@ -12,8 +14,10 @@
  * answers only the cases where Python's answer would be the same bytes.
  *
  * The pieces, one file each: store.c (inodes and handles), pack.c (reply layouts), rw.c
- * (READ, WRITE), meta.c (GETATTR, LOOKUP, READDIRPLUS records), leader.c (which of a
- * queue's threads holds the ring), and this file (the context, dispatch, the loop).
+ * (READ, WRITE), meta.c (GETATTR, LOOKUP, READDIRPLUS records), mutate.c (creating,
+ * removing, opening, releasing, forgetting; caller.c acts as the guest user), setattr.c,
+ * leader.c (which of a queue's threads holds the ring), and this file (the context,
+ * dispatch, the loop).
  *
  * Several threads may run the loop on one queue, leader/follower style (leader.h); no
  * request stalls the queue on a slow host file system (see leader.h for how).  The loop

@@ -1,19 +1,20 @@
 """The virtio-fs device (virtio device id 26) on top of the generic vhost-user back-end:
 queue layout, config space, and how FUSE requests reach the server.
 
-Queue 0 is hiprio (FORGET, BATCH_FORGET, INTERRUPT: served inline, they never block);
-queues 1..n are request queues whose requests go to a pool of worker threads, so one slow
-FSYNC does not hold up a GETATTR behind it.
+Queue 0 is hiprio (FORGET, BATCH_FORGET, INTERRUPT: served on its own thread, they never
+block); queues 1..n are request queues whose requests go to a pool of worker threads, so
+one slow FSYNC does not hold up a GETATTR behind it.
 
 The hot path: when the file system offloads requests to C (its offload description, see
 :mod:`pyvirtiofsd.offload`; the passthrough file system does) and nothing needs to see every
 request (no ops log, no statistics), each request queue is served by ``hot_threads`` threads running
-the C loop of cext/hotpath.c, which answers READ and WRITE itself -- a preadv/pwritev
-between the file and guest memory -- and GETATTR and LOOKUP from the C store, and
-passes everything else up: quick metadata operations are served by the queue thread itself
-(:data:`INLINE_OPCODES`), the rest by the worker pool.  See :class:`HotPath` for when each
-of them stays in Python.  (READDIRPLUS reaches Python, whose PassthroughFs packs its
-records with one C call.)
+the C loop of cext/hotpath.c, which answers what the file system offloads itself -- READ
+and WRITE as a preadv/pwritev between the file and guest memory, GETATTR, LOOKUP, CREATE,
+OPEN, RELEASE, UNLINK, SETATTR... from the C store -- and passes everything else up: quick
+operations are served by the queue thread itself (:data:`INLINE_OPCODES`) while another
+thread of the queue is free to take over, the rest by the worker pool.  The hiprio queue
+runs the same loop on one thread (FORGET and BATCH_FORGET in C).  (READDIRPLUS reaches
+Python, whose PassthroughFs packs its records with one C call.)
 """
 from __future__ import annotations
 
