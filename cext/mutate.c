@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -141,6 +142,8 @@ int pvfs_serve_create(struct pvfs_hot *h, struct pvfs_hot_req *r)
     uint32_t flags = le32toh(ci.flags), mode = le32toh(ci.mode);
     if (le32toh(ci.open_flags) & PVFS_FUSE_OPEN_KILL_SUIDGID)
         return PVFS_TO_PYTHON;                  /* killpriv_v2 rules: Python's */
+    if (flags > INT_MAX)
+        return PVFS_TO_PYTHON;                  /* no C int: os.open refuses it (EINVAL) */
     struct pvfs_inode_view pv;
     struct pvfs_inode *p = inode(h, r->in.nodeid, &pv);
     if (!p)
@@ -246,6 +249,8 @@ int pvfs_serve_mknod(struct pvfs_hot *h, struct pvfs_hot_req *r)
         !names_ok(&name, 1))
         return PVFS_TO_PYTHON;
     memcpy(&mi, r->args, sizeof(mi));
+    if (le32toh(mi.mode) > INT_MAX)
+        return PVFS_TO_PYTHON;                  /* no C int: os.mknod refuses it (EINVAL) */
     uint32_t d = le32toh(mi.rdev);      /* the guest's new_encode_dev: server decode_dev */
     dev_t rdev = makedev((d & 0xfff00) >> 8, (d & 0xff) | ((d >> 12) & 0xfff00));
     return make(h, r, MAKE_NODE, name, NULL, le32toh(mi.mode), rdev, le32toh(mi.umask));
@@ -358,6 +363,8 @@ int pvfs_serve_open(struct pvfs_hot *h, struct pvfs_hot_req *r)
     memcpy(&oi, r->args, sizeof(oi));
     if (le32toh(oi.open_flags) & PVFS_FUSE_OPEN_KILL_SUIDGID)
         return PVFS_TO_PYTHON;                  /* killpriv_v2 rules: Python's */
+    if (le32toh(oi.flags) > INT_MAX)
+        return PVFS_TO_PYTHON;                  /* no C int: os.open refuses it (EINVAL) */
     struct pvfs_inode_view iv;
     struct pvfs_inode *i = inode(h, r->in.nodeid, &iv);
     if (!i)
