@@ -11,7 +11,10 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 struct pvfs_hot *pvfs_hot_new(struct pvfs_store *s)
 {
@@ -62,10 +65,15 @@ void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t m
         return;
     /* Wait for the requests C is serving now: each marked itself serving before it read
      * the session (seq_cst on both sides), so from here on none adds to the store.  They
-     * are short, but a READ on a sick file system may take its time. */
-    while (__atomic_load_n(&h->serving, __ATOMIC_SEQ_CST)) {
-        struct timespec ts = {0, 50000};
-        nanosleep(&ts, NULL);
+     * are short, but a READ on a sick file system may take its time.  A futex wait (the
+     * last one out wakes us; the timeout covers a wake that came before we slept): the
+     * seccomp filter allows futex, not clock_nanosleep. */
+    for (;;) {
+        unsigned n = __atomic_load_n(&h->serving, __ATOMIC_SEQ_CST);
+        if (!n)
+            break;
+        struct timespec ts = {0, 1000000};
+        syscall(SYS_futex, &h->serving, FUTEX_WAIT_PRIVATE, n, &ts, NULL, 0);
     }
 }
 
@@ -214,7 +222,9 @@ static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct pvfs_lead 
     struct pvfs_hot_req r = {.req = req, .lead = lead};
     __atomic_add_fetch(&h->serving, 1, __ATOMIC_SEQ_CST);
     int rc = serve_one(h, &r);
-    __atomic_sub_fetch(&h->serving, 1, __ATOMIC_RELEASE);
+    if (__atomic_sub_fetch(&h->serving, 1, __ATOMIC_SEQ_CST) == 0 &&
+        !__atomic_load_n(&h->session, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, &h->serving, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     return rc;
 }
 

@@ -16,6 +16,7 @@ RUNS = (
     'tests/e2e/test_seccomp_workload.py (workload configurations: never-mmap-chroot,dax-opslog): 2 of 2 daemons filtered, 2 supervisors',
     'tests/e2e/test_seccomp_workload.py (workload configurations: never-mmap-chroot): 1 of 1 daemons filtered, 1 supervisors',
     'tests/integration/test_seccomp.py tests/integration/test_compat.py tests/integration/test_sandbox.py -k supervisor or syslog or signal or disconnect or dying or outlive or usr1 or sigterm: 14 of 14 daemons filtered, 14 supervisors',
+    'PYVIRTIOFSD_HOTPATH=0 tests/integration -q --deselect tests/integration/test_dax.py::test_request_in_a_truncated_file_region_does_not_kill_the_daemon --deselect tests/integration/test_lifecycle_race.py --deselect tests/integration/test_hotpath_meta.py: 158 of 185 daemons filtered, 149 supervisors',
 )
 
 TRACED = frozenset({
