@@ -99,6 +99,22 @@ def preload() -> None:
             importlib.import_module(name)
         except ImportError as e:  # an optional dependency the daemon does not need
             log.debug("not preloaded", module=name, error=str(e))
+    _preload_unwinder()
+
+
+def _preload_unwinder() -> None:
+    """Load libgcc_s now: glibc dlopens it the first time a thread calls pthread_exit, which
+    Python does for every thread still running at interpreter shutdown -- inside a chroot
+    the dlopen fails and glibc aborts the process ("libgcc_s.so.1 must be installed for
+    pthread_exit to work"), so a daemon told to stop died of SIGABRT instead.  Once loaded,
+    glibc finds it by its soname without the file system."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        log.warning("cannot preload libgcc_s: a thread still running at exit may abort the "
+                    "sandboxed daemon", error=str(e))
 
 
 def _daemon_modules(path, prefix: str):

@@ -564,3 +564,14 @@ def test_chroot_mode_works_without_cap_sys_admin(tmp_path, shared):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("mode", CONFINING)
+def test_the_unwinder_is_loaded_before_confinement(start_daemon, connect, mode):
+    """glibc dlopens libgcc_s when a thread first calls pthread_exit (Python's threads do at
+    exit); inside the sandbox that would fail and abort the daemon: it must be mapped
+    already (sandbox._preload_unwinder)."""
+    d = start_daemon("--sandbox", mode)
+    connect(d)
+    with open(f"/proc/{d.serving_pid()}/maps") as f:
+        assert "libgcc_s.so.1" in f.read()
