@@ -7,9 +7,16 @@ request in flight and walks scripts of LOOKUP, CREATE/WRITE/RELEASE/UNLINK,
 OPEN/READ/RELEASE, OPENDIR/READDIRPLUS/RELEASEDIR, GETATTR and FORGET.  In every cycle the
 session ends while they run:
 
-* ``destroy``: a FUSE_DESTROY on the request queue among them; the lanes go on
-  submitting (those requests may fail: there is no session), and once DESTROY is answered
-  (and the hiprio queue is idle) a new FUSE_INIT follows, also among them;
+* ``destroy``: a FUSE_DESTROY on the request queue among the lanes' requests, then, once
+  it is answered (and the hiprio queue is idle), a new FUSE_INIT.  The lanes send nothing
+  from DESTROY until INIT is answered -- a guest's unmount and mount -- but whatever they
+  had in flight races the DESTROY;
+* ``destroy-stream``: the same, but the lanes go on submitting throughout, so requests
+  follow DESTROY on the ring before the new INIT and race it and the INIT too.  Such a
+  request must fail (EIO: no session) or leave nothing behind -- ring order is session
+  order: a request the guest sent after DESTROY and before the INIT that follows it must
+  not make state in the new session (the guest never learns which session a success
+  belongs to);
 * ``reset``: the front-end's ``restart()`` (stop every ring, RESET_DEVICE, new rings), as
   a VMM does when its guest reboots, then INIT.
 
@@ -252,7 +259,7 @@ class Driver:
         if p.req.opcode == Opcode.FUSE_CREATE:
             name = p.req.args[abi.fuse_create_in.size:-1]
             self.creates.setdefault(name, []).append(
-                f"CREATE sent in session {epoch}{' (racing)' if not p.steady else ''}, "
+                f"CREATE sent in session {epoch}{' while the session changed' if not p.steady else ''}, "
                 f"answered {'ok' if not h.error else errno.errorcode.get(-h.error)} "
                 f"in session {self.epoch}")
 
@@ -328,8 +335,10 @@ class Driver:
             major=7, minor=38, max_readahead=1 << 17, flags=flags.flags, flags2=flags.flags2),
             abi.fuse_init_out.size)
 
-    def destroy_and_init(self) -> None:
+    def destroy_and_init(self, stream: bool) -> None:
+        """DESTROY, then INIT.  ``stream``: the lanes go on submitting meanwhile."""
         self.racing = True
+        self.submitting = stream
         p = self.submit(Req(Opcode.FUSE_DESTROY))
         self.wait_for(p)
         assert p.reply.error == 0, f"DESTROY: {p.reply.error}"
@@ -341,8 +350,10 @@ class Driver:
         self.wait_for(p)
         assert p.reply.error == 0, f"INIT: {p.reply.error}"
         self.racing = False
-        # Requests the lanes submitted after DESTROY and before INIT was answered that
-        # succeeded were served in the new session (without one they fail): still held.
+        self.submitting = True
+        # Requests the lanes of the new session submitted after DESTROY was answered and
+        # before INIT was that succeeded were served in the new session (without one they
+        # fail): they hold what they got.
 
     def reset_and_init(self) -> list:
         """fe.restart() with requests in flight; returns the old queues (rings kept, for
@@ -403,21 +414,21 @@ def files(shared):
 
 
 @pytest.mark.parametrize("env", HOTPATH)
-@pytest.mark.parametrize("event", ["destroy", "reset"])
+@pytest.mark.parametrize("event", ["destroy", "destroy-stream", "reset"])
 def test_the_session_ends_cleanly_under_load(files, start_daemon, connect, env, event):
     daemon = start_daemon("--log-level", "info", env=env)
     c = connect(daemon, queue_size=128)
     pid = daemon.serving_pid()
     time.sleep(0.2)
     baseline, baseline_fds = fd_count(pid), fd_targets(pid)
-    drv = Driver(c, seed=2 * (event == "reset") + bool(env))
+    drv = Driver(c, seed=len(event) + bool(env))
     rng = random.Random(1)
     leaks = []
     for cycle in range(CYCLES):
         drv.creates.clear()
         drv.run_for(rng.uniform(0.05, 0.25))             # a steady stream, 16 in flight
-        if event == "destroy":
-            drv.destroy_and_init()
+        if event.startswith("destroy"):
+            drv.destroy_and_init(stream=event == "destroy-stream")
         else:
             stopped = drv.reset_and_init()
         drv.run_for(rng.uniform(0.02, 0.1))              # the new session, under load too
