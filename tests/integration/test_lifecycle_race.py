@@ -56,7 +56,7 @@ ENOUGH = 5            # leaking cycles that make the case: stop there
 FILES = [b"f%d" % i for i in range(8)]
 DIR_ENTRIES = 12
 READDIR_SIZE = 8192
-HOTPATH = [pytest.param({}, id="hotpath"),
+HOTPATH = [pytest.param({"PYVIRTIOFSD_HOTPATH": "1"}, id="hotpath"),
            pytest.param({"PYVIRTIOFSD_HOTPATH": "0"}, id="python")]
 
 
@@ -421,7 +421,8 @@ def test_the_session_ends_cleanly_under_load(files, start_daemon, connect, env, 
     pid = daemon.serving_pid()
     time.sleep(0.2)
     baseline, baseline_fds = fd_count(pid), fd_targets(pid)
-    drv = Driver(c, seed=len(event) + bool(env))
+    python = env["PYVIRTIOFSD_HOTPATH"] == "0"
+    drv = Driver(c, seed=len(event) + python)
     rng = random.Random(1)
     leaks = []
     for cycle in range(CYCLES):
@@ -457,7 +458,7 @@ def test_the_session_ends_cleanly_under_load(files, start_daemon, connect, env, 
                 break
     racing = {k[:2]: v for k, v in drv.replies.items() if k[1] and not k[2]}
     steady = {k[:2]: v for k, v in drv.replies.items() if k[1] and k[2]}
-    print(f"\n{event}/{'python' if env else 'hotpath'}: {sum(drv.replies.values())} replies; "
+    print(f"\n{event}/{'python' if python else 'hotpath'}: {sum(drv.replies.values())} replies; "
           f"errors (op, errno): racing the session's end {racing}; steady {steady}; "
           f"leaks (cycle, fds, what) {leaks}")
     assert not leaks, (f"{len(leaks)} of {cycle + 1} cycles changed the daemon's fd count "
