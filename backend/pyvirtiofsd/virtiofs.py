@@ -29,6 +29,7 @@ from ._cext import ffi, lib
 from .fuse.abi import Opcode
 from .fuse.request import FuseRequest
 from .offload import ReplyPolicy
+from .server.dispatch import ANY_SESSION
 from .vhost_user.backend_channel import BackendChannel
 from .vhost_user.device import VhostUserDevice
 from .vhost_user.protocol import SHMEM_BIT_DEFAULT, ProtocolFeature as P, shmem_bit
@@ -66,9 +67,10 @@ class WorkerPool:
     FUSE_INTERRUPT for one of them (:meth:`interrupt`) answers it EINTR through ``cancel``
     and no worker ever serves it."""
 
-    def __init__(self, size: int, serve, cancel=None):
+    def __init__(self, size: int, serve, cancel=None, session=None):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._serve = serve
+        self._session = session   # the server's current session, noted at submit
         self._cancel = cancel
         self._waiting: dict[int, FuseRequest] = {}
         self._lock = threading.Lock()
@@ -85,7 +87,9 @@ class WorkerPool:
                 unique = None
             else:
                 self._waiting[unique] = req
-        self._queue.put((unique, req))
+        # The session it arrived in: a worker serves it only in that one (a request that
+        # waited here across DESTROY and a new INIT must not act in the new session).
+        self._queue.put((unique, req, self._session() if self._session else ANY_SESSION))
 
     def interrupt(self, unique: int) -> bool:
         """Cancel the request ``unique`` if no worker has taken it yet."""
@@ -101,13 +105,13 @@ class WorkerPool:
             item = self._queue.get()
             if item is None:
                 return
-            unique, req = item
+            unique, req, session = item
             if unique is not None:
                 with self._lock:
                     if self._waiting.get(unique) is not req:
                         continue        # cancelled while it waited: already answered
                     del self._waiting[unique]
-            self._serve(req)
+            self._serve(req, session)
 
     def close(self) -> None:
         for _ in self._threads:
@@ -224,7 +228,8 @@ class VirtioFsDevice(VhostUserDevice):
             server.session_changed = self.hotpath.publish
         self.pool = None
         if thread_pool_size > 0:
-            self.pool = WorkerPool(thread_pool_size, self._serve, cancel=server.cancel)
+            self.pool = WorkerPool(thread_pool_size, self._serve, cancel=server.cancel,
+                                   session=lambda: server.session)
             server.interrupted = self.pool.interrupt
         # DAX: a cache window (shared-memory region 0) mapped through the backend channel.
         self.dax = dax
@@ -262,9 +267,9 @@ class VirtioFsDevice(VhostUserDevice):
             raise ValueError(f"config read {offset}+{size} outside the {len(space)}-byte space")
         return space[offset:offset + size].ljust(size, b"\0")
 
-    def _serve(self, req: FuseRequest) -> None:
+    def _serve(self, req: FuseRequest, session=ANY_SESSION) -> None:
         """Serve a request in Python."""
-        self.server.handle(req)
+        self.server.handle(req, session)
 
     def handler(self, queue_index: int):
         if queue_index == HIPRIO_QUEUE:

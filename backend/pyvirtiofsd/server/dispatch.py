@@ -57,6 +57,10 @@ _XATTR_OPS = frozenset({
 })
 
 
+ANY_SESSION: Any = object()
+"""For :meth:`Server.handle`: serve the request in whatever session is current."""
+
+
 class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHandlers,
              DaxHandlers):
     """Serve ``fs`` to one guest.  See the module docstring.
@@ -145,13 +149,18 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
 
     # --- public ---------------------------------------------------------------------------
 
-    def handle(self, req: FuseRequest) -> None:
-        """Serve one request and complete it exactly once.  Never raises."""
+    def handle(self, req: FuseRequest, arrived_in: Any = ANY_SESSION) -> None:
+        """Serve one request and complete it exactly once.  Never raises.
+
+        ``arrived_in``: the :meth:`session` current when the transport took the request
+        (it may wait for a worker meanwhile); if another session is current by the time it
+        is served, it fails with EIO instead of acting in a session it was not sent in.
+        :data:`ANY_SESSION` (the default): served in whichever is current."""
         if self.ops is not None:   # ops log / statistics: the request records its completion
             req = self.ops.wrap(req)
         unique = 0
         try:
-            unique, result, error = self._dispatch(req)
+            unique, result, error = self._dispatch(req, arrived_in)
         except Exception:  # noqa: BLE001 - last line of defence: the guest must get an answer
             log.error("fuse request handling failed", exc_info=True)
             result, error = None, errno.EIO
@@ -162,7 +171,7 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
 
     # --- framing --------------------------------------------------------------------------
 
-    def _dispatch(self, req: FuseRequest) -> tuple[int, Any, int]:
+    def _dispatch(self, req: FuseRequest, arrived_in: Any) -> tuple[int, Any, int]:
         try:
             head = req.read_in(0, IN_HDR)
         except OSError:
@@ -195,6 +204,9 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
                 return hdr.unique, None, errno.EIO
             return hdr.unique, *self._run(self._destroy, req, hdr, arglen, session)
         session = self._enter()
+        if session is not None and arrived_in is not ANY_SESSION and arrived_in is not session:
+            self._leave()
+            session = None          # sent before the session now current began
         if session is None:
             if hdr.opcode in _NO_REPLY_OPS:
                 return hdr.unique, NO_REPLY, 0
