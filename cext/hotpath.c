@@ -275,7 +275,7 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
 {
     if (in_python) {            /* back from it */
         if (in_python == q)
-            pvfs_hotq_blocked(q, -1);
+            pvfs_hotq_from_python(q);
         in_python = NULL;
     }
     if (pvfs_lead(q))
@@ -313,16 +313,16 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
             pvfs_vq_flush_signal(vq);
             /* Python's: hand the ring over, but wake nobody -- a second thread in Python
              * would only fight this one for the GIL (it measured slower, see BENCHMARKS.md);
-             * this thread is back as soon as Python is done, and should Python block, a
-             * follower finds the ring unattended within PVFS_HOT_STALL_NS and takes it. */
-            if (lead.leading)
+             * this thread is back as soon as Python is done, and should Python take
+             * PVFS_HOT_STALL_NS, a follower takes the ring over (leader.h). */
+            if (lead.leading && r == INLINE) {
+                pvfs_hotq_to_python(q);
+                in_python = q;
+            } else if (lead.leading) {
                 pvfs_unlead(q, 0);
+            }
             pvfs_hot_count(h, PVFS_HOT_STAT_PASSED, 1);   /* before Python can complete it */
             *out = req;
-            if (r == INLINE && q) {
-                in_python = q;
-                pvfs_hotq_blocked(q, 1);
-            }
             return r == INLINE ? PVFS_HOT_RUN_INLINE : PVFS_HOT_RUN_POOL;
         }
         if (++unflushed >= FLUSH_EVERY || !lead.leading) {

@@ -18,7 +18,13 @@ struct pvfs_hotq {
     unsigned threads;     /* serving this queue */
     unsigned blocked;     /* atomic: of them, in something that may block -- a syscall
                              marked busy, or a request Python serves on the thread */
+    uint64_t py_since;    /* the last leader left the ring to serve a request in Python
+                             then (CLOCK_MONOTONIC ns), and is not back yet; or 0 */
+    const void *py_owner; /* which thread that was */
 };
+
+/* What identifies the calling thread to its queue. */
+static __thread char thread_token;
 
 static uint64_t mono_ns(void)
 {
@@ -89,17 +95,24 @@ int pvfs_lead(struct pvfs_hotq *q)
     if (!q)
         return 0;
     pthread_mutex_lock(&q->m);
-    while (q->leader && !q->stop && !q->paused) {
-        /* A leader stuck in a syscall loses the ring after PVFS_HOT_STALL_NS; followers
-         * check that often while anyone leads (and take a ring its leader left to Python:
-         * leader is 0 then, and they are woken or time out). */
-        uint64_t now = mono_ns();
-        if (q->busy_since && now - q->busy_since >= PVFS_HOT_STALL_NS) {
+    while (!q->stop && !q->paused) {
+        /* A leader stuck in a syscall loses the ring after PVFS_HOT_STALL_NS, and a ring its
+         * leader left to serve a request in Python is taken over once that took as long:
+         * followers check that often.  Not sooner: the leader is normally back well
+         * before, and a follower that took the ring while it is away would find no thread
+         * to spare and send quick requests to the worker pool. */
+        uint64_t now = mono_ns(), until;
+        if (!q->leader) {
+            if (!q->py_since || now - q->py_since >= PVFS_HOT_STALL_NS)
+                break;      /* free: ours */
+            until = q->py_since + PVFS_HOT_STALL_NS;
+        } else if (q->busy_since && now - q->busy_since >= PVFS_HOT_STALL_NS) {
             q->gen++;
             q->busy_since = 0;
             break;          /* ours now (leader stays 1) */
+        } else {
+            until = (q->busy_since ? q->busy_since : now) + PVFS_HOT_STALL_NS;
         }
-        uint64_t until = (q->busy_since ? q->busy_since : now) + PVFS_HOT_STALL_NS;
         struct timespec ts = {.tv_sec = (time_t)(until / 1000000000ull),
                               .tv_nsec = (long)(until % 1000000000ull)};
         pthread_cond_timedwait(&q->c, &q->m, &ts);
@@ -109,6 +122,29 @@ int pvfs_lead(struct pvfs_hotq *q)
         q->leader = 1;
     pthread_mutex_unlock(&q->m);
     return rc;
+}
+
+void pvfs_hotq_to_python(struct pvfs_hotq *q)
+{
+    if (!q)
+        return;
+    pvfs_hotq_blocked(q, 1);
+    pthread_mutex_lock(&q->m);
+    q->leader = 0;
+    q->py_since = mono_ns();
+    q->py_owner = &thread_token;
+    pthread_mutex_unlock(&q->m);
+}
+
+void pvfs_hotq_from_python(struct pvfs_hotq *q)
+{
+    if (!q)
+        return;
+    pvfs_hotq_blocked(q, -1);
+    pthread_mutex_lock(&q->m);
+    if (q->py_owner == &thread_token)
+        q->py_since = 0;
+    pthread_mutex_unlock(&q->m);
 }
 
 void pvfs_unlead(struct pvfs_hotq *q, int wake_one)

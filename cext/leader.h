@@ -12,8 +12,8 @@
  *   from it once it has been busy for PVFS_HOT_STALL_NS.  So a hung NFS server delays the
  *   other requests of the queue by that much, not until it answers.
  * - For a request Python serves the leader gives up the ring without waking anyone
- *   (Python runs one thread at a time anyway); should Python be slow, a follower finds the
- *   ring unattended within PVFS_HOT_STALL_NS and takes it.
+ *   (Python runs one thread at a time anyway); should Python take PVFS_HOT_STALL_NS, a
+ *   follower takes the ring over (pvfs_hotq_to_python).
  *
  * - A request that may block (metadata served in C, or by Python on the queue thread) is
  *   only taken on by the queue's threads while another of them is free to take the ring
@@ -56,6 +56,10 @@ struct pvfs_lead {
 
 /* Become the leader: 0, or nonzero (PVFS_HOT_RUN_STOP) if the queue is stopping or paused. */
 int pvfs_lead(struct pvfs_hotq *q);
+/* The leader gives the ring up to serve a request in Python on this thread (a follower
+ * takes it over only if that takes PVFS_HOT_STALL_NS), and is back from it. */
+void pvfs_hotq_to_python(struct pvfs_hotq *q);
+void pvfs_hotq_from_python(struct pvfs_hotq *q);
 /* Give the ring up (wake_one: and wake a follower to take it). */
 void pvfs_unlead(struct pvfs_hotq *q, int wake_one);
 /* Is another thread of the queue free to take the ring should this one block (or is there
