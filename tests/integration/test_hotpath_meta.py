@@ -73,6 +73,13 @@ def groups_ext(*gids: int) -> bytes:
     return (abi.fuse_ext_header.pack(size, abi.FUSE_EXT_GROUPS) + body).ljust(size, b"\0")
 
 
+@pytest.fixture(autouse=True)
+def _c_path_on(monkeypatch):
+    """These tests compare the C path with Python: on even when the suite runs with it off
+    (scripts/test.sh runs everything a second time with PYVIRTIOFSD_HOTPATH=0)."""
+    monkeypatch.setenv("PYVIRTIOFSD_HOTPATH", "1")
+
+
 @pytest.fixture
 def rigs():
     """Rig(directory, **kw) for the test, each closed at its end."""

@@ -181,7 +181,7 @@ def test_off_means_the_server_sees_the_transports_request_itself():
     server = Server(Fs())
     assert server.ops is None
     orig = server._dispatch
-    server._dispatch = lambda req: (seen.append(req), orig(req))[1]
+    server._dispatch = lambda req, *rest: (seen.append(req), orig(req, *rest))[1]
     req = BytesRequest(request(Opcode.FUSE_GETATTR, 1, abi.fuse_getattr_in.build()))
     server.handle(req)
     assert seen == [req]
