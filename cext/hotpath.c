@@ -53,11 +53,13 @@ void pvfs_hot_set_open_flags(struct pvfs_hot *h, uint32_t file, uint32_t dir)
 }
 void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes) { __atomic_store_n(&h->inline_ops, opcodes, __ATOMIC_RELEASE); }
 
-void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write,
-                          uint32_t max_read)
+void pvfs_hot_set_session(struct pvfs_hot *h, uint32_t number, uint32_t minor,
+                          uint32_t max_write, uint32_t max_read)
 {
+    int on = number != 0;
     /* Before the session word: whoever sees the session (acquire) sees its max_read. */
     __atomic_store_n(&h->max_read, on ? max_read : 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->number, number, __ATOMIC_SEQ_CST);
     /* One word, so a reader sees one session or the other, never a mix. */
     uint64_t v = on ? (1ull << 63) | ((uint64_t)(minor & 0x7fffffff) << 32) | max_write : 0;
     __atomic_store_n(&h->session, v, __ATOMIC_SEQ_CST);
@@ -240,6 +242,7 @@ int pvfs_hot_serve(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_req **out
                 return PVFS_HOT_RUN_EMPTY;
             continue;
         }
+        req->session = __atomic_load_n(&h->number, __ATOMIC_SEQ_CST);   /* ring order */
         int r = try_serve(h, req, NULL);
         if (r == SERVED)
             continue;
@@ -307,6 +310,9 @@ int pvfs_hot_run(struct pvfs_hot *h, struct pvfs_vq *vq, struct pvfs_hotq *q, in
             /* 2: stop_fd readable, a stop or a wake (not consumed); <0: the wait failed */
             return rc == 2 ? PVFS_HOT_RUN_STOP : rc;
         }
+        /* The session it was sent in: read while this thread still leads the ring, so
+         * before a DESTROY or INIT behind it on the ring can change it. */
+        req->session = __atomic_load_n(&h->number, __ATOMIC_SEQ_CST);
         struct pvfs_lead lead = {q, vq, q != NULL, 0};
         int r = try_serve(h, req, q ? &lead : NULL);
         if (r != SERVED) {

@@ -73,12 +73,14 @@ void pvfs_hot_set_open_flags(struct pvfs_hot *h, uint32_t file, uint32_t dir);
  * than hand to the worker pool (pvfs_hot_serve/run return PVFS_HOT_RUN_INLINE for them
  * instead of PVFS_HOT_RUN_POOL). */
 void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes);
-/* The FUSE session as INIT negotiated it: nothing is served in C while it is off.  A READ
- * asking for more than max_read (max_pages x guest page size) is left to Python.  Turning
- * it off returns once no request is being served in C any more, so the caller may then
- * clear the store (DESTROY, a reset) knowing C adds nothing to it. */
-void pvfs_hot_set_session(struct pvfs_hot *h, int on, uint32_t minor, uint32_t max_write,
-                          uint32_t max_read);
+/* The FUSE session as INIT negotiated it, known by its number (0: none, nothing is served
+ * in C).  A READ asking for more than max_read (max_pages x guest page size) is left to
+ * Python.  Turning it off returns once no request is being served in C any more, so the
+ * caller may then clear the store (DESTROY, a reset) knowing C adds nothing to it.  Every
+ * request C passes to Python carries the number current when it was popped (req->session):
+ * ring order is session order, whenever Python gets to serve it. */
+void pvfs_hot_set_session(struct pvfs_hot *h, uint32_t number, uint32_t minor,
+                          uint32_t max_write, uint32_t max_read);
 uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which);
 
 /* What pvfs_hot_serve and pvfs_hot_run return (or a negative errno). */
@@ -110,6 +112,7 @@ struct pvfs_hot {
     uint64_t inline_ops; /* atomic: bit n set: opcode n is served on the queue thread */
     uint64_t session;    /* atomic: on << 63 | minor << 32 | max_write */
     uint32_t max_read;   /* atomic, stored before session: max_pages x guest page size */
+    uint32_t number;     /* atomic, stored before session: the session's number (0: none) */
     unsigned serving;    /* atomic: requests being served in C now (see set_session) */
     uint64_t stat[6];    /* atomic */
 };

@@ -432,6 +432,7 @@ int pvfs_vq_pop(struct pvfs_vq *vq, struct pvfs_req **out)
     req->mem = vq->mem;
     pvfs_mem_ref(req->mem);
     req->holes = 0;
+    req->session = 0;             /* set by the hot path, which popped it */
     req->err = (uint16_t)walk_chain(vq, req, head);
     if (!req->err && req->holes)
         req->err = PVFS_CHAIN_BAD_ADDR; /* soft: lengths and iovecs stay valid */

@@ -49,6 +49,7 @@ struct pvfs_req {
     uint32_t out_len;     /* device-writable bytes */
     uint32_t n_in;        /* iovecs 0..n_in-1 are readable */
     uint32_t n_out;       /* iovecs n_in..n_in+n_out-1 are writable */
+    uint32_t session;     /* the hot path's session number when it popped this (hotpath.h) */
     struct pvfs_mem *mem;              // C only: the table the iovecs point into (a reference)
     int holes;                         // C only: some iovecs are holes (iov_base NULL)
     struct pvfs_req *next_free;        // C only

@@ -22,6 +22,7 @@ import os
 import queue
 import struct
 import threading
+from typing import Any
 
 import structlog
 
@@ -79,7 +80,9 @@ class WorkerPool:
         for t in self._threads:
             t.start()
 
-    def submit(self, req: FuseRequest) -> None:
+    def submit(self, req: FuseRequest, arrived_in: Any = None) -> None:
+        """Queue ``req`` for a worker; ``arrived_in``: the session it was sent in, if the
+        transport knows (else the one current now)."""
         unique = _unique(req)
         with self._lock:
             # A unique already waiting (a confused guest) or unreadable: not cancellable.
@@ -89,7 +92,9 @@ class WorkerPool:
                 self._waiting[unique] = req
         # The session it arrived in: a worker serves it only in that one (a request that
         # waited here across DESTROY and a new INIT must not act in the new session).
-        self._queue.put((unique, req, self._session() if self._session else ANY_SESSION))
+        if arrived_in is None:
+            arrived_in = self._session() if self._session else ANY_SESSION
+        self._queue.put((unique, req, arrived_in))
 
     def interrupt(self, unique: int) -> bool:
         """Cancel the request ``unique`` if no worker has taken it yet."""
@@ -181,7 +186,7 @@ class HotPath:
         if s is None:
             lib.pvfs_hot_set_session(self.ctx, 0, 0, 0, 0)
         else:
-            lib.pvfs_hot_set_session(self.ctx, 1, s.minor, s.max_write, s.max_read)
+            lib.pvfs_hot_set_session(self.ctx, s.number, s.minor, s.max_write, s.max_read)
 
     def stats(self) -> dict[str, int]:
         if self.ctx is None:
@@ -192,19 +197,24 @@ class HotPath:
 
 class _QueueHandler:
     """What a request queue runs: ``hot``/``threads`` for the C loop, the call that takes
-    the requests it passes up for the pool, and ``inline`` for the ones the queue thread
-    serves itself."""
+    the requests it passes up for the pool, and :meth:`inline` for the ones the queue
+    thread serves itself.  Both are served only in the session the C loop saw when it
+    popped them (``req.session``): a DESTROY and INIT behind them on the ring may have
+    been served first, by another thread of the queue."""
 
-    __slots__ = ("hot", "threads", "_submit", "inline")
+    __slots__ = ("hot", "threads", "_submit", "_serve")
 
-    def __init__(self, submit, hot, threads: int, inline):
+    def __init__(self, submit, hot, threads: int, serve):
         self._submit = submit
         self.hot = hot
         self.threads = threads
-        self.inline = inline
+        self._serve = serve
 
-    def __call__(self, req: FuseRequest) -> None:
-        self._submit(req)
+    def __call__(self, req) -> None:
+        self._submit(req, req.session)
+
+    def inline(self, req) -> None:
+        self._serve(req, req.session)
 
 
 class VirtioFsDevice(VhostUserDevice):
@@ -229,7 +239,7 @@ class VirtioFsDevice(VhostUserDevice):
         self.pool = None
         if thread_pool_size > 0:
             self.pool = WorkerPool(thread_pool_size, self._serve, cancel=server.cancel,
-                                   session=lambda: server.session)
+                                   session=lambda: server.session_number)
             server.interrupted = self.pool.interrupt
         # DAX: a cache window (shared-memory region 0) mapped through the backend channel.
         self.dax = dax

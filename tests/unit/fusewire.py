@@ -53,9 +53,9 @@ class Reply:
         return self.used_len >= 16 and self.error == 0
 
 
-def run(server: Server, data: bytes, out_len: int = 1 << 20) -> Reply:
+def run(server: Server, data: bytes, out_len: int = 1 << 20, **handle_kw: Any) -> Reply:
     req = BytesRequest(data, out_len)
-    server.handle(req)
+    server.handle(req, **handle_kw)
     assert req.used_len is not None, "request not completed"
     raw = req.reply
     if req.used_len == 0:

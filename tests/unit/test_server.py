@@ -254,6 +254,33 @@ def test_second_init_starts_a_new_session():
     assert c.server.session.minor == 31
 
 
+def test_a_request_is_served_only_in_the_session_it_arrived_in():
+    """What a transport noted when it took a request (Server.session_number) decides: a
+    request that waited (for a worker, for the GIL) while a DESTROY and an INIT behind it
+    were served fails with EIO rather than act in a session it was not sent in."""
+    c, fs = mem_client()
+    first = c.server.session_number
+    getattr_root = request(Opcode.FUSE_GETATTR, 1, bytes(16))
+    assert first > 0 and run(c.server, getattr_root, arrived_in=first).ok
+    assert c.call(Opcode.FUSE_DESTROY, 0).ok and c.server.session_number == 0
+    assert c.init().ok
+    second = c.server.session_number
+    assert second not in (0, first)
+    assert run(c.server, getattr_root, arrived_in=first).error == -errno.EIO
+    assert run(c.server, getattr_root, arrived_in=0).error == -errno.EIO   # before INIT
+    assert run(c.server, getattr_root, arrived_in=second).ok
+    assert run(c.server, getattr_root).ok                    # the transport cannot tell
+    # A FORGET of the old session gets no reply and forgets nothing of the new one.
+    node = c.lookup(1, "a").nodeid
+    held = fs.lookups[node]
+    assert run(c.server, request(Opcode.FUSE_FORGET, node, abi.fuse_forget_in.pack(1)),
+               arrived_in=first).used_len == 0
+    assert fs.lookups[node] == held
+    assert run(c.server, request(Opcode.FUSE_FORGET, node, abi.fuse_forget_in.pack(1)),
+               arrived_in=second).used_len == 0
+    assert fs.lookups[node] == held - 1
+
+
 def test_reset_ends_the_session():
     c, fs = mem_client()
     c.server.reset()

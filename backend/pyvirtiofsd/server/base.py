@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pyvirtiofsd.filesystem import Context, FileSystem
 from pyvirtiofsd.fuse import abi, extensions
@@ -35,6 +35,7 @@ class HandlerBase:
     attrs: "AttrPacker"
     _session: "Session | None"
     _serving: int
+    _numbers: "Iterator[int]"
     _idle: "threading.Condition"
     _lifecycle: threading.Lock
     session_changed: "Callable[[Session | None], None] | None"

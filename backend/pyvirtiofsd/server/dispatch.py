@@ -14,6 +14,7 @@ The handlers live by concern in the sibling modules and are mixed into :class:`S
 from __future__ import annotations
 
 import errno
+import itertools
 import threading
 from typing import Any, Callable
 
@@ -93,6 +94,7 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
         packs = type(fs).readdirplus_records is not FileSystem.readdirplus_records
         self._dirplus = fs.readdirplus_records if plain and packs else None
         self._session: Session | None = None
+        self._numbers = itertools.count(1)      # Session.number
         # What bounds a request before INIT (only INIT itself is served then).
         self._no_session = Session(0, 0, self.options.max_write, self.options.max_read)
         self._lifecycle = threading.Lock()
@@ -152,7 +154,7 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
     def handle(self, req: FuseRequest, arrived_in: Any = ANY_SESSION) -> None:
         """Serve one request and complete it exactly once.  Never raises.
 
-        ``arrived_in``: the :meth:`session` current when the transport took the request
+        ``arrived_in``: the :attr:`session_number` current when the transport took the request
         (it may wait for a worker meanwhile); if another session is current by the time it
         is served, it fails with EIO instead of acting in a session it was not sent in.
         :data:`ANY_SESSION` (the default): served in whichever is current."""
@@ -204,7 +206,7 @@ class Server(SessionHandlers, NameHandlers, FileHandlers, DirHandlers, XattrHand
                 return hdr.unique, None, errno.EIO
             return hdr.unique, *self._run(self._destroy, req, hdr, arglen, session)
         session = self._enter()
-        if session is not None and arrived_in is not ANY_SESSION and arrived_in is not session:
+        if session is not None and arrived_in is not ANY_SESSION and arrived_in != session.number:
             self._leave()
             session = None          # sent before the session now current began
         if session is None:

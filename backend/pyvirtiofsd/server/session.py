@@ -49,6 +49,9 @@ class Session:
     max_write: int
     max_read: int
     """``max_pages`` x guest page size: the most a READ or READDIR reply may carry."""
+    number: int = 0
+    """Which session of this server it is (1, 2, ...): what a transport notes when it
+    takes a request (:meth:`Server.handle`'s ``arrived_in``); 0: no session."""
 
     def request_limit(self, opcode: int) -> int:
         """The most argument bytes a request of ``opcode`` may claim (see ARGS_MAX)."""
@@ -64,6 +67,12 @@ class SessionHandlers(HandlerBase):
     def session(self) -> Session | None:
         """The negotiated session, or ``None`` before INIT / after DESTROY."""
         return self._session
+
+    @property
+    def session_number(self) -> int:
+        """The current session's :attr:`Session.number`, 0 if there is none."""
+        s = self._session
+        return 0 if s is None else s.number
 
     def reset(self) -> None:
         """End the session as DESTROY would (device reset, guest gone)."""
@@ -136,7 +145,7 @@ class SessionHandlers(HandlerBase):
             if kept is not None:        # a file system that forgot to return keeps all
                 enable &= kept
             session = Session(minor=minor, flags=enable, max_write=o.max_write,
-                              max_read=o.max_read)
+                              max_read=o.max_read, number=next(self._numbers))
             self._session = session
             if self.session_changed is not None:
                 self.session_changed(session)     # before the guest sees the INIT reply

@@ -53,10 +53,13 @@ class RingRequest:
     released; only headers and small arguments are copied into Python.
     """
 
-    __slots__ = ("_req", "in_len", "out_len", "head", "queue_index")
+    __slots__ = ("_req", "in_len", "out_len", "head", "queue_index", "session")
 
     def __init__(self, req, queue_index: int):
         self._req = req
+        # The hot path's session number when it popped the chain (0: none, or not popped
+        # by the hot path): see pvfs_hot_set_session.
+        self.session = req.session
         self.in_len = req.in_len
         self.out_len = req.out_len
         self.head = req.head
