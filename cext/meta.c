@@ -1,4 +1,4 @@
-/* GETATTR, LOOKUP and READDIRPLUS records in C (see meta.h). */
+/* GETATTR, LOOKUP and READDIRPLUS in C (see meta.h). */
 #define _GNU_SOURCE
 #include "meta.h"
 #include "fsops.h"
@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -130,12 +131,87 @@ struct dirent64 {
 };
 
 #define DIRENT_SIZE sizeof(struct pvfs_fuse_dirent)   /* before the name */
+/* The most and the least a dirent64 takes (names of 255 and of 1-4 bytes), and how much
+ * larger, at most, its direntplus record is: 160 bytes for a 24-byte dirent64. */
+#define DIRENT64_MAX ((offsetof(struct dirent64, d_name) + 256 + 7) & ~(size_t)7)
+#define DIRENT64_MIN 24
+#define DIRENT_GROWTH 7
+
+static int64_t dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
+                       uint64_t offset, uint8_t *out, uint32_t room,
+                       const struct pvfs_attr_policy pol, uint64_t *next_offset, int *why,
+                       struct pvfs_lead *lead);
 
 int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
                      uint64_t offset, uint8_t *out, uint32_t room, uint32_t blksize,
                      uint64_t valid_sec, uint32_t valid_nsec, uint64_t *next_offset, int *why)
 {
     const struct pvfs_attr_policy pol = {blksize, valid_sec, valid_nsec};
+    return dirplus(s, dir_fd, parent_fd, parent_mnt, offset, out, room, pol, next_offset, why,
+                   NULL);
+}
+
+/* READDIRPLUS served whole in C: what server/dirs.py answers when the file system packs
+ * the records (PassthroughFs.readdirplus_records, the same dirplus()).  Left to Python:
+ * an old or malformed request, an unknown handle or inode, a reply area with a hole, a
+ * size beyond max_read (Python says so), an error before the first entry, a reply too
+ * small for one entry, and a first entry that is Python's (another mount...).  Entries
+ * packed before one that is Python's go out as a shorter reply: their lookups are
+ * counted, and the guest asks again from there. */
+int pvfs_serve_readdirplus(struct pvfs_hot *h, struct pvfs_hot_req *r)
+{
+    const struct pvfs_fuse_read_in *a = (const void *)r->args;
+    const uint32_t out_hdr = sizeof(struct pvfs_fuse_out_header);
+    if (r->have_args < sizeof(*a) || r->in.len < sizeof(r->in) + sizeof(*a) ||
+        !pvfs_hot_meta_ok(r, 0))
+        return PVFS_TO_PYTHON;
+    uint64_t fh = le64toh(a->fh), offset = le64toh(a->offset);
+    uint32_t size = le32toh(a->size);
+    if (offset > INT64_MAX || size > __atomic_load_n(&h->max_read, __ATOMIC_RELAXED))
+        return PVFS_TO_PYTHON;
+    uint32_t room = r->req->out_len - out_hdr;
+    if (size < room)
+        room = size;
+    if (room > PVFS_DIRPLUS_ROOM)
+        room = PVFS_DIRPLUS_ROOM;        /* a shorter reply is fine: the guest asks again */
+    uint8_t small[8192], *buf = room <= sizeof(small) ? small : malloc(room);
+    if (!buf)
+        return PVFS_TO_PYTHON;
+    int rc = PVFS_TO_PYTHON;
+    int dir_fd, append, parent_fd;
+    uint64_t parent_mnt, next;
+    struct pvfs_handle *d = pvfs_store_handle_fd(h->store, fh, &dir_fd, &append);
+    struct pvfs_inode *p = d ? pvfs_store_inode_fd(h->store, r->in.nodeid, &parent_fd,
+                                                   &parent_mnt) : NULL;
+    /* The reply area must take the records before any lookup is counted. */
+    if (p && pvfs_req_write_out(r->req, out_hdr, memset(buf, 0, room), room) == (int64_t)room) {
+        int why;
+        pvfs_handle_lock(d);
+        int64_t n = dirplus(h->store, dir_fd, parent_fd, parent_mnt, offset, buf, room, h->attr,
+                            &next, &why, r->lead);
+        pvfs_handle_unlock(d);
+        if (n > 0 || (n == 0 && why == PVFS_DIRPLUS_END)) {
+            /* the records first (the area took room bytes), then the header after them */
+            pvfs_req_write_out(r->req, out_hdr, buf, (uint32_t)n);
+            pvfs_reply(r->req, r->in.unique, 0, NULL, 0, (uint32_t)n, r->lead != NULL);
+            pvfs_hot_count(h, PVFS_HOT_STAT_DIRPLUS, 1);
+            rc = PVFS_SERVED;
+        }
+    }
+    if (p)
+        pvfs_inode_put(h->store, p);
+    if (d)
+        pvfs_handle_put(d);
+    if (buf != small)
+        free(buf);
+    return rc;
+}
+
+static int64_t dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
+                       uint64_t offset, uint8_t *out, uint32_t room,
+                       const struct pvfs_attr_policy pol, uint64_t *next_offset, int *why,
+                       struct pvfs_lead *lead)
+{
     const uint32_t entry = sizeof(struct pvfs_fuse_entry_out);
     *next_offset = offset;
     *why = PVFS_DIRPLUS_PYTHON;
@@ -144,14 +220,27 @@ int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t p
     if (lseek(dir_fd, (off_t)offset, SEEK_SET) < 0)
         return -errno;
     char buf[8192] __attribute__((aligned(8)));
-    /* Read about what fits: a reply re-seeks, so entries read past it are read again.  A
-     * dirent64 is at most ~2/3 of its direntplus record (a quarter for short names). */
-    size_t want = room / 4 + 512;
-    if (want > sizeof(buf))
-        want = sizeof(buf);
     uint32_t used = 0;
     for (;;) {
-        long n = syscall(SYS_getdents64, dir_fd, buf, want);
+        /* Read no entry that will not fit: the next request then starts where the kernel
+         * stopped, and its lseek moves nothing.  A seek elsewhere is what costs: ext4
+         * rebuilds its hash-order cursor (hashing a whole directory block), tmpfs walks
+         * the directory from its start.  A dirent64 of n bytes packs into at most
+         * n * DIRENT_GROWTH bytes (the shortest names grow the most: 24 -> 160), so asking
+         * for (room left) / DIRENT_GROWTH bytes reads only entries that fit; a few more
+         * getdents64 calls per reply are far cheaper than one rebuilt cursor. */
+        size_t want = (room - used) / DIRENT_GROWTH & ~(size_t)7;
+        if (want > sizeof(buf))
+            want = sizeof(buf);
+        if (!used && want < DIRENT64_MAX)
+            want = DIRENT64_MAX;          /* the first entry whatever it is, if it fits */
+        pvfs_lead_busy(lead);
+        long n = want < DIRENT64_MIN ? -1 : syscall(SYS_getdents64, dir_fd, buf, want);
+        pvfs_lead_done(lead);
+        if (n < 0 && used && (want < DIRENT64_MIN || errno == EINVAL)) {
+            *why = PVFS_DIRPLUS_FULL;     /* the next entry is larger than what is left */
+            return used;
+        }
         if (n < 0)
             return used ? (int64_t)used : -errno;         /* with entries: Python goes on */
         if (n == 0) {
@@ -183,10 +272,10 @@ int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t p
                 st.st_ino = d->d_ino;
                 st.st_mode = (mode_t)d->d_type << 12;
                 st.st_nlink = 1;
-                pvfs_pack_attr(e + offsetof(struct pvfs_fuse_entry_out, attr), &st, blksize);
+                pvfs_pack_attr(e + offsetof(struct pvfs_fuse_entry_out, attr), &st, pol.blksize);
             } else {
                 struct statx sx;
-                uint64_t nodeid = lookup_child(s, parent_fd, parent_mnt, d->d_name, &sx, NULL);
+                uint64_t nodeid = lookup_child(s, parent_fd, parent_mnt, d->d_name, &sx, lead);
                 if (!nodeid && errno == ENOENT) {         /* gone since getdents: skipped */
                     *next_offset = (uint64_t)d->d_off;
                     continue;

@@ -1,6 +1,6 @@
-/* Metadata served in C: GETATTR and LOOKUP for the serving loop, and READDIRPLUS records
- * for the Python server -- each answered exactly as the Python server would (server/names.py,
- * server/dirs.py, server/packing.py). */
+/* Metadata served in C: GETATTR, LOOKUP and READDIRPLUS for the serving loop, and the
+ * READDIRPLUS records for the Python server too -- each answered exactly as the Python
+ * server would (server/names.py, server/dirs.py, server/packing.py). */
 #ifndef PVFS_META_H
 #define PVFS_META_H
 
@@ -21,6 +21,7 @@
 #define PVFS_DIRPLUS_PYTHON 2   /* the entry at *next_offset is Python's (another mount, an
                                    error, a new inode in a store with file handles: Python
                                    looks it up or reports the error) */
+#define PVFS_DIRPLUS_ROOM 65536   /* the most one reply carries (a shorter one is fine) */
 int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
                      uint64_t offset, uint8_t *out, uint32_t room, uint32_t blksize,
                      uint64_t valid_sec, uint32_t valid_nsec, uint64_t *next_offset, int *why);
@@ -28,5 +29,6 @@ int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t p
 
 int pvfs_serve_getattr(struct pvfs_hot *h, struct pvfs_hot_req *r);
 int pvfs_serve_lookup(struct pvfs_hot *h, struct pvfs_hot_req *r);
+int pvfs_serve_readdirplus(struct pvfs_hot *h, struct pvfs_hot_req *r);
 
 #endif

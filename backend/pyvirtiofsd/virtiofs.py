@@ -191,7 +191,7 @@ class HotPath:
     def stats(self) -> dict[str, int]:
         if self.ctx is None:
             return {}
-        names = ("reads", "writes", "passed", "bytes", "getattrs", "lookups")
+        names = ("reads", "writes", "passed", "bytes", "getattrs", "lookups", "readdirpluses")
         return {n: lib.pvfs_hot_stat(self.ctx, i) for i, n in enumerate(names)}
 
 

@@ -583,6 +583,50 @@ def test_inodes_registered_in_c_are_the_stores(rig_factory, tmp_path):
     assert len(inodes) == 1 and inodes.open_fds() == base_fds
 
 
+def test_readdirplus_in_c_answers_what_python_answers(rig_factory, tmp_path):
+    """A whole listing in C: the entries, offsets and attributes Python gives (but for
+    atime), lookups counted in the store for every entry but the dots, new inodes
+    registered -- also across replies that end mid-directory, of a size C cuts nothing
+    from."""
+    names = [f"file-{i}" + "x" * (i % 40) for i in range(300)] + ["d", "l"]
+    for n in names[:-2]:
+        (tmp_path / n).write_bytes(n.encode())
+    (tmp_path / "d").mkdir()
+    os.symlink("file-0", tmp_path / "l")
+    rig = rig_factory()
+    c, ctx, ops = rig.client, rig.device.hotpath.ctx, rig.device.hotpath.ops
+    assert ops & 1 << Opcode.FUSE_READDIRPLUS
+    lib.pvfs_hot_set_ops(ctx, ops & ~(1 << Opcode.FUSE_READDIRPLUS))
+    py = c.listdir(ROOT, plus=True)
+    assert rig.stats()["readdirpluses"] == 0
+    lib.pvfs_hot_set_ops(ctx, ops)
+    in_c = c.listdir(ROOT, plus=True)
+    served = rig.stats()["readdirpluses"]
+    assert served > len(names) * 100 // 4096                     # every reply in C
+
+    def comparable(listing):
+        # atime may move (the host is free to); the rest must be equal
+        return [(ino, off, typ, name, e[0], e[1]._replace(atime=0, atimensec=0))
+                for ino, off, typ, name, e in listing]
+    assert comparable(in_c) == comparable(py)
+    assert sorted(n for _, _, _, n, _ in in_c) == sorted([b".", b".."] + [n.encode() for n in names])
+    for _, _, _, name, (head, attr) in in_c:
+        if name in (b".", b".."):
+            assert head.nodeid == 0
+        else:
+            assert rig.fs.inodes.lookup_count(head.nodeid) == 2    # one per listing
+            assert attr.blksize == 4096
+    # What C leaves to Python: a reply too small for one entry (EINVAL), an unknown handle
+    fh = c.opendir(ROOT).fh
+    small = c.call(Opcode.FUSE_READDIRPLUS, ROOT, abi.fuse_read_in.build(fh=fh, size=100), 100)
+    assert small.error == -errno.EINVAL
+    bad = c.call(Opcode.FUSE_READDIRPLUS, ROOT, abi.fuse_read_in.build(fh=fh + 99, size=4096),
+                 4096)
+    assert bad.error == -errno.EBADF
+    assert rig.stats()["readdirpluses"] == served
+    c.release(ROOT, fh, dir=True)
+
+
 def test_lookup_cases_c_leaves_to_python(rig_factory, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_bytes(b"")

@@ -14,7 +14,7 @@ from pyvirtiofsd.passthrough.common import PassthroughBase, err
 from pyvirtiofsd.passthrough.store import Handle, Handles
 from pyvirtiofsd.passthrough.names import NameOps
 
-DIRPLUS_BUFFER = 64 << 10
+DIRPLUS_BUFFER = lib.PVFS_DIRPLUS_ROOM   # the most one reply carries (C's too)
 """The most READDIRPLUS records packed in C per request: a reply may be shorter than the
 guest's buffer (it asks again from the next offset), and this bounds the memory one request
 can take, whatever size the guest claims."""

@@ -26,16 +26,20 @@ _METHOD = {
     Op.FUSE_RELEASE: "release", Op.FUSE_RELEASEDIR: "releasedir", Op.FUSE_FLUSH: "flush",
     Op.FUSE_FSYNC: "fsync", Op.FUSE_FSYNCDIR: "fsyncdir", Op.FUSE_STATFS: "statfs",
     Op.FUSE_FORGET: "forget", Op.FUSE_BATCH_FORGET: "batch_forget", Op.FUSE_SETATTR: "setattr",
+    Op.FUSE_READDIRPLUS: "readdirplus_records",
 }
+# what else must be PassthroughFs's own for C's answer to be the Python one
+_ALSO = {Op.FUSE_READDIRPLUS: ("lookup",)}   # the records are lookups
 # what changes the file system (EROFS when read-only)
 _MODIFYING = {Op.FUSE_WRITE, Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD, Op.FUSE_SYMLINK,
               Op.FUSE_LINK, Op.FUSE_UNLINK, Op.FUSE_RMDIR, Op.FUSE_RENAME, Op.FUSE_RENAME2,
               Op.FUSE_OPEN, Op.FUSE_SETATTR}   # OPEN: Python refuses writable opens of a read-only fs
 # what packs attributes, or acts as the caller (id translation changes both)
 _IDS = {Op.FUSE_GETATTR, Op.FUSE_LOOKUP, Op.FUSE_SETATTR, Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD,
-        Op.FUSE_SYMLINK, Op.FUSE_LINK}
+        Op.FUSE_SYMLINK, Op.FUSE_LINK, Op.FUSE_READDIRPLUS}
 # what may register a new inode (which, with file handles, needs one made in Python)
-_NEW_INODES = {Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD, Op.FUSE_SYMLINK, Op.FUSE_LINK}
+_NEW_INODES = {Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD, Op.FUSE_SYMLINK, Op.FUSE_LINK,
+               Op.FUSE_READDIRPLUS}
 
 
 class OffloadOps(PassthroughBase):
@@ -47,7 +51,8 @@ class OffloadOps(PassthroughBase):
         readonly = policy.readonly or self.readonly
         ops = set()
         for op, method in _METHOD.items():
-            if getattr(type(self), method) is not getattr(PassthroughFs, method):
+            if any(getattr(type(self), m) is not getattr(PassthroughFs, m)
+                   for m in (method, *_ALSO.get(op, ()))):
                 continue
             if policy.dax and op != Op.FUSE_READ:
                 continue
