@@ -81,7 +81,7 @@ void pvfs_hot_set_session(struct pvfs_hot *h, uint32_t number, uint32_t minor,
 
 uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which)
 {
-    if (which < 0 || which > 6)
+    if (which < 0 || which >= (int)(sizeof(h->stat) / sizeof(h->stat[0])))
         return 0;
     return __atomic_load_n(&h->stat[which], __ATOMIC_RELAXED);
 }
@@ -152,6 +152,7 @@ static serve_fn serving(uint32_t opcode)
     case PVFS_FUSE_GETATTR: return pvfs_serve_getattr;
     case PVFS_FUSE_LOOKUP: return pvfs_serve_lookup;
     case PVFS_FUSE_READDIRPLUS: return pvfs_serve_readdirplus;
+    case PVFS_FUSE_READDIR: return pvfs_serve_readdir;
     case PVFS_FUSE_CREATE: return pvfs_serve_create;
     case PVFS_FUSE_MKDIR: return pvfs_serve_mkdir;
     case PVFS_FUSE_MKNOD: return pvfs_serve_mknod;

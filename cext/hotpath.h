@@ -54,6 +54,7 @@ enum {
     PVFS_HOT_STAT_GETATTRS = 4,   /* GETATTRs served in C */
     PVFS_HOT_STAT_LOOKUPS = 5,    /* LOOKUPs served in C */
     PVFS_HOT_STAT_DIRPLUS = 6,    /* READDIRPLUS requests served in C */
+    PVFS_HOT_STAT_DIRS = 7,       /* READDIR requests served in C */
 };
 
 struct pvfs_hot;
@@ -115,7 +116,7 @@ struct pvfs_hot {
     uint32_t max_read;   /* atomic, stored before session: max_pages x guest page size */
     uint32_t number;     /* atomic, stored before session: the session's number (0: none) */
     unsigned serving;    /* atomic: requests being served in C now (see set_session) */
-    uint64_t stat[7];    /* atomic */
+    uint64_t stat[8];    /* atomic */
 };
 
 /* A request as the serving functions get it: the header decoded, the first argument bytes

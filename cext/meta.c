@@ -110,7 +110,15 @@ int pvfs_serve_lookup(struct pvfs_hot *h, struct pvfs_hot_req *r)
         return PVFS_TO_PYTHON;                            /* unknown nodeid: Python says EBADF */
     struct statx sx;
     uint64_t nodeid = lookup_child(h->store, pfd, pmnt, name, &sx, r->lead);
+    int e = errno;
     pvfs_inode_put(h->store, p);
+    if (!nodeid && e == ENOENT) {
+        /* the name is not there: Python's openat2 would say so too (a negative lookup is
+         * what every create, and every tool probing for a file, sends first) */
+        pvfs_hot_count(h, PVFS_HOT_STAT_LOOKUPS, 1);
+        pvfs_hot_reply(r, ENOENT, NULL, 0);
+        return PVFS_SERVED;
+    }
     if (!nodeid)
         return PVFS_TO_PYTHON;                            /* an error, a submount...: Python's */
     uint8_t b[sizeof(struct pvfs_fuse_entry_out)];
@@ -136,9 +144,11 @@ struct dirent64 {
 #define DIRENT64_MAX ((offsetof(struct dirent64, d_name) + 256 + 7) & ~(size_t)7)
 #define DIRENT64_MIN 24
 #define DIRENT_GROWTH 7
+/* ... and its plain fuse_dirent: at most 8 bytes more, so at most twice as large */
+#define DIRENT_GROWTH_PLAIN 2
 
-static int64_t dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
-                       uint64_t offset, uint8_t *out, uint32_t room,
+static int64_t dirents(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
+                       uint64_t offset, uint8_t *out, uint32_t room, int plus,
                        const struct pvfs_attr_policy pol, uint64_t *next_offset, int *why,
                        struct pvfs_lead *lead);
 
@@ -147,18 +157,18 @@ int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t p
                      uint64_t valid_sec, uint32_t valid_nsec, uint64_t *next_offset, int *why)
 {
     const struct pvfs_attr_policy pol = {blksize, valid_sec, valid_nsec};
-    return dirplus(s, dir_fd, parent_fd, parent_mnt, offset, out, room, pol, next_offset, why,
-                   NULL);
+    return dirents(s, dir_fd, parent_fd, parent_mnt, offset, out, room, 1, pol, next_offset,
+                   why, NULL);
 }
 
-/* READDIRPLUS served whole in C: what server/dirs.py answers when the file system packs
- * the records (PassthroughFs.readdirplus_records, the same dirplus()).  Left to Python:
- * an old or malformed request, an unknown handle or inode, a reply area with a hole, a
- * size beyond max_read (Python says so), an error before the first entry, a reply too
- * small for one entry, and a first entry that is Python's (another mount...).  Entries
- * packed before one that is Python's go out as a shorter reply: their lookups are
- * counted, and the guest asks again from there. */
-int pvfs_serve_readdirplus(struct pvfs_hot *h, struct pvfs_hot_req *r)
+/* READDIR and READDIRPLUS served whole in C: what server/dirs.py answers from
+ * PassthroughFs.readdir (a getdents64 stream) and PassthroughFs.readdirplus_records (the
+ * same dirents()).  Left to Python: an old or malformed request, an unknown handle or
+ * inode, a reply area with a hole, a size beyond max_read (Python says so), an error
+ * before the first entry, a reply too small for one entry, and a first entry that is
+ * Python's (another mount...).  Entries packed before one that is Python's go out as a
+ * shorter reply: their lookups are counted, and the guest asks again from there. */
+static int serve_dir(struct pvfs_hot *h, struct pvfs_hot_req *r, int plus)
 {
     const struct pvfs_fuse_read_in *a = (const void *)r->args;
     const uint32_t out_hdr = sizeof(struct pvfs_fuse_out_header);
@@ -178,23 +188,25 @@ int pvfs_serve_readdirplus(struct pvfs_hot *h, struct pvfs_hot_req *r)
     if (!buf)
         return PVFS_TO_PYTHON;
     int rc = PVFS_TO_PYTHON;
-    int dir_fd, append, parent_fd;
-    uint64_t parent_mnt, next;
+    int dir_fd, append, parent_fd = -1;
+    uint64_t parent_mnt = 0, next;
     struct pvfs_handle *d = pvfs_store_handle_fd(h->store, fh, &dir_fd, &append);
-    struct pvfs_inode *p = d ? pvfs_store_inode_fd(h->store, r->in.nodeid, &parent_fd,
-                                                   &parent_mnt) : NULL;
+    /* READDIR needs only the handle (PassthroughFs.readdir reads no inode) */
+    struct pvfs_inode *p = d && plus ? pvfs_store_inode_fd(h->store, r->in.nodeid, &parent_fd,
+                                                           &parent_mnt) : NULL;
     /* The reply area must take the records before any lookup is counted. */
-    if (p && pvfs_req_write_out(r->req, out_hdr, memset(buf, 0, room), room) == (int64_t)room) {
+    if (d && (p || !plus) &&
+        pvfs_req_write_out(r->req, out_hdr, memset(buf, 0, room), room) == (int64_t)room) {
         int why;
         pvfs_handle_lock(d);
-        int64_t n = dirplus(h->store, dir_fd, parent_fd, parent_mnt, offset, buf, room, h->attr,
-                            &next, &why, r->lead);
+        int64_t n = dirents(h->store, dir_fd, parent_fd, parent_mnt, offset, buf, room, plus,
+                            h->attr, &next, &why, r->lead);
         pvfs_handle_unlock(d);
         if (n > 0 || (n == 0 && why == PVFS_DIRPLUS_END)) {
             /* the records first (the area took room bytes), then the header after them */
             pvfs_req_write_out(r->req, out_hdr, buf, (uint32_t)n);
             pvfs_reply(r->req, r->in.unique, 0, NULL, 0, (uint32_t)n, r->lead != NULL);
-            pvfs_hot_count(h, PVFS_HOT_STAT_DIRPLUS, 1);
+            pvfs_hot_count(h, plus ? PVFS_HOT_STAT_DIRPLUS : PVFS_HOT_STAT_DIRS, 1);
             rc = PVFS_SERVED;
         }
     }
@@ -207,12 +219,23 @@ int pvfs_serve_readdirplus(struct pvfs_hot *h, struct pvfs_hot_req *r)
     return rc;
 }
 
-static int64_t dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
-                       uint64_t offset, uint8_t *out, uint32_t room,
+int pvfs_serve_readdirplus(struct pvfs_hot *h, struct pvfs_hot_req *r)
+{
+    return serve_dir(h, r, 1);
+}
+
+int pvfs_serve_readdir(struct pvfs_hot *h, struct pvfs_hot_req *r)
+{
+    return serve_dir(h, r, 0);
+}
+
+static int64_t dirents(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t parent_mnt,
+                       uint64_t offset, uint8_t *out, uint32_t room, int plus,
                        const struct pvfs_attr_policy pol, uint64_t *next_offset, int *why,
                        struct pvfs_lead *lead)
 {
-    const uint32_t entry = sizeof(struct pvfs_fuse_entry_out);
+    const uint32_t entry = plus ? sizeof(struct pvfs_fuse_entry_out) : 0;
+    const uint32_t growth = plus ? DIRENT_GROWTH : DIRENT_GROWTH_PLAIN;
     *next_offset = offset;
     *why = PVFS_DIRPLUS_PYTHON;
     if (offset > INT64_MAX)
@@ -226,10 +249,11 @@ static int64_t dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t
          * stopped, and its lseek moves nothing.  A seek elsewhere is what costs: ext4
          * rebuilds its hash-order cursor (hashing a whole directory block), tmpfs walks
          * the directory from its start.  A dirent64 of n bytes packs into at most
-         * n * DIRENT_GROWTH bytes (the shortest names grow the most: 24 -> 160), so asking
-         * for (room left) / DIRENT_GROWTH bytes reads only entries that fit; a few more
+         * n * growth bytes (the shortest names grow the most: 24 -> 160 with attributes,
+         * 24 -> 32 without), so asking for (room left) / growth bytes reads only entries
+         * that fit; a few more
          * getdents64 calls per reply are far cheaper than one rebuilt cursor. */
-        size_t want = (room - used) / DIRENT_GROWTH & ~(size_t)7;
+        size_t want = (room - used) / growth & ~(size_t)7;
         if (want > sizeof(buf))
             want = sizeof(buf);
         if (!used && want < DIRENT64_MAX)
@@ -265,7 +289,9 @@ static int64_t dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t
             memset(e, 0, rec);
             int dots = (nl == 1 && d->d_name[0] == '.') ||
                        (nl == 2 && d->d_name[0] == '.' && d->d_name[1] == '.');
-            if (dots) {
+            if (!plus) {
+                /* a plain dirent: no lookup, "." and ".." as they are */
+            } else if (dots) {
                 /* nodeid 0, no timeouts, only ino, type and nlink 1 (filesystem.Attr's
                  * defaults): the guest skips these */
                 struct stat st = {0};

@@ -1,4 +1,4 @@
-/* Metadata served in C: GETATTR, LOOKUP and READDIRPLUS for the serving loop, and the
+/* Metadata served in C: GETATTR, LOOKUP, READDIR and READDIRPLUS for the serving loop, and the
  * READDIRPLUS records for the Python server too -- each answered exactly as the Python
  * server would (server/names.py, server/dirs.py, server/packing.py). */
 #ifndef PVFS_META_H
@@ -30,5 +30,6 @@ int64_t pvfs_dirplus(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t p
 int pvfs_serve_getattr(struct pvfs_hot *h, struct pvfs_hot_req *r);
 int pvfs_serve_lookup(struct pvfs_hot *h, struct pvfs_hot_req *r);
 int pvfs_serve_readdirplus(struct pvfs_hot *h, struct pvfs_hot_req *r);
+int pvfs_serve_readdir(struct pvfs_hot *h, struct pvfs_hot_req *r);
 
 #endif

@@ -191,7 +191,8 @@ class HotPath:
     def stats(self) -> dict[str, int]:
         if self.ctx is None:
             return {}
-        names = ("reads", "writes", "passed", "bytes", "getattrs", "lookups", "readdirpluses")
+        names = ("reads", "writes", "passed", "bytes", "getattrs", "lookups", "readdirpluses",
+                 "readdirs")
         return {n: lib.pvfs_hot_stat(self.ctx, i) for i, n in enumerate(names)}
 
 

@@ -627,6 +627,36 @@ def test_readdirplus_in_c_answers_what_python_answers(rig_factory, tmp_path):
     c.release(ROOT, fh, dir=True)
 
 
+def test_readdir_in_c_answers_what_python_answers(rig_factory, tmp_path):
+    """Plain READDIR in C: the entries (dots included), offsets and types Python gives,
+    across replies that end mid-directory, no lookup counted, and what C leaves to Python
+    answered by Python."""
+    names = [f"n{i}" + "y" * (i % 50) for i in range(400)]
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    rig = rig_factory()
+    c, ctx, ops = rig.client, rig.device.hotpath.ctx, rig.device.hotpath.ops
+    assert ops & 1 << Opcode.FUSE_READDIR
+    lib.pvfs_hot_set_ops(ctx, ops & ~(1 << Opcode.FUSE_READDIR))
+    py = c.listdir(ROOT, size=1024)
+    assert rig.stats()["readdirs"] == 0
+    lib.pvfs_hot_set_ops(ctx, ops)
+    inodes = len(rig.fs.inodes)
+    in_c = c.listdir(ROOT, size=1024)
+    served = rig.stats()["readdirs"]
+    assert served > len(names) * 24 // 1024                      # every reply in C
+    assert in_c == py
+    assert sorted(e[3] for e in in_c) == sorted([b".", b".."] + [n.encode() for n in names])
+    assert len(rig.fs.inodes) == inodes                          # nothing looked up
+    fh = c.opendir(ROOT).fh
+    small = c.call(Opcode.FUSE_READDIR, ROOT, abi.fuse_read_in.build(fh=fh, size=20), 20)
+    assert small.error == -errno.EINVAL                          # not one entry fits
+    bad = c.call(Opcode.FUSE_READDIR, ROOT, abi.fuse_read_in.build(fh=fh + 99, size=4096), 4096)
+    assert bad.error == -errno.EBADF
+    assert rig.stats()["readdirs"] == served
+    c.release(ROOT, fh, dir=True)
+
+
 def test_lookup_cases_c_leaves_to_python(rig_factory, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_bytes(b"")
@@ -637,8 +667,6 @@ def test_lookup_cases_c_leaves_to_python(rig_factory, tmp_path):
     base = rig.stats()["lookups"]
     assert c.lookup(d, b".")[0].nodeid == d                      # dots: Python
     assert c.lookup(d, b"..")[0].nodeid == ROOT
-    missing = c.call(Opcode.FUSE_LOOKUP, d, b"nope\0", abi.FUSE_ENTRY_OUT_SIZE)
-    assert missing.error == -errno.ENOENT
     for bad in (b"f\0junk\0", b"f", b"d/f\0", b"\0"):              # malformed: Python refuses
         assert c.call(Opcode.FUSE_LOOKUP, ROOT, bad, abi.FUSE_ENTRY_OUT_SIZE).error == -errno.EINVAL
     assert c.call(Opcode.FUSE_LOOKUP, 999, b"f\0", abi.FUSE_ENTRY_OUT_SIZE).error == -errno.EBADF
@@ -646,6 +674,23 @@ def test_lookup_cases_c_leaves_to_python(rig_factory, tmp_path):
     assert short.error == -errno.EIO
     assert rig.stats()["lookups"] == base
     assert c.lookup(d, b"f")[1].size == 0 and rig.stats()["lookups"] == base + 1
+
+
+def test_a_name_that_is_not_there_is_answered_in_c(rig_factory, tmp_path):
+    """A negative LOOKUP (what every create and every probe for a file sends first) gets
+    Python's ENOENT from C, and leaves no inode or fd behind."""
+    (tmp_path / "d").mkdir()
+    rig = rig_factory()
+    c = rig.client
+    d = c.lookup(ROOT, b"d")[0].nodeid
+    base, inodes, fds = rig.stats()["lookups"], len(rig.fs.inodes), rig.fs.inodes.open_fds()
+    for name in (b"nope", b"x" * 255):
+        missing = c.call(Opcode.FUSE_LOOKUP, d, name + b"\0", abi.FUSE_ENTRY_OUT_SIZE)
+        assert missing.error == -errno.ENOENT
+    assert rig.stats()["lookups"] == base + 2
+    assert len(rig.fs.inodes) == inodes and rig.fs.inodes.open_fds() == fds
+    (tmp_path / "d" / "nope").write_bytes(b"now")            # made on the host: found at once
+    assert c.lookup(d, b"nope")[1].size == 3
 
 
 def test_lookups_in_c_race_forgets_without_losing_count(rig_factory, tmp_path):

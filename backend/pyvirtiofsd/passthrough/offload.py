@@ -26,7 +26,7 @@ _METHOD = {
     Op.FUSE_RELEASE: "release", Op.FUSE_RELEASEDIR: "releasedir", Op.FUSE_FLUSH: "flush",
     Op.FUSE_FSYNC: "fsync", Op.FUSE_FSYNCDIR: "fsyncdir", Op.FUSE_STATFS: "statfs",
     Op.FUSE_FORGET: "forget", Op.FUSE_BATCH_FORGET: "batch_forget", Op.FUSE_SETATTR: "setattr",
-    Op.FUSE_READDIRPLUS: "readdirplus_records",
+    Op.FUSE_READDIRPLUS: "readdirplus_records", Op.FUSE_READDIR: "readdir",
 }
 # what else must be PassthroughFs's own for C's answer to be the Python one
 _ALSO = {Op.FUSE_READDIRPLUS: ("lookup",)}   # the records are lookups
