@@ -122,6 +122,8 @@ class Stats:
         self._lock = threading.Lock()
         self._ops: dict[str, OpStats] = {}
         self.started = time.monotonic()
+        self.dropped_records = 0
+        """Ops-log records lost because a ring was full (the data path never waits)."""
 
     def add(self, opcode: str, error: int, nbytes: int, us: int) -> None:
         with self._lock:
