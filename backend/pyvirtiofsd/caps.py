@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import threading
 
-import structlog
+from pyvirtiofsd import logs
 
 from ._cext import ffi, lib
 from .daemon import StartupError
 
-log = structlog.get_logger("pyvirtiofsd.caps")
+log = logs.get_logger("pyvirtiofsd.caps")
 
 # Capability numbers are the index in this tuple (<linux/capability.h>).
 NAMES = (

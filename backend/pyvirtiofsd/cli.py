@@ -292,7 +292,7 @@ def _start(args: argparse.Namespace) -> int:
     thread, so it comes before anything starts one; the open-file limit and the sandbox
     need capabilities that are dropped next; the filter goes on last, before any front-end
     message is read.  See :mod:`pyvirtiofsd.sandbox`."""
-    import structlog
+    from . import logs
 
     from . import api, caps, daemon, limits, sandbox, seccomp
 
@@ -342,7 +342,7 @@ def _start(args: argparse.Namespace) -> int:
         backend = build_backend(args, proc_self_fd)
         seccomp.install(args.seccomp, without=seccomp.FILE_HANDLE_CALLS
                         if args.inode_file_handles == "never" else ())
-        structlog.get_logger("pyvirtiofsd").info(
+        logs.get_logger("pyvirtiofsd").info(
             "sandbox", mode=args.sandbox, seccomp=args.seccomp, caps=",".join(sorted(kept)))
         return api.run(backend, fd=fd, stats_interval=args.stats_interval,
                        on_listening=sandbox.ready)

@@ -14,14 +14,14 @@ import signal
 import socket
 import stat
 
-import structlog
+from pyvirtiofsd import logs
 
 from .guestfaults import faults
 from .stats import Stats, StatsReporter
 from .vhost_user.backend import Backend
 from .vhost_user.connection import Connection
 
-log = structlog.get_logger("pyvirtiofsd")
+log = logs.get_logger("pyvirtiofsd")
 
 
 class StartupError(RuntimeError):

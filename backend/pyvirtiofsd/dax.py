@@ -30,12 +30,12 @@ import os
 import stat
 import threading
 
-import structlog
+from pyvirtiofsd import logs
 
 from .filesystem import Attr, Context
 from .fuse import abi
 
-log = structlog.get_logger("pyvirtiofsd.dax")
+log = logs.get_logger("pyvirtiofsd.dax")
 
 NO_FH = 2**64 - 1
 SHMID_CACHE = 0  # VIRTIO_FS_SHMCAP_ID_CACHE

@@ -17,9 +17,9 @@ import threading
 import time
 from typing import Any, Callable
 
-import structlog
+from pyvirtiofsd import logs
 
-_log = structlog.get_logger("pyvirtiofsd.guest")
+_log = logs.get_logger("pyvirtiofsd.guest")
 
 
 class _Kind:

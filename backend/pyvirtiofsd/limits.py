@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import resource
 
-import structlog
+from pyvirtiofsd import logs
 
 from .daemon import StartupError
-log = structlog.get_logger("pyvirtiofsd.limits")
+log = logs.get_logger("pyvirtiofsd.limits")
 
 DEFAULT_CAP = 1_000_000
 

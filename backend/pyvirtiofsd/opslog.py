@@ -29,13 +29,13 @@ import threading
 import time
 from typing import IO, Any, Callable
 
-import structlog
+from pyvirtiofsd import logs
 
 from .fuse import abi
 from .fuse.abi import Opcode
 from .stats import Stats
 
-log = structlog.get_logger("pyvirtiofsd.ops")
+log = logs.get_logger("pyvirtiofsd.ops")
 
 _HDR = abi.fuse_in_header.size          # 40
 _OUT_HDR = abi.fuse_out_header.size     # 16

@@ -42,13 +42,13 @@ import sys
 import threading
 from typing import Callable
 
-import structlog
+from pyvirtiofsd import logs
 
 from . import seccomp, userns
 from ._cext import ffi, lib
 from .daemon import StartupError
 
-log = structlog.get_logger("pyvirtiofsd.sandbox")
+log = logs.get_logger("pyvirtiofsd.sandbox")
 
 MODES = ("namespace", "chroot", "none")
 SHARED = "/shared"

@@ -26,13 +26,13 @@ from __future__ import annotations
 import os
 import resource
 
-import structlog
+from pyvirtiofsd import logs
 
 from ._cext import ffi, lib
 from .daemon import StartupError
 from .seccomp_syscalls import SUPERVISOR_TRACED, TRACED
 
-log = structlog.get_logger("pyvirtiofsd.seccomp")
+log = logs.get_logger("pyvirtiofsd.seccomp")
 
 ACTIONS = {"kill": lib.PVFS_SECCOMP_KILL, "log": lib.PVFS_SECCOMP_LOG,
            "trap": lib.PVFS_SECCOMP_TRAP}

@@ -19,9 +19,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import structlog
+from pyvirtiofsd import logs
 
-log = structlog.get_logger("pyvirtiofsd.stats")
+log = logs.get_logger("pyvirtiofsd.stats")
 
 _EXACT = 32          # below this many µs every value has its own bucket
 _SUB_BITS = 4        # above it, 2**_SUB_BITS buckets per power of two

@@ -24,7 +24,7 @@ import struct
 import threading
 from typing import Any
 
-import structlog
+from pyvirtiofsd import logs
 
 from ._cext import ffi, lib
 from .fuse.abi import Opcode
@@ -35,7 +35,7 @@ from .vhost_user.backend_channel import BackendChannel
 from .vhost_user.device import VhostUserDevice
 from .vhost_user.protocol import SHMEM_BIT_DEFAULT, ProtocolFeature as P, shmem_bit
 
-log = structlog.get_logger("pyvirtiofsd.virtiofs")
+log = logs.get_logger("pyvirtiofsd.virtiofs")
 
 VIRTIO_ID_FS = 26
 TAG_SIZE = 36

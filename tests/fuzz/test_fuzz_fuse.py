@@ -19,7 +19,7 @@ import time
 
 import pytest
 from hypothesis import given, strategies as st
-from structlog.testing import capture_logs
+from pyvirtiofsd.logs import capture as capture_logs
 
 from fuzzstats import count_case
 from fusegen import requests

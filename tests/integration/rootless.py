@@ -3,7 +3,7 @@
 The tests run as root (CI does), so they make the ordinary user themselves: ``pvfs-rootless``
 with a subordinate id range for newuidmap/newgidmap.  That user cannot read the test run's
 Python (a pyenv or venv under /root, say) or a checkout under a private directory, so the
-daemon runs from a copy of what it needs -- the package with its built extension, structlog,
+daemon runs from a copy of what it needs -- the package with its built extension,
 cffi's backend -- under the system's own ``/usr/bin/python3``, the same 3.11 the extension
 was built for.
 """
@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import _cffi_backend
-import structlog
 
 import pyvirtiofsd
 from daemonproc import Daemon
@@ -52,8 +51,6 @@ def runtime(directory: Path) -> Path:
     tree = directory / "runtime"
     if not tree.exists():
         shutil.copytree(Path(pyvirtiofsd.__file__).parent, tree / "pyvirtiofsd",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copytree(Path(structlog.__file__).parent, tree / "structlog",
                         ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(_cffi_backend.__file__, tree)
         for p in [tree, *tree.rglob("*")]:

@@ -8,7 +8,7 @@ import stat
 import pytest
 from fusewire import Client, cstr, header, request, run
 from memfs import MemFs
-from structlog.testing import capture_logs
+from pyvirtiofsd.logs import capture as capture_logs
 
 from pyvirtiofsd.filesystem import SetAttr
 from pyvirtiofsd.fuse import abi

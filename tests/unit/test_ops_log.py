@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-import structlog
+from pyvirtiofsd.logs import capture as capture_logs
 from fusewire import Client, cstr, request
 from memfs import MemFs
 
@@ -156,7 +156,7 @@ def test_a_failing_ops_log_never_costs_the_guest_its_reply():
     stats = Stats()
     server = Server(MemFs({b"a": b"alpha"}), ops=OpsRecorder(Full(), stats=stats))
     c = Client(server)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         assert c.init().ok
         assert c.lookup(1, "a").nodeid
     assert [e["event"] for e in logs].count("cannot write the ops log") == 1
@@ -190,7 +190,7 @@ def test_off_means_the_server_sees_the_transports_request_itself():
 def test_ops_log_option_logs_structlog_events():
     server = Server(MemFs({b"a": b"alpha"}), ServerOptions(ops_log=True))
     c = Client(server)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         c.init()
         c.lookup(1, "a")
     ops = [e for e in logs if e["event"] == "fuse op"]
@@ -288,7 +288,7 @@ def _stats_events(logs):
 
 def test_reporter_logs_intervals_totals_on_request_and_at_stop():
     s = Stats()
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         rep = StatsReporter(s, interval=0.05).start()
         s.add("LOOKUP", 0, 0, 40)
         s.add("READ", 0, 100, 80)
@@ -315,7 +315,7 @@ def test_reporter_logs_intervals_totals_on_request_and_at_stop():
 
 @pytest.mark.parametrize("interval", [0, 0.0, -1, None])
 def test_reporter_without_interval_never_reports_by_itself(interval):
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         rep = StatsReporter(Stats(), interval=interval).start()
         time.sleep(0.1)
         assert not logs

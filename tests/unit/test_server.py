@@ -4,7 +4,7 @@ import os
 import threading
 
 import pytest
-from structlog.testing import capture_logs
+from pyvirtiofsd.logs import capture as capture_logs
 from fusewire import (
     GUEST_FLAGS, GUEST_FLAGS2, Client, FuseError, cstr, header, parse_direntplus,
     parse_dirents, request, run,

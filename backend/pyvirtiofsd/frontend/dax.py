@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 
-import structlog
+from pyvirtiofsd import logs
 
 from .._testkit import ffi, lib
 from ..vhost_user.backend_channel import (
@@ -32,7 +32,7 @@ from ..vhost_user.codec import MemRegion, ShmemMap, SingleMemRegion, U64, encode
 from ..vhost_user.connection import Connection, ConnectionClosed
 from ..vhost_user.protocol import BackendReq, FrontendReq, SHMEM_MAP_RW
 
-log = structlog.get_logger("pyvirtiofsd.frontend.dax")
+log = logs.get_logger("pyvirtiofsd.frontend.dax")
 
 WINDOW_GPA = 1 << 40  # where the window sits in guest-physical space (like a 64-bit BAR)
 

@@ -10,7 +10,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-import structlog
+from pyvirtiofsd import logs
 
 from pyvirtiofsd.filesystem import Attr, Context, Entry, FileSystem
 from pyvirtiofsd.fuse import abi
@@ -22,7 +22,7 @@ from pyvirtiofsd.passthrough.xattrmap import XattrMap
 if TYPE_CHECKING:
     from pyvirtiofsd.passthrough.fs import PassthroughFs
 
-log = structlog.get_logger()
+log = logs.get_logger()
 T = TypeVar("T")
 
 NAME_MAX = 255

@@ -24,12 +24,12 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-import structlog
+from pyvirtiofsd import logs
 
 from pyvirtiofsd.filesystem import Context
 from pyvirtiofsd.passthrough import syscalls
 
-log = structlog.get_logger()
+log = logs.get_logger()
 
 _thread = threading.local()
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import os
 
-import structlog
+from pyvirtiofsd import logs
 
 from pyvirtiofsd.fuse import abi
 from pyvirtiofsd.passthrough import file_handle, syscalls
@@ -39,7 +39,7 @@ from pyvirtiofsd.passthrough.store import Store
 from pyvirtiofsd.passthrough.xattrmap import XattrMap
 from pyvirtiofsd.passthrough.xattrs import XattrOps
 
-log = structlog.get_logger()
+log = logs.get_logger()
 
 
 class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, OffloadOps, PassthroughBase):

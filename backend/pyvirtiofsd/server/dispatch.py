@@ -18,7 +18,7 @@ import itertools
 import threading
 from typing import Any, Callable
 
-import structlog
+from pyvirtiofsd import logs
 
 from pyvirtiofsd.filesystem import FileSystem
 from pyvirtiofsd.fuse import abi
@@ -37,7 +37,7 @@ from .session import Session, SessionHandlers
 from .wire import IN_HDR, NO_REPLY, OUT_HDR, Written
 from .xattrs import XattrHandlers
 
-log = structlog.get_logger()
+log = logs.get_logger()
 
 _MODIFYING = frozenset({
     Opcode.FUSE_SETATTR, Opcode.FUSE_SYMLINK, Opcode.FUSE_MKNOD, Opcode.FUSE_MKDIR,

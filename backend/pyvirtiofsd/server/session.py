@@ -10,7 +10,7 @@ import errno
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
+from pyvirtiofsd import logs
 
 from pyvirtiofsd.filesystem import FileSystem
 from pyvirtiofsd.fuse import abi
@@ -25,7 +25,7 @@ from .wire import ARGS_MAX, err
 # system must not keep DESTROY, or a reset, waiting for ever).
 END_WAIT = 10.0
 
-log = structlog.get_logger()
+log = logs.get_logger()
 
 FUSE_MAX_MINOR = 39
 """The newest protocol minor this server speaks.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
-import structlog
+from pyvirtiofsd import logs
 
 from .codec import (
     Config,
@@ -34,7 +34,7 @@ from .protocol import (
 )
 from .vring import Vring
 
-log = structlog.get_logger("pyvirtiofsd.vhost_user")
+log = logs.get_logger("pyvirtiofsd.vhost_user")
 
 
 class RequestRefused(Exception):

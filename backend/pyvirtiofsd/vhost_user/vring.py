@@ -20,12 +20,12 @@ import threading
 import time
 from typing import Callable
 
-import structlog
+from pyvirtiofsd import logs
 
 from .._cext import ffi, lib
 from ..guestfaults import faults
 
-log = structlog.get_logger("pyvirtiofsd.vring")
+log = logs.get_logger("pyvirtiofsd.vring")
 
 # Results of cext/vq.h's pvfs_wait_kick (a kick, the stop eventfd, a timeout) and
 # pvfs_vq_pop (a chain popped, the ring empty); negative values are -errno.
