@@ -67,6 +67,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _metrics_address(text: str) -> tuple[str, int]:
+    from .metrics import parse_address     # socket parsing only: no prometheus_client yet
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pyvirtiofsd", description="virtio-fs vhost-user device backend")
     sock = p.add_argument_group("socket")
@@ -117,7 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--stats", action="store_true",
                      help="collect per-opcode statistics; SIGUSR1 logs them (costs speed)")
     out.add_argument("--stats-interval", type=_seconds, default=0.0, metavar="SECONDS",
-                     help="log per-opcode statistics every SECONDS (default 0: never)")
+                     help="log per-opcode statistics every SECONDS (default 0: never); "
+                          "also how often --metrics-file is rewritten")
+    met = p.add_argument_group("Prometheus metrics (collect statistics, as --stats does)")
+    met.add_argument("--metrics-address", type=_metrics_address, metavar="ADDR:PORT",
+                     help="serve metrics over HTTP for Prometheus to scrape, e.g. "
+                          "127.0.0.1:9101 or [::1]:9101 (bound before the sandbox)")
+    met.add_argument("--metrics-file", metavar="PATH",
+                     help="write the same metrics to PATH (atomically, by rename) every "
+                          "--stats-interval seconds (10 when that is 0) and at exit, for "
+                          "node_exporter's textfile collector (name it *.prom)")
     compat = p.add_argument_group("virtiofsd's older syntax (what libvirt passes)")
     compat.add_argument("-o", dest="legacy_options", action="append", default=[],
                         metavar="OPT[,OPT...]",
@@ -171,6 +188,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parse_modcaps(args.modcaps)
         except ValueError as e:
             p.error(f"--modcaps: {e}")
+    if args.metrics_file is not None:
+        parent = os.path.dirname(os.path.abspath(args.metrics_file))
+        if not os.path.isdir(parent) or os.path.basename(args.metrics_file) in ("", ".", ".."):
+            p.error(f"--metrics-file: {args.metrics_file!r} is not a file in an existing "
+                    "directory")
     if args.log_level == "trace":
         args.log_level = "debug"
     virtiofsd_options.validate(p, args)
@@ -257,7 +279,8 @@ def build_backend(args: argparse.Namespace, proc_self_fd: str = "/proc/self/fd")
                             **virtiofsd_options.server_options(args))
     return build(fs, options, tag=args.tag, num_request_queues=args.num_request_queues,
                  thread_pool_size=args.thread_pool_size, ops_log=args.ops_log,
-                 stats=args.stats or args.stats_interval > 0, dax=dax,
+                 stats=(args.stats or args.stats_interval > 0 or args.metrics_address is not None
+                        or args.metrics_file is not None), dax=dax,
                  shmem_bit_number=args.shmem_bit, dax_protocol=args.dax_protocol)
 
 
@@ -308,7 +331,13 @@ def _start(args: argparse.Namespace) -> int:
             except FileNotFoundError:
                 pass
 
+    metrics_sock = None
     try:
+        if args.metrics_address is not None:
+            # Bound here, in the host's network namespace, before the sandbox gives the
+            # daemon one of its own; the supervisor closes its copy.
+            from .metrics import listen_tcp
+            metrics_sock = listen_tcp(*args.metrics_address)
         limits.set_nofile(args.rlimit_nofile)
         child = sandbox.spawn(args.sandbox, args.seccomp, uid_map=args.ns_uid_map,
                               gid_map=args.ns_gid_map)
@@ -318,6 +347,8 @@ def _start(args: argparse.Namespace) -> int:
     if child:
         if listener is not None:
             listener.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
         return sandbox.supervise(child, remove_socket)
     # The daemon (a child of the supervisor unless --sandbox none).  Only the supervisor
     # may remove the socket: after confinement its path means something else, or nothing.
@@ -331,21 +362,56 @@ def _start(args: argparse.Namespace) -> int:
             except OSError as e:
                 raise daemon.StartupError(f"cannot open the ops log {args.ops_log}: "
                                           f"{e.strerror}") from None
+        metrics_dir_fd = metrics_name = None
+        binds = {}
+        if metrics_sock is not None or args.metrics_file is not None:
+            from . import metrics as metrics_mod
+            metrics_mod.load()          # imported while the import system still finds it
+        if args.metrics_file is not None:
+            metrics_dir = os.path.dirname(os.path.abspath(args.metrics_file))
+            metrics_name = os.path.basename(args.metrics_file)
+            if args.sandbox == "namespace":   # its directory, bind-mounted into the sandbox
+                binds[sandbox.METRICS_DIR] = metrics_dir
+            else:   # a directory fd: chroot confines less than a bind mount would, but a
+                    # taken-over daemon can walk out of it anyway (see sandbox.py)
+                try:
+                    metrics_dir_fd = os.open(metrics_dir,
+                                             os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError as e:
+                    raise daemon.StartupError(f"--metrics-file: {metrics_dir}: "
+                                              f"{e.strerror}") from None
         fd = args.fd if listener is None else listener.fileno()
-        args.shared_dir, proc_self_fd = sandbox.confine(args.sandbox, args.shared_dir,
-                                                        keep_fds=(fd, ops_fd, args.syslog_fd))
+        args.shared_dir, proc_self_fd = sandbox.confine(
+            args.sandbox, args.shared_dir, binds=binds,
+            keep_fds=(fd, ops_fd, args.syslog_fd, metrics_dir_fd,
+                      metrics_sock.fileno() if metrics_sock is not None else None))
+        if binds:
+            metrics_dir_fd = os.open(sandbox.METRICS_DIR,
+                                     os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         if ops_fd is not None:
             args.ops_log = os.path.join(proc_self_fd, str(ops_fd))
         modcaps = ":".join(m for m in (virtiofsd_options.extra_capabilities(args),
                                        args.modcaps) if m)
         kept = caps.apply(caps.wanted(modcaps or None))
         backend = build_backend(args, proc_self_fd)
-        seccomp.install(args.seccomp, without=seccomp.FILE_HANDLE_CALLS
+        metrics = None
+        if metrics_sock is not None or metrics_name is not None:
+            metrics = metrics_mod.Metrics(backend, sock=metrics_sock, dir_fd=metrics_dir_fd,
+                                          file_name=metrics_name, interval=args.stats_interval)
+        seccomp.install(args.seccomp, allowed=seccomp.ALLOWED | (
+                            seccomp.METRICS_CALLS if metrics_sock is not None else frozenset()),
+                        without=seccomp.FILE_HANDLE_CALLS
                         if args.inode_file_handles == "never" else ())
         logs.get_logger("pyvirtiofsd").info(
             "sandbox", mode=args.sandbox, seccomp=args.seccomp, caps=",".join(sorted(kept)))
-        return api.run(backend, fd=fd, stats_interval=args.stats_interval,
-                       on_listening=sandbox.ready)
+        if metrics is not None:
+            metrics.start()
+        try:
+            return api.run(backend, fd=fd, stats_interval=args.stats_interval,
+                           on_listening=sandbox.ready)
+        finally:
+            if metrics is not None:
+                metrics.stop()
     finally:
         if args.sandbox == "none":
             remove_socket()

@@ -53,6 +53,8 @@ log = logs.get_logger("pyvirtiofsd.sandbox")
 MODES = ("namespace", "chroot", "none")
 SHARED = "/shared"
 """Where the shared directory is inside the namespace sandbox."""
+METRICS_DIR = "/metrics"
+"""Where ``--metrics-file``'s directory is inside the namespace sandbox (a bind mount)."""
 
 # Signals the supervisor passes on: the daemon's own (TERM/INT stop it, USR1 logs
 # statistics) and the ones a terminal or service manager sends.
@@ -269,19 +271,20 @@ def supervise(pid: int, cleanup: Callable[[], None] | None = None) -> int:
 # -- confinement (in the daemon) -------------------------------------------------------------
 
 
-def confine(mode: str, shared_dir: str, keep_fds=()) -> tuple[str, str]:
+def confine(mode: str, shared_dir: str, keep_fds=(), binds=None) -> tuple[str, str]:
     """Confine the calling process (the daemon after :func:`spawn`).  Returns where the
     shared directory and the daemon's ``/proc/self/fd`` are now, as paths the daemon can
     open (the latter relative to the working directory in ``chroot`` mode).  Descriptors
     other than stdin/stdout/stderr and ``keep_fds`` are closed: one inherited on a host
-    directory would lead out of any sandbox."""
+    directory would lead out of any sandbox.  ``binds``: {path inside: host directory},
+    more directories the namespace sandbox shows (read-write, nosuid, nodev, noexec)."""
     shared_dir = os.path.abspath(shared_dir)
     if mode == "none":
         return shared_dir, "/proc/self/fd"
     close_inherited({0, 1, 2, *keep_fds})
     preload()
     if mode == "namespace":
-        _enter_namespaces(shared_dir)
+        _enter_namespaces(shared_dir, binds or {})
         seal_imports()
         return SHARED, "/proc/self/fd"
     if mode == "chroot":
@@ -310,7 +313,7 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int,
     return lib.pvfs_sb_mount(_c(source), _c(target), _c(fstype), flags, _c(data))
 
 
-def _enter_namespaces(shared_dir: str) -> None:
+def _enter_namespaces(shared_dir: str, binds: dict[str, str]) -> None:
     """Mount and network namespaces; a read-only tmpfs root with ``/shared`` and a fresh
     ``/proc``; pivot_root into it and detach the old root."""
     L = lib
@@ -331,6 +334,13 @@ def _enter_namespaces(shared_dir: str) -> None:
     os.mkdir(new_root + "/proc", 0o555)
     _check(_mount(shared_dir, new_root + SHARED, None, L.PVFS_SB_MS_BIND | L.PVFS_SB_MS_REC),
            f"bind mount {shared_dir}")
+    for inside, host_dir in binds.items():
+        os.mkdir(new_root + inside, 0o755)
+        _check(_mount(host_dir, new_root + inside, None, L.PVFS_SB_MS_BIND),
+               f"bind mount {host_dir}")
+        _check(_mount(None, new_root + inside, None,
+                      L.PVFS_SB_MS_REMOUNT | L.PVFS_SB_MS_BIND | hardened),
+               f"harden the bind mount of {host_dir}")
     # subset=pid (Linux 5.8): only process directories, no /proc/sys and friends.
     rc = _mount("proc", new_root + "/proc", "proc", hardened, "subset=pid")
     if rc == -errno.EINVAL:  # an older kernel

@@ -72,6 +72,12 @@ file of a file system the daemon holds an fd on, sandbox or not; without file ha
 daemon never makes these calls, so they stay off the list."""
 
 
+METRICS_CALLS = frozenset({"recvfrom", "shutdown"})
+"""Only for ``--metrics-address``: serving HTTP on the socket bound before the sandbox
+(:mod:`pyvirtiofsd.metrics`) reads requests with recvfrom and ends each connection with
+shutdown; the rest of what it does (accept4, poll, sendto, close) the daemon does anyway."""
+
+
 class SeccompError(StartupError):
     pass
 
