@@ -42,6 +42,7 @@ packages=(
     uidmap passwd                      # rootless tests: newuidmap/newgidmap; useradd, usermod
     systemd libvirt-clients libxml2-utils  # qemu-configs/ checks: systemd-analyze verify,
                                            # systemd-socket-activate, virt-xml-validate (xmllint)
+    prometheus                         # e2e: a real Prometheus scrapes --metrics-address
 )
 missing=()
 for p in "${packages[@]}"; do
