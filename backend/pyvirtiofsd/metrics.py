@@ -183,9 +183,11 @@ class Collector:
             yield P["Gauge"]("pyvirtiofsd_dax_mapped_bytes",
                              "Bytes of the DAX window mapped to files", value=sum(m.length for m in maps))
             counts = dict(self.dax.stats)
-            for key, what in (("map", "DAX mappings made"), ("unmap", "DAX mappings removed"),
-                              ("map_failed", "DAX mappings the front-end refused")):
-                c = P["Counter"](f"pyvirtiofsd_dax_{key}s", what)
+            for key, name, what in (("map", "maps", "DAX mappings made"),
+                                    ("unmap", "unmaps", "DAX mappings removed"),
+                                    ("map_failed", "map_failures",
+                                     "DAX mappings the front-end refused")):
+                c = P["Counter"](f"pyvirtiofsd_dax_{name}", what)
                 c.add_metric([], counts.get(key, 0))
                 yield c
 

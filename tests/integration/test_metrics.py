@@ -210,6 +210,7 @@ def test_dax_window_gauges(tmp_path, shared, start_daemon):
         assert s[("pyvirtiofsd_dax_mappings", ())] == 2
         assert s[("pyvirtiofsd_dax_mapped_bytes", ())] == 4 * MiB
         assert s[("pyvirtiofsd_dax_maps_total", ())] == 2
+        assert s[("pyvirtiofsd_dax_map_failures_total", ())] == 0
         client.removemapping([(0, 2 * MiB)])
         s = samples(scrape(address))
         assert (s[("pyvirtiofsd_dax_mappings", ())], s[("pyvirtiofsd_dax_mapped_bytes", ())],
