@@ -30,6 +30,7 @@ struct pvfs_hot *pvfs_hot_new(struct pvfs_store *s)
 void pvfs_hot_free(struct pvfs_hot *h)
 {
     if (h) {
+        pvfs_opstats_unref(h->opstats);
         pvfs_store_unref(h->store);
         free(h);
     }
@@ -41,6 +42,14 @@ void pvfs_hot_set_attr(struct pvfs_hot *h, uint32_t blksize, uint64_t valid_sec,
     h->attr.blksize = blksize;
     h->attr.valid_sec = valid_sec;
     h->attr.valid_nsec = valid_nsec;
+}
+
+void pvfs_hot_set_opstats(struct pvfs_hot *h, struct pvfs_opstats *st)
+{
+    if (st)
+        pvfs_opstats_ref(st);
+    pvfs_opstats_unref(h->opstats);
+    __atomic_store_n(&h->opstats, st, __ATOMIC_RELEASE);
 }
 
 void pvfs_hot_set_ops(struct pvfs_hot *h, uint64_t ops) { __atomic_store_n(&h->ops, ops, __ATOMIC_RELEASE); }
@@ -122,9 +131,28 @@ int pvfs_hot_is_name(const char *s)
     return n && n <= 255 && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..");
 }
 
+/* Record r (opstats.h) before its reply is published. */
+static void note(const struct pvfs_hot_req *r, int error, const void *body, uint32_t len,
+                 uint32_t data_len)
+{
+    struct pvfs_opstats_req o = {r->in.opcode, r->in.unique, r->in.nodeid, r->args,
+                                 r->have_args, r->note->t0_ns};
+    pvfs_opstats_served(r->note->st, &o, error, body, len, data_len);
+    r->note->done = 1;
+}
+
 void pvfs_hot_reply(const struct pvfs_hot_req *r, int error, const void *body, uint32_t len)
 {
+    if (__builtin_expect(r->note != NULL, 0))
+        note(r, error, body, len, 0);
     pvfs_reply(r->req, r->in.unique, error, body, len, 0, r->lead != NULL);
+}
+
+void pvfs_hot_reply_data(const struct pvfs_hot_req *r, uint32_t n)
+{
+    if (__builtin_expect(r->note != NULL, 0))
+        note(r, 0, NULL, 0, n);
+    pvfs_reply(r->req, r->in.unique, 0, NULL, 0, n, r->lead != NULL);
 }
 
 enum { TO_POOL = 0, SERVED = 1, INLINE = 2 };
@@ -220,12 +248,21 @@ static int serve_one(struct pvfs_hot *h, struct pvfs_hot_req *r)
     return fn(h, r) == PVFS_SERVED ? SERVED : route(h, r);
 }
 
-/* serve_one, counted as serving while it runs (see pvfs_hot_set_session). */
+/* serve_one, counted as serving while it runs (see pvfs_hot_set_session), and recorded
+ * when it is served and requests are (a request without a reply, FORGET, once served). */
 static int try_serve(struct pvfs_hot *h, struct pvfs_req *req, struct pvfs_lead *lead)
 {
     struct pvfs_hot_req r = {.req = req, .lead = lead};
+    struct pvfs_hot_note n;
+    struct pvfs_opstats *st = __atomic_load_n(&h->opstats, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(st != NULL, 0)) {
+        n = (struct pvfs_hot_note){st, pvfs_opstats_clock(), 0};
+        r.note = &n;
+    }
     __atomic_add_fetch(&h->serving, 1, __ATOMIC_SEQ_CST);
     int rc = serve_one(h, &r);
+    if (__builtin_expect(st != NULL, 0) && rc == SERVED && !n.done)
+        note(&r, 0, NULL, 0, 0);
     if (__atomic_sub_fetch(&h->serving, 1, __ATOMIC_SEQ_CST) == 0 &&
         !__atomic_load_n(&h->session, __ATOMIC_SEQ_CST))
         syscall(SYS_futex, &h->serving, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);

@@ -16,7 +16,8 @@
  * The pieces, one file each: store.c (inodes and handles), pack.c (reply layouts), rw.c
  * (READ, WRITE), meta.c (GETATTR, LOOKUP, READDIRPLUS records), mutate.c (creating,
  * removing, opening, releasing, forgetting; caller.c acts as the guest user), setattr.c,
- * leader.c (which of a queue's threads holds the ring), and this file (the context,
+ * leader.c (which of a queue's threads holds the ring), opstats.c (statistics and ops-log
+ * records of what C serves, with --stats / --ops-log), and this file (the context,
  * dispatch, the loop).
  *
  * Several threads may run the loop on one queue, leader/follower style (leader.h); no
@@ -31,6 +32,7 @@
 #include "store.h"
 #include "pack.h"
 #include "leader.h"
+#include "opstats.h"
 
 /* CFFI-BEGIN */
 /* The most argument bytes a request other than WRITE may claim: server.ARGS_MAX (a test
@@ -84,6 +86,11 @@ void pvfs_hot_set_inline(struct pvfs_hot *h, uint64_t opcodes);
 void pvfs_hot_set_session(struct pvfs_hot *h, uint32_t number, uint32_t minor,
                           uint32_t max_write, uint32_t max_read);
 uint64_t pvfs_hot_stat(struct pvfs_hot *h, int which);
+/* Record every request served in C in st (opstats.h: --stats, --ops-log), which the
+ * context keeps a reference to.  Set once, before serving; without it (NULL) nothing is
+ * recorded and recording costs one test per request. */
+struct pvfs_opstats;
+void pvfs_hot_set_opstats(struct pvfs_hot *h, struct pvfs_opstats *st);
 
 /* What pvfs_hot_serve and pvfs_hot_run return (or a negative errno). */
 #define PVFS_HOT_RUN_EMPTY 0    /* pvfs_hot_serve: the ring is empty, notifications re-enabled */
@@ -117,6 +124,14 @@ struct pvfs_hot {
     uint32_t number;     /* atomic, stored before session: the session's number (0: none) */
     unsigned serving;    /* atomic: requests being served in C now (see set_session) */
     uint64_t stat[8];    /* atomic */
+    struct pvfs_opstats *opstats;   /* NULL: nothing is recorded (pvfs_hot_set_opstats) */
+};
+
+/* A request being recorded (opstats.h): when it was popped, and whether its reply was. */
+struct pvfs_hot_note {
+    struct pvfs_opstats *st;
+    uint64_t t0_ns;
+    int done;
 };
 
 /* A request as the serving functions get it: the header decoded, the first argument bytes
@@ -129,6 +144,7 @@ struct pvfs_hot_req {
     uint32_t have_args;              /* how many of them the request has */
     uint32_t minor, max_write;       /* the session's */
     struct pvfs_lead *lead;
+    struct pvfs_hot_note *note;      /* NULL unless requests are recorded */
 };
 
 /* What a serving function returns: SERVED (replied), or where Python should serve it
@@ -152,5 +168,7 @@ int pvfs_hot_read_strings(const struct pvfs_hot_req *r, uint32_t at, char *buf, 
 int pvfs_hot_is_name(const char *s);
 /* Complete r with error (errno, or 0 with body). */
 void pvfs_hot_reply(const struct pvfs_hot_req *r, int error, const void *body, uint32_t len);
+/* Complete r with success and the n data bytes already written after the out header. */
+void pvfs_hot_reply_data(const struct pvfs_hot_req *r, uint32_t n);
 
 #endif

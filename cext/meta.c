@@ -205,7 +205,7 @@ static int serve_dir(struct pvfs_hot *h, struct pvfs_hot_req *r, int plus)
         if (n > 0 || (n == 0 && why == PVFS_DIRPLUS_END)) {
             /* the records first (the area took room bytes), then the header after them */
             pvfs_req_write_out(r->req, out_hdr, buf, (uint32_t)n);
-            pvfs_reply(r->req, r->in.unique, 0, NULL, 0, (uint32_t)n, r->lead != NULL);
+            pvfs_hot_reply_data(r, (uint32_t)n);
             pvfs_hot_count(h, plus ? PVFS_HOT_STAT_DIRPLUS : PVFS_HOT_STAT_DIRS, 1);
             rc = PVFS_SERVED;
         }

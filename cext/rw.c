@@ -55,7 +55,7 @@ int pvfs_serve_read(struct pvfs_hot *h, struct pvfs_hot_req *r)
         pvfs_hot_reply(r, (int)-n, NULL, 0);
     } else {
         pvfs_hot_count(h, PVFS_HOT_STAT_BYTES, (uint64_t)n);
-        pvfs_reply(r->req, r->in.unique, 0, NULL, 0, (uint32_t)n, r->lead != NULL);
+        pvfs_hot_reply_data(r, (uint32_t)n);
     }
     return PVFS_SERVED;
 }
