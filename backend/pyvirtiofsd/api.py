@@ -38,8 +38,9 @@ def build_backend(fs: FileSystem, options: ServerOptions | None = None, *,
     ``tag``: the tag front-ends that read the config space from the back-end see (QEMU's
     ``vhost-user-fs-pci`` takes it from its own command line instead).
     ``ops_log``: a file to append one JSON line per FUSE request to; ``stats``: collect
-    per-opcode statistics (implied by ``ops_log``).  Either costs speed: every request is
-    then recorded, and requests cannot take a path that bypasses the recorder.
+    per-opcode statistics (implied by ``ops_log``).  Requests served in Python are recorded
+    as they complete, those served in C by C (:mod:`pyvirtiofsd.hotstats`), into the same
+    statistics and file.
     ``dax`` and ``device_options`` go to the device (and ``dax`` to the server).
     """
     from . import daemon

@@ -21,7 +21,8 @@ the opcode's argument struct) and what was written to its out area (``fuse_out_h
 ``fuse_open_out``, ``fuse_write_out``) -- never from the server's internals.  Any code
 that serves a request through the :class:`~pyvirtiofsd.fuse.request.FuseRequest`
 interface is recorded alike; a fast path that serves requests without that interface must
-be switched off while recording (the daemon does so), or its requests go unrecorded.
+record them itself: the C path does (cext/opstats.h, drained by :mod:`pyvirtiofsd.hotstats`
+into the same file with :func:`json_line`, and counted into the same :class:`Stats`).
 """
 from __future__ import annotations
 
@@ -125,17 +126,26 @@ class OpRecord:
         return d
 
     def json(self) -> str:
-        """The record as one line of JSON, formatted by hand: every value is a number or
-        an opcode name (no escaping needed), and it is much cheaper than ``json.dumps``."""
-        out = (f'{{"time": {self.time:.6f}, "opcode": "{opname(self.opcode)}", '
-               f'"unique": {self.unique}, "nodeid": {self.nodeid}')
-        if self.fh is not None:
-            out += f', "fh": {self.fh}'
-        if self.offset is not None:
-            out += f', "offset": {self.offset}'
-        if self.size is not None:
-            out += f', "size": {self.size}'
-        return out + f', "bytes": {self.bytes}, "errno": {self.errno}, "us": {self.us}}}'
+        """The record as one line of JSON (:func:`json_line`)."""
+        return json_line(self.time, self.opcode, self.unique, self.nodeid, self.fh,
+                         self.offset, self.size, self.bytes, self.errno, self.us)
+
+
+def json_line(time: float, opcode: int, unique: int, nodeid: int, fh: int | None,
+              offset: int | None, size: int | None, nbytes: int, errno: int, us: int) -> str:
+    """A record as one line of JSON (no newline), formatted by hand: every value is a number
+    or an opcode name (no escaping needed), and it is much cheaper than ``json.dumps``.
+    The one formatter of both kinds of record: Python's (:class:`OpRecord`) and those the C
+    path makes (:mod:`pyvirtiofsd.hotstats`)."""
+    out = (f'{{"time": {time:.6f}, "opcode": "{opname(opcode)}", '
+           f'"unique": {unique}, "nodeid": {nodeid}')
+    if fh is not None:
+        out += f', "fh": {fh}'
+    if offset is not None:
+        out += f', "offset": {offset}'
+    if size is not None:
+        out += f', "size": {size}'
+    return out + f', "bytes": {nbytes}, "errno": {errno}, "us": {us}}}'
 
 
 class RecordedRequest:
@@ -234,6 +244,7 @@ class OpsRecorder:
         self.path = path
         self._lock = threading.Lock()
         self._failed = False
+        self._feeders: list[Callable[[], None]] = []
 
     @classmethod
     def open(cls, path: str, *, stats: Stats | None = None) -> OpsRecorder:
@@ -250,24 +261,38 @@ class OpsRecorder:
         if self.stats is not None:
             self.stats.add(opname(rec.opcode), rec.errno, rec.bytes, rec.us)
         if self.stream is not None:
-            line = rec.json() + "\n"
-            with self._lock:
-                if self.stream is None:
-                    return
-                try:
-                    self.stream.write(line)
-                except (OSError, ValueError) as e:
-                    if not self._failed:      # e.g. disk full: say so once, keep serving
-                        self._failed = True
-                        log.error("cannot write the ops log", path=self.path, error=str(e))
+            self.write(rec.json() + "\n")
         if self.events:
             log.info("fuse op", **rec.as_dict())
 
+    def write(self, lines: str) -> None:
+        """Append whole lines (each ending in a newline) to the ops log, if there is one."""
+        with self._lock:
+            if self.stream is None:
+                return
+            try:
+                self.stream.write(lines)
+            except (OSError, ValueError) as e:
+                if not self._failed:      # e.g. disk full: say so once, keep serving
+                    self._failed = True
+                    log.error("cannot write the ops log", path=self.path, error=str(e))
+
+    def add_feeder(self, stop: Callable[[], None]) -> None:
+        """Something else writes records here (the C path's drain, :mod:`.hotstats`):
+        ``stop()`` is called at :meth:`close`, before the stream closes, to write its last."""
+        self._feeders.append(stop)
+
     def close(self) -> None:
+        for stop in self._feeders:
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - the log must still be closed
+                log.error("cannot write the last ops-log records", exc_info=True)
+        self._feeders = []
         with self._lock:
             stream, self.stream = self.stream, None
         if stream is not None and self.path is not None:
             stream.close()
 
 
-__all__ = ["OPNAMES", "OpRecord", "OpsRecorder", "RecordedRequest", "opname"]
+__all__ = ["OPNAMES", "OpRecord", "OpsRecorder", "RecordedRequest", "json_line", "opname"]

@@ -6,8 +6,8 @@ block); queues 1..n are request queues whose requests go to a pool of worker thr
 one slow FSYNC does not hold up a GETATTR behind it.
 
 The hot path: when the file system offloads requests to C (its offload description, see
-:mod:`pyvirtiofsd.offload`; the passthrough file system does) and nothing needs to see every
-request (no ops log, no statistics), each request queue is served by ``hot_threads`` threads running
+:mod:`pyvirtiofsd.offload`; the passthrough file system does), each request queue is served
+by ``hot_threads`` threads running
 the C loop of cext/hotpath.c, which answers what the file system offloads itself -- READ
 and WRITE as a preadv/pwritev between the file and guest memory, GETATTR, LOOKUP, CREATE,
 OPEN, RELEASE, UNLINK, SETATTR... from the C store -- and passes everything else up: quick
@@ -147,11 +147,15 @@ class HotPath:
     """The C serving context of the request queues.
 
     What it serves is the file system's offload description (:mod:`pyvirtiofsd.offload`:
-    the file system alone knows which of its answers C can give) -- and nothing while an
-    ops recorder is on (every request must be recorded), before INIT (the context follows
-    the server's session, :meth:`publish`), or with ``PYVIRTIOFSD_HOTPATH=0`` in the
-    environment.  ``PYVIRTIOFSD_HOT_THREADS=N`` sets the threads per queue (for
-    comparisons).
+    the file system alone knows which of its answers C can give) -- and nothing before INIT
+    (the context follows the server's session, :meth:`publish`), while the server logs
+    every request as a structlog event (``ServerOptions(ops_log=True)``, a debugging aid),
+    or with ``PYVIRTIOFSD_HOTPATH=0`` in the environment.  ``PYVIRTIOFSD_HOT_THREADS=N``
+    sets the threads per queue (for comparisons).
+
+    With statistics or an ops log (the server's ops recorder) C records what it serves
+    itself (:mod:`pyvirtiofsd.hotstats`, :attr:`recording`) into the same statistics and
+    file.
     """
 
     def __init__(self, server, dax, threads: int):
@@ -159,7 +163,10 @@ class HotPath:
         self.threads = int(os.environ.get("PYVIRTIOFSD_HOT_THREADS", threads))
         self.ctx = None
         self.ops = 0
-        if server.ops is not None or os.environ.get("PYVIRTIOFSD_HOTPATH", "1") == "0":
+        self.recording = None
+        recorder = server.ops
+        if ((recorder is not None and recorder.events)
+                or os.environ.get("PYVIRTIOFSD_HOTPATH", "1") == "0"):
             return
         o = server.options
         offload = server.fs.offload(ReplyPolicy(readonly=o.readonly, dax=dax is not None,
@@ -177,6 +184,10 @@ class HotPath:
                                     server.cache_open_flags(True))
         lib.pvfs_hot_set_ops(self.ctx, self.ops)
         lib.pvfs_hot_set_inline(self.ctx, sum(1 << op for op in INLINE_OPCODES if op < 64))
+        if recorder is not None:
+            from .hotstats import HotRecording   # only when something is recorded
+
+            self.recording = HotRecording(self.ctx, recorder)
 
     def publish(self, s) -> None:
         """The server's session as C must see it: called by the server under its lifecycle
@@ -296,6 +307,8 @@ class VirtioFsDevice(VhostUserDevice):
 
     def reset(self) -> None:
         self.server.reset()
+        if self.hotpath.recording is not None:
+            self.hotpath.recording.flush()   # the queues are stopped: all C made is there
         stats = self.hotpath.stats()
         if stats.get("reads") or stats.get("writes"):
             log.info("hot path totals", **stats)
