@@ -94,11 +94,19 @@ def _trace_pyvirtiofsd():
     real_install = seccomp.install
 
     def install(mode, *args, **kwargs):
-        # Log instead of kill/trap: an incomplete list must not end the run.  Also the
-        # supervisor's filter (seccomp.install_supervisor calls this module's install).
+        # Log instead of kill/trap: an incomplete list must not end the run.
         return real_install("none" if mode == "none" else "log", *args, **kwargs)
 
     seccomp.install = install
+    import pyvirtiofsd.sandbox as sandbox
+
+    real_supervise = sandbox.supervise
+
+    def supervise(pid, seccomp_mode="kill", *args, **kwargs):
+        # The same for the supervisor program's filter (it loads it itself).
+        return real_supervise(pid, "none" if seccomp_mode == "none" else "log", *args, **kwargs)
+
+    sandbox.supervise = supervise
 
 
 _trace_pyvirtiofsd()

@@ -349,7 +349,10 @@ def _start(args: argparse.Namespace) -> int:
             listener.close()
         if metrics_sock is not None:
             metrics_sock.close()
-        return sandbox.supervise(child, remove_socket)
+        # The supervisor: a small C program from here on.
+        return sandbox.supervise(child, args.seccomp,
+                                 args.socket_path if listener is not None else None,
+                                 args.syslog_fd)
     # The daemon (a child of the supervisor unless --sandbox none).  Only the supervisor
     # may remove the socket: after confinement its path means something else, or nothing.
     try:

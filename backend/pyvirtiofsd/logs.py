@@ -25,6 +25,7 @@ _METHODS = {"debug": "debug", "info": "info", "warning": "warning", "warn": "war
 
 class _Config:
     threshold = 0                  # everything until configure() is called
+    level = "debug"
     json = False
     stream = None                  # None: sys.stdout at the time of the call
     captured: list | None = None
@@ -35,8 +36,15 @@ _config = _Config()
 
 def configure(level: str = "info", fmt: str = "console", stream=None) -> None:
     _config.threshold = _NUMERIC[level] + (1 if level == "off" else 0)
+    _config.level = level
     _config.json = fmt == "json"
     _config.stream = stream or sys.stderr
+
+
+def settings() -> tuple[str, str]:
+    """(level, format) as :func:`configure` was last given them: what the sandbox
+    supervisor, a C program, logs with."""
+    return _config.level, "json" if _config.json else "console"
 
 
 @contextlib.contextmanager

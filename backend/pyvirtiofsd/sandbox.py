@@ -20,11 +20,13 @@ can still see.
     No containment.
 
 In both confining modes the daemon is a child of a small supervisor that stays outside
-(the process that bound the socket): it reads nothing from the guest; it forwards signals
-to the daemon, waits for it, removes the socket file (which the daemon can no longer name)
-and exits the way the daemon did.  Right after the fork it loads a seccomp filter of its
+(the process that bound the socket): right after the fork it execs
+``pyvirtiofsd-supervisor`` (cext/supervisor/, installed beside the extension), so no
+interpreter stays behind.  It reads nothing from the guest; it loads a seccomp filter of its
 own, with the daemon's ``--seccomp`` action and a short list of its own
-(:func:`pyvirtiofsd.seccomp.install_supervisor`).  After confinement the import system is sealed -- only
+(:func:`pyvirtiofsd.seccomp.supervisor_rules`), forwards signals to the daemon, waits for it,
+removes the socket file (which the daemon can no longer name) and exits the way the daemon
+did.  After confinement the import system is sealed -- only
 built-in and frozen modules -- so a module the daemon did not load beforehand cannot come
 from the shared directory.
 """
@@ -35,12 +37,10 @@ import importlib
 import importlib.machinery
 import os
 import pkgutil
-import resource
 import select
 import signal
 import sys
 import threading
-from typing import Callable
 
 from pyvirtiofsd import logs
 
@@ -60,6 +60,10 @@ METRICS_DIR = "/metrics"
 # statistics) and the ones a terminal or service manager sends.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
+
+
+SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyvirtiofsd-supervisor")
+"""The supervisor program (built with the extension: ``scripts/build-ext.sh``, or pip)."""
 
 
 class SandboxError(StartupError):
@@ -154,20 +158,26 @@ def hold_signals() -> None:
 
 def spawn(mode: str, seccomp_mode: str = "kill", uid_map: userns.IdMapping | None = None,
           gid_map: userns.IdMapping | None = None) -> int:
-    """Fork the daemon for the confining modes: returns its pid in the supervisor and 0 in
-    the daemon; ``none`` does not fork and returns 0.  The supervisor loads its own
-    seccomp filter with the action ``seccomp_mode`` (the daemon's ``--seccomp``) before
-    it returns.
+    """Fork the daemon for the confining modes: returns its pid in the parent, which then
+    becomes the supervisor (:func:`supervise`), and 0 in the daemon; ``none`` does not fork
+    and returns 0.  ``seccomp_mode`` is checked here, before anything is forked; the
+    supervisor loads its filter itself.
 
     The fork happens before any thread exists (a pid namespace takes effect for children
     only, and a forked copy of a threaded process is unsafe).  Forwarded signals are blocked
     across the fork (:func:`hold_signals`): the daemon, which as pid 1 of its namespace
     would silently drop any signal it has no handler for, receives them once its handlers
-    are in place (:func:`_daemon_signals`, :func:`ready`)."""
+    are in place (:func:`_daemon_signals`, :func:`ready`); the supervisor, once it has its
+    own (they stay pending across its exec)."""
     if mode == "none":
         return 0
     if mode not in MODES:
         raise SandboxError(f"unknown sandbox mode {mode!r}")
+    if seccomp_mode not in seccomp.MODES:
+        raise SandboxError(f"unknown seccomp mode {seccomp_mode!r}")
+    if not os.access(SUPERVISOR, os.X_OK):
+        raise SandboxError(f"sandbox: the supervisor program {SUPERVISOR} is missing: build it "
+                           "with scripts/build-ext.sh (or pip install), or use --sandbox none")
     if _thread_count() != 1:
         raise SandboxError(f"sandbox: cannot fork with {_thread_count()} threads running")
     if mode == "namespace":
@@ -178,8 +188,9 @@ def spawn(mode: str, seccomp_mode: str = "kill", uid_map: userns.IdMapping | Non
     hold_signals()
     sys.stdout.flush()
     sys.stderr.flush()
-    # The supervisor holds the write end for its whole life: should it die before the daemon
-    # has asked to be told (PR_SET_PDEATHSIG), the daemon sees the end of this pipe.
+    # The supervisor holds the write end for its whole life (across its exec): should it
+    # die before the daemon has asked to be told (PR_SET_PDEATHSIG), the daemon sees the
+    # end of this pipe.
     alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -193,19 +204,27 @@ def spawn(mode: str, seccomp_mode: str = "kill", uid_map: userns.IdMapping | Non
         _daemon_signals()
     else:
         os.close(alive_r)
-        _filter_supervisor(seccomp_mode, pid)
+        os.set_inheritable(alive_w, True)
     return pid
 
 
-def _filter_supervisor(seccomp_mode: str, pid: int) -> None:
-    """In the supervisor, right after the fork.  If its filter cannot be loaded, the daemon
-    (which would fail the same way) is stopped before the error is reported."""
-    try:
-        seccomp.install_supervisor(seccomp_mode, pid)
-    except seccomp.SeccompError:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
+def supervisor_command(pid: int, seccomp_mode: str = "kill", socket_path: str | None = None,
+                       syslog_fd: int | None = None) -> list[str]:
+    """The supervisor program's command line for the daemon ``pid``: its filter (the rules
+    of :func:`pyvirtiofsd.seccomp.supervisor_rules` for this process, whose pid it keeps),
+    the socket file to remove, and the log settings of :mod:`pyvirtiofsd.logs`."""
+    level, fmt = logs.settings()
+    argv = [SUPERVISOR, str(pid), "--seccomp", seccomp_mode, "--log-level", level,
+            "--log-format", fmt]
+    if seccomp_mode != "none":
+        for name, arg, value in seccomp.supervisor_rules(pid, os.getpid()):
+            argv += ["--allow", name if arg < 0 else f"{name}:{arg}:{value}"]
+    if socket_path is not None:
+        argv += ["--unlink", socket_path]
+    if syslog_fd is not None:
+        os.set_inheritable(syslog_fd, True)
+        argv += ["--syslog-fd", str(syslog_fd)]
+    return argv
 
 
 def _daemon_signals() -> None:
@@ -226,46 +245,28 @@ def ready() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
 
-def supervise(pid: int, cleanup: Callable[[], None] | None = None) -> int:
-    """The supervisor's whole life: forward signals to ``pid``, wait for it, run
-    ``cleanup``, and end as it ended (its exit code, or death by the same signal)."""
-    def forward(signum, frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for s in FORWARDED:
-        signal.signal(s, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-    while True:
-        _, status = os.waitpid(pid, 0)
-        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-            break
-    for s in FORWARDED:
-        signal.signal(s, signal.SIG_IGN)
-    if cleanup is not None:
-        try:
-            cleanup()
-        except OSError as e:
-            # Reported without a traceback: printing one reads source files, which the
-            # supervisor's seccomp filter does not allow.
-            log.error("cleanup after the daemon failed", error=str(e))
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status)
-    sig = os.WTERMSIG(status)
-    log.error("the sandboxed daemon was killed", signal=signal.Signals(sig).name)
-    if sig == signal.SIGSYS:
-        log.error("it made a system call outside the seccomp allow-list: --seccomp trap names "
-                  "it; scripts/gen-seccomp.py regenerates the list (see SECURITY.md)")
+def supervise(pid: int, seccomp_mode: str = "kill", socket_path: str | None = None,
+              syslog_fd: int | None = None, extra=()) -> int:
+    """Become the supervisor of ``pid``: exec the supervisor program
+    (:func:`supervisor_command`; ``extra``: more of its options), which forwards signals to
+    the daemon, waits for it, removes ``socket_path`` and ends as the daemon ended.  Returns
+    only if the exec failed, after stopping the daemon: an error (exit 1)."""
+    argv = [*supervisor_command(pid, seccomp_mode, socket_path, syslog_fd), *extra]
     sys.stdout.flush()
     sys.stderr.flush()
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # its core, if any, was the daemon's
-    if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught anyway
-        signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-    os.kill(os.getpid(), sig)
-    return 128 + sig  # a signal whose default action is not to terminate
+    try:
+        os.execv(SUPERVISOR, argv)
+    except OSError as e:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        if socket_path is not None:
+            try:
+                os.unlink(socket_path)
+            except OSError:
+                pass
+        raise SandboxError(f"sandbox: cannot run the supervisor {SUPERVISOR}: "
+                           f"{e.strerror}") from None
+    return 1  # not reached
 
 
 # -- confinement (in the daemon) -------------------------------------------------------------

@@ -15,10 +15,10 @@ Everything else -- socket(), execve(), ptrace(), mount(), bpf(), ... -- is refus
 
 The filter covers every thread (TSYNC) and sets no_new_privs.
 
-The sandbox supervisor (:mod:`pyvirtiofsd.sandbox`) gets a filter of its own, with the same
-action, right after it forks the daemon: :data:`SUPERVISOR_ALLOWED`, a much shorter list
-(waiting, forwarding signals, removing the socket, logging, exiting), with ``kill`` limited
-to the daemon and itself (:func:`install_supervisor`).  One mechanism, two lists, both
+The sandbox supervisor (:mod:`pyvirtiofsd.sandbox`, a small C program) loads a filter of its
+own, with the same action, as soon as it runs: :data:`SUPERVISOR_ALLOWED`, a much shorter
+list (waiting, forwarding signals, removing the socket, logging, exiting), with ``kill``
+limited to the daemon and itself (:func:`supervisor_rules`).  One mechanism, two lists, both
 measured by ``scripts/gen-seccomp.py``.
 """
 from __future__ import annotations
@@ -88,6 +88,18 @@ def syscall_number(name: str) -> int | None:
     return None if nr < 0 else nr
 
 
+def rule_list(allowed=ALLOWED, without=(), only_with=None) -> list[tuple[str, int, int]]:
+    """(name, argument index or -1, value) for each rule of a filter allowing ``allowed``
+    minus ``without``, arguments restricted as ``only_with`` says (see :func:`install`)."""
+    only_with = ONLY_WITH if only_with is None else only_with
+    wanted: list[tuple[str, int, int]] = []
+    for name in sorted(set(allowed) - set(without)):
+        arg, values = only_with.get(name, (-1, 0))
+        for value in values if isinstance(values, tuple) else (values,):
+            wanted.append((name, arg, value))
+    return wanted
+
+
 def install(mode: str, allowed=ALLOWED, without=(), only_with=None, who="daemon") -> int:
     """Load the filter (``mode`` is one of :data:`MODES`) allowing ``allowed`` minus
     ``without``, each call with any arguments except those in ``only_with`` (the shape of
@@ -97,12 +109,7 @@ def install(mode: str, allowed=ALLOWED, without=(), only_with=None, who="daemon"
         return 0
     if mode not in ACTIONS:
         raise SeccompError(f"unknown seccomp mode {mode!r}")
-    only_with = ONLY_WITH if only_with is None else only_with
-    wanted: list[tuple[str, int, int]] = []
-    for name in sorted(set(allowed) - set(without)):
-        arg, values = only_with.get(name, (-1, 0))
-        for value in values if isinstance(values, tuple) else (values,):
-            wanted.append((name, arg, value))
+    wanted = rule_list(allowed, without, only_with)
     keep = [ffi.new("char[]", name.encode()) for name, _, _ in wanted]
     rules = ffi.new("struct pvfs_seccomp_rule[]", len(wanted))
     for rule, (_, arg, value), cname in zip(rules, wanted, keep):
@@ -121,7 +128,7 @@ SUPERVISOR_BASELINE = frozenset({
     "rt_sigreturn", "restart_syscall",
     # Time (log time stamps): normally the vDSO; see BASELINE.
     "clock_gettime", "gettimeofday", "time",
-    # The Python allocator, whatever a run happens to show of it.
+    # The allocator, whatever a run happens to show of it.
     "brk", "mmap", "munmap", "mremap", "madvise",
     # Log lines: stderr, or the datagram socket of --syslog (connected before the fork).
     "write", "sendto",
@@ -139,17 +146,15 @@ SUPERVISOR_BASELINE = frozenset({
 SUPERVISOR_ALLOWED = frozenset(SUPERVISOR_TRACED) | SUPERVISOR_BASELINE
 
 
-def install_supervisor(mode: str, daemon_pid: int) -> int:
-    """The supervisor's filter, in the supervisor right after it forked ``daemon_pid``:
-    :data:`SUPERVISOR_ALLOWED`, with ``kill`` only for the daemon and itself, ``tgkill``
-    (the trap action's re-raise) only for itself and ``prlimit64`` only for RLIMIT_CORE.
-    Nothing for ``none`` (the daemon says so when it starts)."""
-    if mode == "none":
-        return 0
-    own = os.getpid()
+def supervisor_rules(daemon_pid: int, own_pid: int) -> list[tuple[str, int, int]]:
+    """The supervisor's filter (:data:`SUPERVISOR_ALLOWED`) as :func:`rule_list`, with ``kill``
+    only for the daemon and the supervisor itself, ``tgkill`` (the trap action's re-raise)
+    only for itself and ``prlimit64`` only for RLIMIT_CORE.  The supervisor program
+    (cext/supervisor/) loads it itself, right after it replaced the Python process that
+    forked the daemon (:func:`pyvirtiofsd.sandbox.supervise`)."""
     only_with = {
-        "kill": (0, (daemon_pid, own)),
-        "tgkill": (0, own),
+        "kill": (0, (daemon_pid, own_pid)),
+        "tgkill": (0, own_pid),
         "prlimit64": (1, resource.RLIMIT_CORE),
     }
-    return install(mode, SUPERVISOR_ALLOWED, only_with=only_with, who="supervisor")
+    return rule_list(SUPERVISOR_ALLOWED, only_with=only_with)

@@ -53,8 +53,8 @@ def runtime(directory: Path) -> Path:
         shutil.copytree(Path(pyvirtiofsd.__file__).parent, tree / "pyvirtiofsd",
                         ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(_cffi_backend.__file__, tree)
-        for p in [tree, *tree.rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
+        for p in [tree, *tree.rglob("*")]:   # the supervisor program stays executable
+            p.chmod(0o755 if p.is_dir() or os.access(p, os.X_OK) else 0o644)
     return tree
 
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from pyvirtiofsd import caps, limits
+from pyvirtiofsd import caps, limits, sandbox
 from pyvirtiofsd.fuse import abi
 from pyvirtiofsd.frontend import VhostUserFrontend
 from pyvirtiofsd.fuse.abi import Opcode
@@ -471,6 +471,52 @@ def test_the_daemon_dying_is_mirrored_by_the_supervisor(start_daemon, connect):
     os.kill(served_pid(d, "namespace"), signal.SIGKILL)
     assert d.wait() == -signal.SIGKILL
     assert not os.path.exists(d.socket_path)
+
+
+@pytest.mark.parametrize("mode", CONFINING)
+def test_the_supervisor_is_a_small_c_program(start_daemon, connect, mode):
+    """No second interpreter: the process that forked the daemon became the supervisor
+    program, which maps no Python and no extension and holds little memory of its own."""
+    d = start_daemon("--sandbox", mode)
+    connect(d).getattr(ROOT)
+    served_pid(d, mode)
+    assert os.readlink(f"/proc/{d.proc.pid}/exe") == sandbox.SUPERVISOR
+    with open(f"/proc/{d.proc.pid}/maps") as f:
+        mapped = {line.split()[-1] for line in f if len(line.split()) >= 6}
+    assert not [m for m in mapped if "python" in m or "_cext" in m or "libssl" in m], mapped
+    with open(f"/proc/{d.proc.pid}/smaps_rollup") as f:
+        kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f
+                                                  if line.split(":", 1)[1].strip().endswith("kB"))}
+    assert kib["Rss"] < 4096 and kib["Pss_Anon"] < 1024, kib
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_the_supervisor_logs_as_the_daemon_does(start_daemon, connect, fmt):
+    """The supervisor's lines (a C program's) are the daemon's format: the death it mirrors
+    as a JSON object, or as a console line with its keys, beside the daemon's own lines."""
+    d = start_daemon("--log-format", fmt)
+    connect(d)
+    os.kill(served_pid(d, "namespace"), signal.SIGKILL)
+    assert d.wait() == -signal.SIGKILL
+    lines = [line for line in d.log().splitlines() if line.strip()]
+    if fmt == "json":
+        records = [json.loads(line) for line in lines]     # every line, ours and the C's
+        loaded = [r for r in records if r["event"] == "seccomp filter loaded"
+                  and r.get("process") == "supervisor"]
+        assert loaded and loaded[0]["action"] == "kill" and loaded[0]["rules"] > 10
+        assert loaded[0]["level"] == "debug" and loaded[0]["timestamp"].endswith("Z")
+        killed = [r for r in records if r["event"] == "the sandboxed daemon was killed"]
+        assert killed == [{"signal": "SIGKILL", "event": "the sandboxed daemon was killed",
+                           "level": "error", "timestamp": killed[0]["timestamp"]}]
+        # the same clock as the daemon's lines: UTC, ISO, microseconds
+        assert abs(time.mktime(time.strptime(killed[0]["timestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
+                   - time.mktime(time.gmtime())) < 60
+    else:
+        killed = [line for line in lines if "the sandboxed daemon was killed" in line]
+        assert len(killed) == 1 and killed[0].endswith(" signal=SIGKILL"), killed
+        assert "[error    ] the sandboxed daemon was killed " in killed[0]
+        assert any("[debug    ] seccomp filter loaded          action=kill process=supervisor "
+                   "rules=" in line for line in lines), lines
 
 
 def test_the_daemon_does_not_outlive_its_supervisor(start_daemon, connect):

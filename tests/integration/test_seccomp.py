@@ -364,14 +364,9 @@ if pid == 0:                      # the "daemon": wait for a forwarded SIGTERM
         time.sleep(0.05)
     os._exit(1)
 print("supervising", pid, flush=True)
-if then == "open":
-    open("/proc/self/status").close()
-elif then == "kill-other":
-    os.kill(int(sys.argv[3]), 0)
-elif then == "rlimit":
-    resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))
-print("reached", flush=True)
-sys.exit(sandbox.supervise(pid))
+# The supervisor program makes the call once its filter is loaded, then prints "reached".
+then = f"kill:{sys.argv[3]}" if then == "kill-other" else then
+sandbox.supervise(pid, action, extra=["--then", then])
 """
 
 
@@ -386,7 +381,7 @@ def run_supervisor(action: str, then: str, *extra: str) -> tuple[subprocess.Pope
 
 @pytest.mark.parametrize("action", ["kill", "trap", "log"])
 def test_the_supervisor_takes_the_daemons_action(action):
-    """spawn() loads the supervisor's filter with the action it is given: a call off the
+    """The supervisor program loads its filter with the action it is given: a call off the
     list (opening a file) kills it, traps it (naming the call) or is let through."""
     proc, daemon_pid = run_supervisor(action, "open")
     if action == "log":
