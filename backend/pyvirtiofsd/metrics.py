@@ -244,7 +244,7 @@ class Metrics:
                                                   daemon=True))
             log.info("metrics listening", address=address_of(self._sock))
         if self._file_name is not None:
-            self.write_file()
+            self.write_file(strict=True)    # a file that cannot be written: a startup error
             self._threads.append(threading.Thread(target=self._write_loop,
                                                   name="metrics-file", daemon=True))
         for t in self._threads:
@@ -261,9 +261,11 @@ class Metrics:
         while not self._stop.wait(self.interval):   # a futex wait, like the stats reporter
             self.write_file()
 
-    def write_file(self) -> None:
+    def write_file(self, strict: bool = False) -> None:
         """Write the text to a temporary file beside the target, then rename it over the
-        target: a reader sees the old text or the new one, never a part."""
+        target: a reader sees the old text or the new one, never a part.  A failure is
+        logged (a full disk must not end the daemon), or raised as a
+        :class:`~pyvirtiofsd.daemon.StartupError` when ``strict``."""
         tmp = f".{self._file_name}.{os.getpid()}.tmp"  # the textfile collector reads *.prom only
         try:
             data = self.text()
@@ -277,11 +279,14 @@ class Metrics:
                 os.close(fd)
             os.rename(tmp, self._file_name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except Exception as e:  # noqa: BLE001 - a full disk must not end the daemon
-            log.error("cannot write the metrics file", file=self._file_name, error=str(e))
             try:
                 os.unlink(tmp, dir_fd=self._dir_fd)
             except OSError:
                 pass
+            if strict:
+                raise StartupError(f"--metrics-file: cannot write {self._file_name}: "
+                                   f"{getattr(e, 'strerror', None) or e}") from None
+            log.error("cannot write the metrics file", file=self._file_name, error=str(e))
 
     def stop(self) -> None:
         """Stop serving; write the file one last time."""

@@ -263,6 +263,18 @@ def test_unbindable_metrics_address_is_a_clear_startup_error(tmp_path, shared, a
     assert not (tmp_path / "s.sock").exists()
 
 
+@pytest.mark.parametrize("sandbox", ["namespace", "none"])
+def test_a_metrics_file_that_cannot_be_written_is_a_clear_startup_error(tmp_path, shared,
+                                                                         sandbox):
+    (tmp_path / "out" / "m.prom" / "in-the-way").mkdir(parents=True)   # a full directory
+    r = run_cli("--socket-path", str(tmp_path / "s.sock"), "--shared-dir", str(shared),
+                "--sandbox", sandbox, "--metrics-file", str(tmp_path / "out" / "m.prom"))
+    assert r.returncode == 1, r.stderr
+    assert "--metrics-file: cannot write m.prom" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.prom"]
+    assert not (tmp_path / "s.sock").exists()
+
+
 def test_the_daemon_imports_prometheus_client_only_for_a_metrics_option(tmp_path, shared):
     """The daemon loads only the daemon: without a metrics option prometheus_client stays
     out of the process; with one it is there (and serving needed nothing more)."""
