@@ -252,10 +252,16 @@ class Metrics:
         return self
 
     def _serve(self) -> None:
-        try:
-            self._httpd.serve_forever(poll_interval=0.5)
-        except Exception:  # noqa: BLE001 - metrics must never end the daemon
-            log.error("metrics endpoint failed", exc_info=True)
+        # One request at a time, looking at the stop flag every half second: unlike
+        # serve_forever()/shutdown(), stopping never waits for a client that is slow to
+        # send its request (the handler gives it up to its timeout).
+        self._httpd.timeout = 0.5
+        while not self._stop.is_set():
+            try:
+                self._httpd.handle_request()
+            except Exception:  # noqa: BLE001 - metrics must never end the daemon
+                log.error("metrics endpoint failed", exc_info=True)
+                self._stop.wait(1.0)
 
     def _write_loop(self) -> None:
         while not self._stop.wait(self.interval):   # a futex wait, like the stats reporter
@@ -291,11 +297,10 @@ class Metrics:
     def stop(self) -> None:
         """Stop serving; write the file one last time."""
         self._stop.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
         for t in self._threads:
-            t.join(timeout=5)
+            t.join(timeout=1)
+        if self._httpd is not None and not self._threads[0].is_alive():
+            self._httpd.server_close()  # else a slow client holds it: the exit closes it
         if self._file_name is not None:
             self.write_file()
 

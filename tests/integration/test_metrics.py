@@ -132,6 +132,19 @@ def test_a_client_that_sends_nothing_or_garbage_does_not_stop_the_endpoint(
     assert d.proc.poll() is None
 
 
+def test_a_silent_client_does_not_hold_up_the_daemon_at_exit(tmp_path, shared, start_daemon,
+                                                            connect):
+    d = start_daemon("--metrics-address", "127.0.0.1:0")
+    host, port = metrics_address(d).rsplit(":", 1)
+    client = connect(d)
+    with socket.create_connection((host, int(port)), timeout=10):   # connects, sends nothing
+        time.sleep(0.3)             # accepted: the endpoint now waits for its request
+        t = time.monotonic()
+        client.fe.close()
+        assert d.wait() == 0, d.log()
+        assert time.monotonic() - t < 5     # not the handler's 10 s timeout
+
+
 def read_file_while_rewritten(path, stop: threading.Event, seen: list) -> None:
     while not stop.is_set():
         try:
