@@ -28,17 +28,11 @@ struct pvfs_opstats {
     uint32_t ring_size;         /* 0 or a power of two */
     pthread_mutex_t m;          /* the slot list (claims and drains) */
     struct slot *slots;
+    char names[PVFS_OPSTATS_OPCODES][32];   /* pvfs_opstats_set_opname */
 };
 
 #define BUMP(x, n) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + (n), \
                                     __ATOMIC_RELAXED)
-
-uint64_t pvfs_opstats_clock(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 struct pvfs_opstats *pvfs_opstats_new(uint32_t ring_records)
 {
@@ -79,7 +73,8 @@ void pvfs_opstats_unref(struct pvfs_opstats *st)
 
 static pthread_key_t slot_key;
 static pthread_once_t slot_key_once = PTHREAD_ONCE_INIT;
-static __thread struct slot *my_slot;
+/* initial-exec: read without a __tls_get_addr call on every request */
+static __thread struct slot *my_slot __attribute__((tls_model("initial-exec")));
 
 /* The thread is done with its slot (it ends, or serves another pvfs_opstats): another
  * thread may claim it, counters and unread records included. */
@@ -306,24 +301,106 @@ void pvfs_opstats_read(struct pvfs_opstats *st, uint32_t opcode, struct pvfs_ops
     pthread_mutex_unlock(&st->m);
 }
 
-uint32_t pvfs_opstats_drain(struct pvfs_opstats *st, struct pvfs_oprec *buf, uint32_t max)
+/* The rings a drain merges at once (a thread each: a few per queue). */
+#define DRAIN_RINGS 64
+
+void pvfs_opstats_set_opname(struct pvfs_opstats *st, uint32_t opcode, const char *name)
 {
+    if (opcode < PVFS_OPSTATS_OPCODES) {
+        strncpy(st->names[opcode], name, sizeof(st->names[opcode]) - 1);
+        st->names[opcode][sizeof(st->names[opcode]) - 1] = 0;
+    }
+}
+
+static char *put_str(char *p, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/* opslog.json_line, for one record. */
+static char *put_line(char *p, const struct pvfs_opstats *st, const struct pvfs_oprec *r,
+                      int64_t wall_offset_ns)
+{
+    int64_t wall = (int64_t)r->done_ns + wall_offset_ns;
+    uint64_t w = wall < 0 ? 0 : (uint64_t)wall, usec = w % 1000000000u / 1000;
+    p = put_u64(put_str(p, "{\"time\": "), w / 1000000000u);
+    *p++ = '.';
+    for (uint64_t d = 100000; d; d /= 10)
+        *p++ = (char)('0' + usec / d % 10);
+    p = put_str(put_str(put_str(p, ", \"opcode\": \""), st->names[r->opcode]), "\", \"unique\": ");
+    p = put_u64(p, r->unique);
+    p = put_u64(put_str(p, ", \"nodeid\": "), r->nodeid);
+    if (r->has & PVFS_OPREC_FH)
+        p = put_u64(put_str(p, ", \"fh\": "), r->fh);
+    if (r->has & PVFS_OPREC_OFFSET)
+        p = put_u64(put_str(p, ", \"offset\": "), r->offset);
+    if (r->has & PVFS_OPREC_SIZE)
+        p = put_u64(put_str(p, ", \"size\": "), r->size);
+    p = put_u64(put_str(p, ", \"bytes\": "), r->bytes);
+    p = put_str(p, ", \"errno\": ");
+    if (r->error < 0) {
+        *p++ = '-';
+        p = put_u64(p, (uint64_t)-(int64_t)r->error);
+    } else {
+        p = put_u64(p, (uint64_t)r->error);
+    }
+    p = put_u64(put_str(p, ", \"us\": "), r->us);
+    return put_str(p, "}\n");
+}
+
+uint64_t pvfs_opstats_drain(struct pvfs_opstats *st, char *buf, uint64_t cap,
+                            int64_t wall_offset_ns, uint32_t *records)
+{
+    uint64_t used = 0;
     uint32_t got = 0;
+    *records = 0;
     if (!st->ring_size)
         return 0;
+    const uint64_t mask = st->ring_size - 1;
+    struct slot *ring[DRAIN_RINGS];
+    uint64_t tail[DRAIN_RINGS], head[DRAIN_RINGS];
+    int n = 0;
     pthread_mutex_lock(&st->m);
-    for (struct slot *s = st->slots; s && got < max; s = s->next) {
-        uint64_t tail = s->tail;
-        uint64_t head = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
-        uint64_t n = head - tail;
-        if (n > max - got)
-            n = max - got;
-        for (uint64_t i = 0; i < n; i++)
-            buf[got++] = s->ring[(tail + i) & (st->ring_size - 1)];
-        __atomic_store_n(&s->tail, tail + n, __ATOMIC_RELEASE);
+    for (struct slot *s = st->slots; s && n < DRAIN_RINGS; s = s->next) {
+        ring[n] = s;
+        tail[n] = s->tail;
+        head[n] = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
+        if (head[n] != tail[n])
+            n++;
     }
+    while (cap - used >= PVFS_OPLINE_MAX) {
+        int k = -1;     /* the ring whose next record is the oldest */
+        for (int i = 0; i < n; i++)
+            if (tail[i] != head[i] &&
+                (k < 0 || ring[i]->ring[tail[i] & mask].done_ns <
+                          ring[k]->ring[tail[k] & mask].done_ns))
+                k = i;
+        if (k < 0)
+            break;
+        const struct pvfs_oprec *r = &ring[k]->ring[tail[k]++ & mask];
+        used = (uint64_t)(put_line(buf + used, st, r, wall_offset_ns) - buf);
+        got++;
+    }
+    for (int i = 0; i < n; i++)
+        __atomic_store_n(&ring[i]->tail, tail[i], __ATOMIC_RELEASE);
     pthread_mutex_unlock(&st->m);
-    return got;
+    *records = got;
+    return used;
 }
 
 uint64_t pvfs_opstats_dropped(struct pvfs_opstats *st)

@@ -22,6 +22,7 @@
 #define PVFS_OPSTATS_H
 
 #include <stdint.h>
+#include <time.h>
 
 /* CFFI-BEGIN */
 /* Opcodes counted (C serves none above), and histogram buckets: bucket_of(2**31 - 1) + 1;
@@ -43,8 +44,7 @@ struct pvfs_opstats_op {
 #define PVFS_OPREC_OFFSET 2
 #define PVFS_OPREC_SIZE 4
 
-/* One ops-log record: opslog.py's OpRecord.  72 bytes, host byte order (Python reads them
- * with struct format "=7QIiII"). */
+/* One ops-log record in a ring: opslog.py's OpRecord. */
 struct pvfs_oprec {
     uint64_t done_ns;   /* CLOCK_MONOTONIC when the reply was made */
     uint64_t unique;
@@ -68,8 +68,17 @@ void pvfs_opstats_unref(struct pvfs_opstats *st);
  * *out.  Read while serving goes on: a request being counted may show in some fields and
  * not yet in others. */
 void pvfs_opstats_read(struct pvfs_opstats *st, uint32_t opcode, struct pvfs_opstats_op *out);
-/* Move up to max records out of the rings into buf; returns how many. */
-uint32_t pvfs_opstats_drain(struct pvfs_opstats *st, struct pvfs_oprec *buf, uint32_t max);
+/* The name a line gives opcode (opslog.py's opname: Python sets them all, one source). */
+void pvfs_opstats_set_opname(struct pvfs_opstats *st, uint32_t opcode, const char *name);
+/* The longest line pvfs_opstats_drain writes. */
+#define PVFS_OPLINE_MAX 512
+/* Move records out of the rings as ops-log lines into buf (whole lines, at most cap bytes;
+ * give it at least PVFS_OPLINE_MAX), in the order they were made (merged across the rings
+ * by time): the lines opslog.py's json_line makes of Python's records, byte for byte.
+ * Returns the bytes written and sets *records.  wall_offset_ns: CLOCK_REALTIME minus
+ * CLOCK_MONOTONIC, to turn the records' times into wall-clock time. */
+uint64_t pvfs_opstats_drain(struct pvfs_opstats *st, char *buf, uint64_t cap,
+                            int64_t wall_offset_ns, uint32_t *records);
 /* Records dropped so far because a ring was full. */
 uint64_t pvfs_opstats_dropped(struct pvfs_opstats *st);
 /* CFFI-END */
@@ -90,6 +99,11 @@ void pvfs_opstats_served(struct pvfs_opstats *st, const struct pvfs_opstats_req 
                          const void *body, uint32_t body_len, uint32_t data_len);
 
 /* CLOCK_MONOTONIC in ns. */
-uint64_t pvfs_opstats_clock(void);
+static inline uint64_t pvfs_opstats_clock(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 #endif

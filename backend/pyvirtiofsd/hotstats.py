@@ -8,26 +8,27 @@ itself, per serving thread.  :class:`HotRecording` joins the two:
   :class:`~pyvirtiofsd.stats.Stats` (:meth:`Stats.add_source`), so
   :meth:`Stats.snapshot` has every request, wherever it was served;
 * with an ops log, a thread drains C's rings of fixed-size records into the same file, in
-  the same format (:func:`pyvirtiofsd.opslog.json_line`).  C never waits for it: a record
-  that finds its ring full is dropped, and counted here into ``Stats.dropped_records``
-  and a logged ``ops log dropped N records``.
+  the same format (:func:`pyvirtiofsd.opslog.json_line`'s; C formats the lines, with the
+  opcode names it is given from here).  C never waits for it: a record that finds its
+  ring full is dropped, and counted here into ``Stats.dropped_records`` and a logged
+  ``ops log dropped N records``.
 
-Records reach the file in batches, each in time order (the order of its completions).
+Records reach the file in batches, each in time order (C merges its rings by time).
 Python writes its records as they come, C's follow within ``_Drain.INTERVAL``: the file is
-not in time order across the two (each line carries its completion time; sort by it).  Imported only when an option asks
-for recording.  ``PYVIRTIOFSD_OPSLOG_RING=N`` sets the records per ring (tests).
+not in time order across the two (each line carries its completion time; sort by it).
+Imported only when an option asks for recording.  ``PYVIRTIOFSD_OPSLOG_RING=N`` sets the
+records per ring (tests).
 """
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import time
 
 from pyvirtiofsd import logs
 
 from ._cext import ffi, lib
-from .opslog import OpsRecorder, json_line, opname
+from .opslog import OpsRecorder, opname
 from .stats import LatencyHistogram, OpStats
 
 log = logs.get_logger("pyvirtiofsd.ops")
@@ -35,8 +36,7 @@ log = logs.get_logger("pyvirtiofsd.ops")
 RING_RECORDS = 16384
 """Records per serving thread's ring: at 170k requests/s a drain every 10 ms finds ~2k."""
 
-_REC = struct.Struct("=7QIiII")     # struct pvfs_oprec
-_FH, _OFFSET, _SIZE = lib.PVFS_OPREC_FH, lib.PVFS_OPREC_OFFSET, lib.PVFS_OPREC_SIZE
+_OPLINE_BATCH = 1 << 20   # bytes of lines per drain: some 5000 records
 
 
 class HotRecording:
@@ -54,6 +54,8 @@ class HotRecording:
         self._op = ffi.new("struct pvfs_opstats_op *")
         self._read_lock = threading.Lock()      # self._op is one buffer
         self.drain = _Drain(self.st, recorder) if ring > 0 else None
+        for opcode in range(lib.PVFS_OPSTATS_OPCODES):
+            lib.pvfs_opstats_set_opname(self.st, opcode, opname(opcode).encode())
         lib.pvfs_hot_set_opstats(ctx, self.st)
         if recorder.stats is not None:
             recorder.stats.add_source(self.snapshot)
@@ -85,19 +87,19 @@ class HotRecording:
 
 
 class _Drain(threading.Thread):
-    """Moves C's records into the ops log every ``INTERVAL`` s (at once again while a batch
-    comes back full), and accounts for the records C dropped."""
+    """Moves C's records into the ops log every ``INTERVAL`` s (at once again while there
+    are many), and accounts for the records C dropped."""
 
     INTERVAL = 0.01
-    BATCH = 4096
+    BUSY = 1024         # records: a drain that moved this many goes again at once
     LOG_EVERY = 1.0     # at most one "dropped" line a second
 
     def __init__(self, st, recorder: OpsRecorder):
         super().__init__(name="ops-log-drain", daemon=True)
         self.st = st
         self.recorder = recorder
-        self._buf = ffi.new("struct pvfs_oprec[]", self.BATCH)
-        self._mem = ffi.buffer(self._buf)
+        self._buf = ffi.new("char[]", _OPLINE_BATCH)
+        self._records = ffi.new("uint32_t *")
         self._lock = threading.Lock()       # one drain at a time (the thread, a flush)
         self._wake = threading.Event()      # a futex wait: allowed by the seccomp filter
         self._stopping = False
@@ -108,11 +110,11 @@ class _Drain(threading.Thread):
     def run(self) -> None:
         while not self._stopping:
             try:
-                full = self.drain_once() == self.BATCH
+                busy = self.drain_once() >= self.BUSY
             except Exception:  # noqa: BLE001 - a bug here must not end the ops log
                 log.error("cannot drain the C path's ops-log records", exc_info=True)
-                full = False
-            if not full:
+                busy = False
+            if not busy:
                 self._wake.wait(self.INTERVAL)
 
     def stop(self) -> None:
@@ -124,29 +126,20 @@ class _Drain(threading.Thread):
         self.drain_all()
 
     def drain_all(self) -> None:
-        while self.drain_once() == self.BATCH:
+        while self.drain_once():
             pass
         with self._lock:
             self._say_dropped(force=True)
 
     def drain_once(self) -> int:
         with self._lock:
-            n = lib.pvfs_opstats_drain(self.st, self._buf, self.BATCH)
-            if n:
-                # CLOCK_MONOTONIC (C's clock) to wall-clock time, as Python's records have it
-                offset = time.time() - time.monotonic()
-                lines = []
-                for (done, unique, nodeid, fh, offset_, size, nbytes, opcode, error, us,
-                     has) in sorted(_REC.iter_unpack(self._mem[:n * _REC.size])):
-                    lines.append(json_line(done / 1e9 + offset, opcode, unique, nodeid,
-                                           fh if has & _FH else None,
-                                           offset_ if has & _OFFSET else None,
-                                           size if has & _SIZE else None, nbytes, error, us))
-                lines.append("")
-                self.recorder.write("\n".join(lines))
+            size = lib.pvfs_opstats_drain(self.st, self._buf, _OPLINE_BATCH,
+                                          time.time_ns() - time.monotonic_ns(), self._records)
+            if size:
+                self.recorder.write(ffi.unpack(self._buf, size).decode("ascii"))
             self._count_dropped()
             self._say_dropped()
-        return n
+        return self._records[0] if size else 0
 
     def _count_dropped(self) -> None:
         dropped = lib.pvfs_opstats_dropped(self.st)
