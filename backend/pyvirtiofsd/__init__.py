@@ -13,14 +13,13 @@ archive, read-only) are complete file systems to start from.
 """
 __version__ = "0.1.0"
 
-from .filesystem import (  # noqa: E402 - the version must be importable on its own
-    Attr, Context, DirEntry, Entry, FileRange, FileSystem, Opened, SetAttr, StatFs, Statx,
-    WriteData, dirent_type,
-)
-
-# Loaded on first use: importing the package stays cheap (no C extension, no threads) for
-# ``pyvirtiofsd --version`` and for code that only needs the value types.
+# Loaded on first use: importing the package stays cheap (no C extension, no threads, not
+# even the value types) for ``pyvirtiofsd --version`` and for the daemon's command line,
+# which listens on its socket before it imports the rest of the daemon.
+_FILESYSTEM = ("Attr", "Context", "DirEntry", "Entry", "FileRange", "FileSystem", "Opened",
+               "SetAttr", "StatFs", "Statx", "WriteData", "dirent_type")
 _LAZY = {
+    **{name: ("filesystem", name) for name in _FILESYSTEM},
     "serve": ("api", "serve"),
     "build_backend": ("api", "build_backend"),
     "Server": ("server", "Server"),

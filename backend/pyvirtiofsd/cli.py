@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -287,9 +286,11 @@ def build_backend(args: argparse.Namespace, proc_self_fd: str = "/proc/self/fd")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.print_capabilities:
+        import json
+
         print(json.dumps(CAPABILITIES, indent=2))
         return 0
-    from . import api, daemon, logs
+    from . import logs, startup
 
     args.syslog_fd = None
     stream = None
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level, args.log_format, stream=stream)
     try:
         return _start(args)
-    except daemon.StartupError as e:
+    except startup.StartupError as e:
         print(f"pyvirtiofsd: error: {e}", file=sys.stderr)
         return 1
 
@@ -315,14 +316,12 @@ def _start(args: argparse.Namespace) -> int:
     thread, so it comes before anything starts one; the open-file limit and the sandbox
     need capabilities that are dropped next; the filter goes on last, before any front-end
     message is read.  See :mod:`pyvirtiofsd.sandbox`."""
-    from . import logs
+    from . import logs, startup
 
-    from . import api, caps, daemon, limits, sandbox, seccomp
-
-    sandbox.hold_signals()
+    startup.hold_signals()
     listener = None
     if args.socket_path is not None:
-        listener = daemon.listen_unix(args.socket_path, args.socket_group)
+        listener = startup.listen_unix(args.socket_path, args.socket_group)
 
     def remove_socket() -> None:
         if listener is not None:
@@ -333,6 +332,10 @@ def _start(args: argparse.Namespace) -> int:
 
     metrics_sock = None
     try:
+        # Listening: a VMM may start now (its front-end waits in the backlog) while the
+        # rest of the daemon is imported.
+        from . import api, caps, limits, sandbox, seccomp
+
         if args.metrics_address is not None:
             # Bound here, in the host's network namespace, before the sandbox gives the
             # daemon one of its own; the supervisor closes its copy.
@@ -363,7 +366,7 @@ def _start(args: argparse.Namespace) -> int:
                 ops_fd = os.open(args.ops_log,
                                  os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as e:
-                raise daemon.StartupError(f"cannot open the ops log {args.ops_log}: "
+                raise startup.StartupError(f"cannot open the ops log {args.ops_log}: "
                                           f"{e.strerror}") from None
         metrics_dir_fd = metrics_name = None
         binds = {}
@@ -381,7 +384,7 @@ def _start(args: argparse.Namespace) -> int:
                     metrics_dir_fd = os.open(metrics_dir,
                                              os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 except OSError as e:
-                    raise daemon.StartupError(f"--metrics-file: {metrics_dir}: "
+                    raise startup.StartupError(f"--metrics-file: {metrics_dir}: "
                                               f"{e.strerror}") from None
         fd = args.fd if listener is None else listener.fileno()
         args.shared_dir, proc_self_fd = sandbox.confine(

@@ -7,81 +7,19 @@ the daemon.
 """
 from __future__ import annotations
 
-import errno
-import grp
 import os
 import signal
 import socket
-import stat
 
 from pyvirtiofsd import logs
 
 from .guestfaults import faults
+from .startup import StartupError, listen_unix  # noqa: F401 - their home before startup.py
 from .stats import Stats, StatsReporter
 from .vhost_user.backend import Backend
 from .vhost_user.connection import Connection
 
 log = logs.get_logger("pyvirtiofsd")
-
-
-class StartupError(RuntimeError):
-    """The daemon cannot start (e.g. another daemon owns the socket)."""
-
-
-def _socket_in_use(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError as e:
-        return e.errno not in (errno.ECONNREFUSED, errno.ENOENT)
-    finally:
-        s.close()
-
-
-def listen_unix(path: str, group: str | None = None) -> socket.socket:
-    """Bind a listening socket at ``path``.  A stale socket file (nobody listening) is
-    replaced; a live one is refused, as is any other kind of file."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise StartupError(f"{path} exists and is not a socket")
-        if _socket_in_use(path):
-            raise StartupError(f"another process is listening on {path}")
-        os.unlink(path)
-    gid = None
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise StartupError(f"no such group: {group}") from None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    # Bind with a umask that leaves the socket to its owner until --socket-group is applied,
-    # so nobody else can connect in between.  (Renaming a bound socket into place would do
-    # too, but /proc/net/unix keeps the old name, which tools that wait for us read.)
-    old_umask = os.umask(0o177) if gid is not None else None
-    try:
-        try:
-            sock.bind(path)
-        finally:
-            if old_umask is not None:
-                os.umask(old_umask)
-        if gid is not None:
-            os.chown(path, -1, gid)
-            os.chmod(path, 0o660)
-        sock.listen(1)
-    except OSError as e:
-        sock.close()
-        raise StartupError(f"cannot listen on {path}: {e.strerror}") from None
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def adopt_listener(fd: int) -> socket.socket:

@@ -46,7 +46,7 @@ from pyvirtiofsd import logs
 
 from . import seccomp, userns
 from ._cext import ffi, lib
-from .daemon import StartupError
+from .startup import FORWARDED, StartupError, hold_signals  # noqa: F401 - hold_signals: its old home
 
 log = logs.get_logger("pyvirtiofsd.sandbox")
 
@@ -55,12 +55,6 @@ SHARED = "/shared"
 """Where the shared directory is inside the namespace sandbox."""
 METRICS_DIR = "/metrics"
 """Where ``--metrics-file``'s directory is inside the namespace sandbox (a bind mount)."""
-
-# Signals the supervisor passes on: the daemon's own (TERM/INT stop it, USR1 logs
-# statistics) and the ones a terminal or service manager sends.
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2)
-
 
 SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyvirtiofsd-supervisor")
 """The supervisor program (built with the extension: ``scripts/build-ext.sh``, or pip)."""
@@ -93,11 +87,17 @@ NOT_THE_DAEMON = frozenset({
 })
 """The package's tools (and their subpackages): never loaded by the daemon."""
 
+OPTIONAL = frozenset({"pyvirtiofsd.metrics"})
+"""Modules of the daemon that only an option needs: imported by the command line before
+confinement when the option is given, and then kept; otherwise left out of the preload,
+so a daemon without the option does not carry them."""
+
 
 def preload() -> None:
     """Import every module of the daemon now, while the import system can still find them
     (a lazy import after confinement would fail: see :func:`seal_imports`) -- and none of
-    the tools in :data:`NOT_THE_DAEMON`, so the sandboxed process carries none of their code."""
+    the tools in :data:`NOT_THE_DAEMON`, so the sandboxed process carries none of their
+    code, nor the :data:`OPTIONAL` modules its options did not ask for."""
     import pyvirtiofsd
 
     for name in _daemon_modules(pyvirtiofsd.__path__, "pyvirtiofsd."):
@@ -127,7 +127,8 @@ def _daemon_modules(path, prefix: str):
     """Module names below ``path``, depth first; a package is imported only to look inside
     it (``pkgutil.walk_packages`` would import the tools' packages too)."""
     for info in pkgutil.iter_modules(path, prefix):
-        if info.name in NOT_THE_DAEMON:
+        if info.name in NOT_THE_DAEMON or (info.name in OPTIONAL
+                                           and info.name not in sys.modules):
             continue
         yield info.name
         if info.ispkg:
@@ -146,14 +147,6 @@ def seal_imports() -> None:
 
 
 # -- the supervisor --------------------------------------------------------------------------
-
-
-def hold_signals() -> None:
-    """Block the forwarded signals from the moment the socket exists -- a front-end or a
-    service manager may signal as soon as it sees it -- until whoever must handle them is
-    ready: the supervisor's forwarding (:func:`supervise`) or the daemon loop's own
-    handlers (:func:`ready`).  Blocked signals stay pending; none is lost."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
 
 
 def spawn(mode: str, seccomp_mode: str = "kill", uid_map: userns.IdMapping | None = None,

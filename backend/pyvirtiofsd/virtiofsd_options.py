@@ -15,11 +15,12 @@ import os
 import re
 import socket
 
-from .passthrough.file_handle import MODES as FILE_HANDLE_MODES
-from .passthrough.idmap import IdMap, IdMapError
-from .passthrough.xattrmap import XattrMap, XattrMapError
-from .server import NEGOTIATION
-from .userns import IdMapping
+# The command line is parsed before the daemon's modules are imported (the socket listens
+# first: see pyvirtiofsd.startup): what the options are checked against is imported only
+# for an option given, and the two lists of names are spelled here (a test holds them equal
+# to server.NEGOTIATION and passthrough.file_handle.MODES).
+NEGOTIATION = ("never", "auto", "always")
+FILE_HANDLE_MODES = ("never", "prefer", "mandatory")
 
 FEATURES = ["posix-acl-negotiation-mode", "security-label-negotiation-mode",
             "separate-options"]
@@ -49,7 +50,9 @@ def _negotiation(text: str) -> str:
     return text
 
 
-def _id_mapping(text: str) -> IdMapping:
+def _id_mapping(text: str):
+    from .userns import IdMapping
+
     try:
         return IdMapping.parse(text)
     except ValueError as e:
@@ -129,15 +132,21 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.xattr = True          # as virtiofsd: these imply --xattr
     args.xattrmap_obj = None
     if args.xattrmap is not None:
+        from .passthrough.xattrmap import XattrMap, XattrMapError
+
         try:
             args.xattrmap_obj = XattrMap(args.xattrmap)
         except XattrMapError as e:
             p.error(f"--xattrmap: {e}")
-    try:
-        args.uid_map = IdMap(args.translate_uid, "uid") if args.translate_uid else None
-        args.gid_map = IdMap(args.translate_gid, "gid") if args.translate_gid else None
-    except IdMapError as e:
-        p.error(f"--translate-uid/--translate-gid: {e}")
+    args.uid_map = args.gid_map = None
+    if args.translate_uid or args.translate_gid:
+        from .passthrough.idmap import IdMap, IdMapError
+
+        try:
+            args.uid_map = IdMap(args.translate_uid, "uid") if args.translate_uid else None
+            args.gid_map = IdMap(args.translate_gid, "gid") if args.translate_gid else None
+        except IdMapError as e:
+            p.error(f"--translate-uid/--translate-gid: {e}")
     if (args.ns_uid_map or args.ns_gid_map) and args.sandbox != "namespace":
         p.error("--uid-map/--gid-map map the ids of the sandbox's user namespace: they need "
                 "--sandbox namespace")

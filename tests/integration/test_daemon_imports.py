@@ -23,11 +23,15 @@ TEST_KITS = ("pyvirtiofsd.bench", "pyvirtiofsd.frontend", "pyvirtiofsd.guest", "
 MiB = 1 << 20
 
 # ``python -m pyvirtiofsd ARGS`` exactly (runpy runs the package's __main__ as -m does), plus
-# an atexit hook that writes the names in sys.modules to the file given first.
+# an atexit hook that writes the names in sys.modules to the file given first ("-": to
+# stdout, for a sandboxed daemon, which can no longer name any file of the host).
 RUN_DAEMON = r"""
 import atexit, json, runpy, sys
 out = sys.argv.pop(1)
 def dump():
+    if out == "-":   # on stdout, which the sandbox keeps open: "daemon modules: [...]"
+        print("daemon modules:", json.dumps(sorted(sys.modules)), flush=True)
+        return
     with open(out, "w") as f:
         json.dump(sorted(sys.modules), f)
 atexit.register(dump)
@@ -40,7 +44,7 @@ def is_test_kit(module: str) -> bool:
     return any(module == kit or module.startswith(kit + ".") for kit in TEST_KITS)
 
 
-def start(tmp_path, *args, dump=None):
+def start(tmp_path, *args, dump=None, env=None):
     share = tmp_path / "share"
     share.mkdir(exist_ok=True)
     (share / "data").write_bytes(os.urandom(4 * MiB))
@@ -50,7 +54,8 @@ def start(tmp_path, *args, dump=None):
     log = open(tmp_path / "daemon.log", "wb")
     proc = subprocess.Popen([*argv, "--socket-path", str(sock), "--shared-dir", str(share),
                              "--cache-size", "64M", "--log-level", "info", *args],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env=None if env is None else {**os.environ, **env})
     log.close()
     deadline = time.monotonic() + 20
     while "listening" not in (tmp_path / "daemon.log").read_text(errors="replace"):
@@ -100,10 +105,10 @@ def check_maps(pid: int) -> None:
     assert not [n for n in names if n.startswith("_testkit.")], sorted(names)
 
 
-def serve_and_check_maps(tmp_path, sandbox: str, dump=None) -> None:
+def serve_and_check_maps(tmp_path, sandbox: str, dump=None, env=None) -> None:
     """Start a daemon, serve a whole session, check the serving process's mappings while it
     serves, and see it exit 0 when the front-end hangs up."""
-    proc, sock = start(tmp_path, "--sandbox", sandbox, dump=dump)
+    proc, sock = start(tmp_path, "--sandbox", sandbox, dump=dump, env=env)
     try:
         fe = serve_a_session(sock)
         check_maps(proc.pid if sandbox == "none" else serving_pid(proc))
@@ -132,3 +137,37 @@ def test_a_sandboxed_daemon_does_not_map_the_test_kit(tmp_path):
     if os.geteuid() != 0:
         pytest.fail("the namespace sandbox needs root (CI runs as root)")
     serve_and_check_maps(tmp_path, "namespace")
+
+
+NOT_THE_DAEMON = (*TEST_KITS, "pyvirtiofsd.ops", "pyvirtiofsd.metrics", "prometheus_client",
+                  "matplotlib", "structlog", "asyncio", "ssl")
+"""Never imported by a daemon run with no option that needs them: the tools and test kits,
+the metrics exporter (--metrics-*), plotting, and what structlog used to pull in."""
+
+
+
+def modules_at_exit(log: str) -> list[list[str]]:
+    """The sys.modules of each process of the daemon that ran Python to its end (RUN_DAEMON
+    with dump "-"): the serving process -- the supervisor is a C program."""
+    return [json.loads(line.split(":", 1)[1]) for line in log.splitlines()
+            if line.startswith("daemon modules:")]
+
+
+@pytest.mark.parametrize("sandbox", ["namespace", "none"])
+def test_the_serving_daemon_imports_nothing_it_does_not_run(tmp_path, sandbox):
+    """A real daemon serves a whole session and exits: none of the packages of
+    :data:`NOT_THE_DAEMON` was imported by any of its processes."""
+    if sandbox == "namespace" and os.geteuid() != 0:
+        pytest.fail("the namespace sandbox needs root (CI runs as root)")
+    serve_and_check_maps(tmp_path, sandbox, dump="-")
+    dumps = modules_at_exit((tmp_path / "daemon.log").read_text(errors="replace"))
+    assert len(dumps) == 1, dumps         # one Python process, whichever the sandbox
+    modules = dumps[0]
+    # It did serve: the daemon's own modules and the C extension are there ...
+    for needed in ("pyvirtiofsd.cli", "pyvirtiofsd._cext", "pyvirtiofsd.vhost_user.backend",
+                   "pyvirtiofsd.passthrough", "pyvirtiofsd.dax", "pyvirtiofsd.sandbox"):
+        assert needed in modules, (needed, modules)
+    # ... and none of what it does not run.
+    unwanted = [m for m in modules
+                if any(m == p or m.startswith(p + ".") for p in NOT_THE_DAEMON)]
+    assert unwanted == []
