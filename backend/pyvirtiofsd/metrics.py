@@ -28,8 +28,6 @@ import threading
 
 from pyvirtiofsd import logs
 
-from ._cext import lib
-from .daemon import StartupError
 from .stats import bucket_of, bucket_value
 
 log = logs.get_logger("pyvirtiofsd.metrics")
@@ -43,6 +41,13 @@ LE_US = tuple(1 << k for k in range(26))
 The statistics keep latencies in whole µs (rounded down) in log-linear buckets whose
 boundaries include every power of two, so the count at each bound is exact: a latency
 counted at ``le = 2**k µs`` is below ``2**k`` µs."""
+
+def _startup_error(message: str) -> Exception:
+    """:class:`pyvirtiofsd.daemon.StartupError`, imported only to be raised: the socket is
+    bound before the fork, in a process that needs nothing else of the daemon yet."""
+    from .daemon import StartupError as error
+    return error(message)
+
 
 _Server = None  # http.server.HTTPServer without tracebacks, once load() has run
 _prom = None   # the prometheus_client names we use, once load() has imported them
@@ -64,7 +69,7 @@ def load() -> None:
         import prometheus_client.openmetrics.exposition  # noqa: F401  (Prometheus asks for it)
         import prometheus_client.registry as registry
     except ImportError as e:
-        raise StartupError(f"metrics need the prometheus_client package: {e}") from None
+        raise _startup_error(f"metrics need the prometheus_client package: {e}") from None
     _prom = {
         "Counter": core.CounterMetricFamily, "Gauge": core.GaugeMetricFamily,
         "Histogram": core.HistogramMetricFamily, "Registry": registry.CollectorRegistry,
@@ -101,7 +106,7 @@ def listen_tcp(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
     except socket.gaierror as e:
-        raise StartupError(f"--metrics-address: cannot resolve {host!r}: {e.strerror}") from None
+        raise _startup_error(f"--metrics-address: cannot resolve {host!r}: {e.strerror}") from None
     family, kind, proto, _, addr = infos[0]
     sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
     try:
@@ -110,7 +115,7 @@ def listen_tcp(host: str, port: int) -> socket.socket:
         sock.listen(16)
     except OSError as e:
         sock.close()
-        raise StartupError(f"--metrics-address: cannot listen on {host}:{port}: "
+        raise _startup_error(f"--metrics-address: cannot listen on {host}:{port}: "
                            f"{e.strerror}") from None
     return sock
 
@@ -193,6 +198,7 @@ class Collector:
 
 
 def _vq_inflight(vring) -> int:
+    from ._cext import lib     # loaded with the daemon (found in sys.modules once sealed)
     return lib.pvfs_vq_inflight(vring.vq)
 
 
@@ -290,7 +296,7 @@ class Metrics:
             except OSError:
                 pass
             if strict:
-                raise StartupError(f"--metrics-file: cannot write {self._file_name}: "
+                raise _startup_error(f"--metrics-file: cannot write {self._file_name}: "
                                    f"{getattr(e, 'strerror', None) or e}") from None
             log.error("cannot write the metrics file", file=self._file_name, error=str(e))
 

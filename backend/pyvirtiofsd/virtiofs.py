@@ -232,7 +232,8 @@ class _QueueHandler:
 class VirtioFsDevice(VhostUserDevice):
     def __init__(self, server, *, tag: str | None = None, num_request_queues: int = 1,
                  thread_pool_size: int = 8, dax=None, shmem_bit_number: int = SHMEM_BIT_DEFAULT,
-                 dax_protocol: str = "shmem", hot_threads: int = 2):
+                 dax_protocol: str = "shmem", hot_threads: int = 2,
+                 migration: dict | None = None):
         if num_request_queues < 1:
             raise ValueError("at least one request queue")
         self.server = server
@@ -262,6 +263,22 @@ class VirtioFsDevice(VhostUserDevice):
             if dax_protocol == "shmem":
                 self.protocol_features |= self._shmem
         self._dax_usable = False
+        # Live migration (DEVICE_STATE): a passthrough file system's store can be moved.
+        # ``migration``: pyvirtiofsd.migration.MigrationOptions' fields (--migration-*).
+        self.migration = dict(migration or {})
+        self.has_state = hasattr(server.fs, "store")
+        if self.has_state:
+            self.protocol_features |= int(P.DEVICE_STATE)
+
+    def save_state(self) -> bytes:
+        """The state a destination needs to go on with this guest's session (queues
+        stopped).  The migration module is imported only now."""
+        from .migration import MigrationOptions, save
+        return save(self.server, MigrationOptions(**self.migration))
+
+    def load_state(self, data: bytes) -> None:
+        from .migration import MigrationOptions, load
+        load(self.server, MigrationOptions(**self.migration), data)
 
     def acked_protocol_features(self, features: int) -> None:
         need = int(P.BACKEND_REQ | P.BACKEND_SEND_FD | P.REPLY_ACK)

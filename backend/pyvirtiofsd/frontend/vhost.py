@@ -64,7 +64,8 @@ class VhostUserFrontend:
 
     # Protocol features we use when the back-end offers them.
     WANT_PROTOCOL = int(P.MQ | P.REPLY_ACK | P.CONFIG | P.CONFIGURE_MEM_SLOTS | P.RESET_DEVICE
-                        | P.BACKEND_REQ | P.BACKEND_SEND_FD)
+                        | P.BACKEND_REQ | P.BACKEND_SEND_FD
+                        | P.DEVICE_STATE)   # as QEMU >= 8.2: a session may move (migrate.py)
 
     def __init__(self, socket_path: str | None = None, *, sock: socket.socket | None = None,
                  ram_size: int = 64 << 20, ram_layout: list[tuple[int, int, int]] | None = None,

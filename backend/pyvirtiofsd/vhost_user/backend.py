@@ -45,6 +45,8 @@ class RequestRefused(Exception):
 _HAS_REPLY = {R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM,
               R.GET_CONFIG, R.GET_MAX_MEM_SLOTS, R.GET_STATUS, R.GET_SHMEM_CONFIG,
               R.GET_INFLIGHT_FD, R.SET_DEVICE_STATE_FD, R.CHECK_DEVICE_STATE}
+# Their zero reply means success: refused, they answer 1 (an error code) instead.
+_STATE_REQUESTS = {R.SET_DEVICE_STATE_FD, R.CHECK_DEVICE_STATE}
 
 
 class Backend:
@@ -61,6 +63,7 @@ class Backend:
         self.vrings = [Vring(i) for i in range(device.num_queues)]
         self.backend_channel = None
         self.status = 0
+        self.state_transfer = None      # the running DEVICE_STATE transfer (device_state.py)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -99,7 +102,8 @@ class Backend:
             if reply is None:
                 # A request that must be answered: answer it with its zero value rather
                 # than leaving the front-end waiting.
-                reply = b"" if msg.request == R.GET_CONFIG else U64(0).pack()
+                reply = (b"" if msg.request == R.GET_CONFIG else
+                         U64(1 if msg.request in _STATE_REQUESTS else 0).pack())
             return encode_reply(msg.request, reply)
         if msg.need_reply and self._protocol(P.REPLY_ACK):
             return encode_reply(msg.request, U64(0 if ok else 1).pack())
@@ -194,6 +198,13 @@ class Backend:
             return None
         if req == R.GET_STATUS:
             return U64(self.status).pack()
+        if req == R.SET_DEVICE_STATE_FD or req == R.CHECK_DEVICE_STATE:
+            if not self._protocol(P.DEVICE_STATE):
+                raise RequestRefused(f"{msg.name()} without VHOST_USER_PROTOCOL_F_DEVICE_STATE")
+            from . import device_state
+            if req == R.SET_DEVICE_STATE_FD:
+                return U64(device_state.set_device_state_fd(self, msg, body)).pack()
+            return U64(device_state.check_device_state(self)).pack()
         if req == R.SET_LOG_BASE or req == R.SET_LOG_FD:
             raise RequestRefused("dirty logging (migration) is not supported")
         raise RequestRefused(f"unsupported request {msg.name()}")
