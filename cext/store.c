@@ -182,7 +182,8 @@ static void inode_put(struct pvfs_inode *i)
 static void handle_unref(struct pvfs_handle *h)
 {
     if (__atomic_sub_fetch(&h->refs, 1, __ATOMIC_ACQ_REL) == 0) {
-        close(h->fd);
+        if (h->fd >= 0)             /* -1: a handle lost in migration */
+            close(h->fd);
         pthread_mutex_destroy(&h->lock);
         free(h);
     }
@@ -595,6 +596,10 @@ struct pvfs_handle *pvfs_store_handle_fd(struct pvfs_store *s, uint64_t fh, int 
                                          int *append)
 {
     struct pvfs_handle *h = handle_get(s, fh);
+    if (h && h->fd < 0) {           /* lost in migration: Python answers EIO */
+        handle_unref(h);
+        return NULL;
+    }
     if (h) {
         *fd = h->fd;
         *append = h->append;
@@ -637,4 +642,138 @@ void pvfs_store_counts(struct pvfs_store *s, struct pvfs_store_counts *c)
     pthread_mutex_lock(&s->hlock);
     c->handles = s->handles.count;
     pthread_mutex_unlock(&s->hlock);
+}
+
+/* ---- migration: listing the store, and re-inserting under given numbers -------------- */
+
+uint32_t pvfs_store_list_inodes(struct pvfs_store *s, uint64_t *out, uint32_t room)
+{
+    uint32_t n = 0;
+    pthread_mutex_lock(&s->ilock);
+    for (unsigned j = 0; j < s->by_id.cap; j++) {
+        struct pvfs_inode *i = s->by_id.slots[j];
+        if (i == EMPTY || i == GONE || i == s->root)
+            continue;
+        if (n < room) {
+            out[2 * n] = i->nodeid;
+            out[2 * n + 1] = i->lookups;
+        }
+        n++;
+    }
+    pthread_mutex_unlock(&s->ilock);
+    return n;
+}
+
+uint32_t pvfs_store_list_handles(struct pvfs_store *s, uint64_t *out, uint32_t room)
+{
+    uint32_t n = 0;
+    pthread_mutex_lock(&s->hlock);
+    for (unsigned j = 0; j < s->handles.cap; j++) {
+        struct pvfs_handle *h = s->handles.slots[j];
+        if (h == EMPTY || h == GONE)
+            continue;
+        if (n < room) {
+            out[2 * n] = h->fh;
+            out[2 * n + 1] = h->nodeid;
+        }
+        n++;
+    }
+    pthread_mutex_unlock(&s->hlock);
+    return n;
+}
+
+void pvfs_store_next_ids(struct pvfs_store *s, uint64_t *next_nodeid, uint64_t *next_fh)
+{
+    pthread_mutex_lock(&s->ilock);
+    *next_nodeid = s->next_nodeid;
+    pthread_mutex_unlock(&s->ilock);
+    pthread_mutex_lock(&s->hlock);
+    *next_fh = s->next_fh;
+    pthread_mutex_unlock(&s->hlock);
+}
+
+void pvfs_store_raise_next_ids(struct pvfs_store *s, uint64_t next_nodeid, uint64_t next_fh)
+{
+    pthread_mutex_lock(&s->ilock);
+    if (next_nodeid > s->next_nodeid && next_nodeid <= PVFS_STORE_MAX_ID)
+        s->next_nodeid = next_nodeid;
+    pthread_mutex_unlock(&s->ilock);
+    pthread_mutex_lock(&s->hlock);
+    if (next_fh > s->next_fh && next_fh <= PVFS_STORE_MAX_ID)
+        s->next_fh = next_fh;
+    pthread_mutex_unlock(&s->hlock);
+}
+
+int pvfs_store_insert_inode(struct pvfs_store *s, uint64_t nodeid, uint64_t lookups, int fd,
+                            uint64_t dev, uint64_t ino, uint64_t mnt_id, uint32_t mode,
+                            const uint8_t *handle, uint32_t handle_len)
+{
+    if (nodeid <= ROOT_ID || nodeid >= PVFS_STORE_MAX_ID || !lookups) {
+        if (fd >= 0)
+            close(fd);
+        return -EINVAL;
+    }
+    int lost = fd < 0 && !handle_len;
+    struct inode_key k = {dev, ino, mnt_id};
+    struct pvfs_inode *i = inode_new(handle_len ? -1 : fd, &k, mode, handle, handle_len);
+    int rc = 0;
+    pthread_mutex_lock(&s->ilock);
+    if (!i || ix_reserve(&s->by_id, 0) || ix_reserve(&s->by_key, 1))
+        rc = -ENOMEM;
+    else if (ix_find(&s->by_id, nodeid, NULL) >= 0 || (!lost && ix_find(&s->by_key, 0, &k) >= 0))
+        rc = -EEXIST;
+    if (!rc) {
+        i->nodeid = nodeid;
+        i->lookups = lookups;
+        ix_insert(&s->by_id, i, 0);
+        if (!lost)               /* a lost inode has no identity: nothing finds it by one */
+            ix_insert(&s->by_key, i, 1);
+        if (nodeid >= s->next_nodeid)
+            s->next_nodeid = nodeid + 1;
+        if (!handle_len)
+            fd = -1;             /* the inode's now */
+        i = NULL;
+    }
+    pthread_mutex_unlock(&s->ilock);
+    free(i);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+int pvfs_store_insert_handle(struct pvfs_store *s, uint64_t fh, int fd, uint64_t nodeid)
+{
+    if (!fh || fh >= PVFS_STORE_MAX_ID) {
+        if (fd >= 0)
+            close(fd);
+        return -EINVAL;
+    }
+    struct pvfs_handle *h = calloc(1, sizeof(*h));
+    if (!h) {
+        if (fd >= 0)
+            close(fd);
+        return -ENOMEM;
+    }
+    int fl = fd >= 0 ? fcntl(fd, F_GETFL) : -1;
+    h->fd = fd;
+    h->fh = fh;
+    h->nodeid = nodeid;
+    h->append = fl < 0 || (fl & O_APPEND);
+    h->refs = 1;
+    pthread_mutex_init(&h->lock, NULL);
+    int rc = 0;
+    pthread_mutex_lock(&s->hlock);
+    if (ix_reserve(&s->handles, 0))
+        rc = -ENOMEM;
+    else if (ix_find(&s->handles, fh, NULL) >= 0)
+        rc = -EEXIST;
+    else {
+        ix_insert(&s->handles, h, 0);
+        if (fh >= s->next_fh)
+            s->next_fh = fh + 1;
+    }
+    pthread_mutex_unlock(&s->hlock);
+    if (rc)
+        handle_unref(h);
+    return rc;
 }

@@ -124,6 +124,33 @@ struct pvfs_store_counts {
     uint32_t handles;
 };
 void pvfs_store_counts(struct pvfs_store *s, struct pvfs_store_counts *c);
+
+/* Migration (backend/pyvirtiofsd/migration/): what the store holds, and putting it back
+ * into another daemon's store under the same numbers, so the guest's nodeids and fhs go
+ * on working.  Numbers at or above PVFS_STORE_MAX_ID are refused (a counter never wraps). */
+#define PVFS_STORE_MAX_ID 0x7fffffffffffffff
+/* (nodeid, lookups) of every inode but the root into out (room pairs): returns how many
+ * there are, which may be more than room (call again with more). */
+uint32_t pvfs_store_list_inodes(struct pvfs_store *s, uint64_t *out, uint32_t room);
+/* (fh, nodeid) of every open handle into out (room pairs): how many there are. */
+uint32_t pvfs_store_list_handles(struct pvfs_store *s, uint64_t *out, uint32_t room);
+/* The numbers the next new inode and handle would get. */
+void pvfs_store_next_ids(struct pvfs_store *s, uint64_t *next_nodeid, uint64_t *next_fh);
+/* Raise the counters to at least these (never lowers them). */
+void pvfs_store_raise_next_ids(struct pvfs_store *s, uint64_t next_nodeid, uint64_t next_fh);
+/* Insert inode nodeid (> 1) holding lookups (> 0) lookups, as pvfs_store_lookup would
+ * register it (takes fd; with a handle the fd is closed and the handle kept).  fd -1
+ * without a handle: a "lost" inode, which has no identity and no fd -- its borrowers get
+ * fd -1 and answer EIO; FORGET removes it as any other.  The counter is raised past
+ * nodeid.  0, -EINVAL, -EEXIST (the nodeid or the identity is held already), -ENOMEM;
+ * fd is closed on failure. */
+int pvfs_store_insert_inode(struct pvfs_store *s, uint64_t nodeid, uint64_t lookups, int fd,
+                            uint64_t dev, uint64_t ino, uint64_t mnt_id, uint32_t mode,
+                            const uint8_t *handle, uint32_t handle_len);
+/* Insert handle fh (> 0) for fd (now the store's) opened on nodeid; fd -1: a handle lost
+ * in migration (C leaves it to Python, which answers EIO; RELEASE removes it).  The
+ * counter is raised past fh.  0, -EINVAL, -EEXIST, -ENOMEM; fd is closed on failure. */
+int pvfs_store_insert_handle(struct pvfs_store *s, uint64_t fh, int fd, uint64_t nodeid);
 /* CFFI-END */
 
 /* ---- for the other C modules (hotpath.c, dirplus) ---------------------------------------- */

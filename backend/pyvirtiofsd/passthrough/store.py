@@ -135,6 +135,19 @@ class Store:
             self._closed = True
             lib.pvfs_store_close(self.c)   # now, though a hot path may hold a reference
 
+    # -- migration (pyvirtiofsd.migration) ---------------------------------------------
+
+    def next_ids(self) -> tuple[int, int]:
+        """(the next new nodeid, the next new fh)."""
+        n, f = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        lib.pvfs_store_next_ids(self.c, n, f)
+        return n[0], f[0]
+
+    def raise_next_ids(self, next_nodeid: int, next_fh: int) -> None:
+        """Make the counters at least these (a destination goes on numbering where the
+        source stopped)."""
+        lib.pvfs_store_raise_next_ids(self.c, next_nodeid, next_fh)
+
     def counts(self) -> tuple[int, int, int]:
         """(inodes, inode fds open now, handles)."""
         out = ffi.new("struct pvfs_store_counts *")
@@ -186,7 +199,10 @@ class Inodes:
     def _reopen(self, e: Any, v: Any) -> int:
         """An fd for a file-handle inode's borrowers (two racing borrowers may both open
         one; the loser closes its own)."""
-        if self._s._opener is None or not v.handle_len:
+        if not v.handle_len:
+            # inserted by a migration that could not find the file again (on-error=guest-error)
+            raise OSError(errno.EIO, "inode lost in migration", v.nodeid)
+        if self._s._opener is None:
             raise OSError(errno.ESTALE, "inode has neither fd nor opener", v.nodeid)
         raw = ffi.new("uint8_t[]", v.handle_len)
         lib.pvfs_inode_handle(e, raw, v.handle_len)
@@ -234,6 +250,22 @@ class Inodes:
         """Lookups the guest holds on ``nodeid`` (0 when unknown)."""
         return lib.pvfs_store_lookups(self._s.c, nodeid)
 
+    def list(self) -> list[tuple[int, int]]:
+        """(nodeid, lookups) of every inode but the root (migration)."""
+        return _pairs(lib.pvfs_store_list_inodes, self._s.c)
+
+    def insert(self, nodeid: int, lookups: int, fd: int, key: InodeKey, mode: int,
+               handle: FileHandle | None = None) -> None:
+        """Put inode ``nodeid`` back with ``lookups`` lookups (migration).  Takes ``fd``
+        (kept, or closed when ``handle`` is kept instead).  ``fd`` -1 and no handle: an
+        inode lost in migration, whose borrowers get EIO.  EEXIST if the nodeid or the
+        file is held already, EINVAL for the root or no lookups."""
+        raw = b"" if handle is None else _HANDLE_HEAD.pack(handle.mount_id, handle.type) + handle.data
+        rc = lib.pvfs_store_insert_inode(self._s.c, nodeid, lookups, fd, *key, mode,
+                                         raw if raw else ffi.NULL, len(raw))
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc), f"inode {nodeid}")
+
 
 class Handles:
     """The open-file half of a :class:`Store`."""
@@ -257,6 +289,9 @@ class Handles:
         c = lib.pvfs_handle_get(self._s.c, fh, fd, nodeid)
         if c == ffi.NULL:
             raise OSError(errno.EBADF, "unknown file handle", fh)
+        if fd[0] < 0:
+            lib.pvfs_handle_put(c)
+            raise OSError(errno.EIO, "file handle lost in migration", fh)
         return Handle(fh, fd[0], nodeid[0], c)
 
     def unborrow(self, h: Handle) -> None:
@@ -272,7 +307,28 @@ class Handles:
         finally:
             self.unborrow(h)
 
+    def list(self) -> list[tuple[int, int]]:
+        """(fh, nodeid) of every open handle (migration)."""
+        return _pairs(lib.pvfs_store_list_handles, self._s.c)
+
+    def insert(self, fh: int, fd: int, nodeid: int) -> None:
+        """Put handle ``fh`` back (migration); takes ``fd``.  ``fd`` -1: a handle lost in
+        migration (its users get EIO; RELEASE removes it)."""
+        rc = lib.pvfs_store_insert_handle(self._s.c, fh, fd, nodeid)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc), f"handle {fh}")
+
     def remove(self, fh: int) -> None:
         """RELEASE: drop ``fh``; its fd closes when the last borrower is done."""
         if lib.pvfs_store_release(self._s.c, fh) < 0:
             raise OSError(errno.EBADF, "unknown file handle", fh)
+
+
+def _pairs(list_fn: Any, c: Any) -> list[tuple[int, int]]:
+    room = 64
+    while True:
+        out = ffi.new("uint64_t[]", 2 * room)
+        n = list_fn(c, out, room)
+        if n <= room:
+            return [(out[2 * k], out[2 * k + 1]) for k in range(n)]
+        room = n + 64        # the store grew meanwhile: ask again

@@ -79,6 +79,34 @@ class SessionHandlers(HandlerBase):
         with self._lifecycle:
             self._end_session("reset")
 
+    def restore_session(self, minor: int, flags: int, max_write: int, max_read: int) -> Session:
+        """Migration: take over the session another daemon negotiated with this guest, as
+        if INIT had just negotiated it here.  Refused (ValueError) when this server could
+        not have negotiated it: an unknown minor, flags it would not enable, other limits
+        (the destination must run with the options the source ran with)."""
+        o = self.options
+        if not 1 <= minor <= FUSE_MAX_MINOR:
+            raise ValueError(f"session minor {minor} is not one this server speaks")
+        if flags & ~self._wanted_flags():
+            raise ValueError(f"session flags {flags & ~self._wanted_flags():#x} are not ones "
+                             "this daemon enables (different options from the source?)")
+        if (max_write, max_read) != (o.max_write, o.max_read):
+            raise ValueError(f"session limits max_write={max_write} max_read={max_read} differ "
+                             f"from this daemon's ({o.max_write}, {o.max_read})")
+        with self._lifecycle:
+            if self._session is not None:
+                self._end_session("migration")
+            kept = self.fs.init(flags)
+            if kept is not None and flags & ~kept:
+                raise ValueError(f"the file system refuses session flags {flags & ~kept:#x}")
+            session = Session(minor=minor, flags=flags, max_write=max_write,
+                              max_read=max_read, number=next(self._numbers))
+            self._session = session
+            if self.session_changed is not None:
+                self.session_changed(session)
+        log.info("fuse session restored from migration", minor=minor, flags=hex(flags))
+        return session
+
     def _wanted_flags(self) -> int:
         """INIT flags this server would enable if the guest offers them."""
         o = self.options
