@@ -112,7 +112,7 @@ def test_prometheus_scrapes_a_daemon_serving_a_guest(tmp_path):
         wait_for(lambda: (query(base, creates) or 0) >= FILES or g._proc.poll() is not None,
                  600, "Prometheus to see the guest's CREATEs", diagnose)
         assert g._proc.poll() is None, diagnose()
-        assert query(base, up) == 1
+        wait_for(lambda: query(base, up) == 1, 30, "a successful scrape", diagnose)
         assert f"PVFS-MADE {FILES}" in g.console, diagnose()
         # Exactly what the guest did: one CREATE per new file, the bytes it wrote; the
         # latency histogram counted each CREATE too.
