@@ -229,3 +229,23 @@ def test_host_native_loop_reads_and_writes_the_pattern(tmp_path):
         native.close()
     assert workloads.check_file(fx.path("write-host.bin"), workloads.WRITE_TAG) == 0
     assert os.path.getsize(fx.path(workloads.DATA_FILE)) == 4 << 20
+
+
+def test_memory_per_inode_on_all_three_back_ends(tmp_path):
+    """--memory-per-inode alone (--rows none): each back-end started afresh serves N LOOKUPs
+    of distinct files (distinct nodeids, checked by the bench) and its memory is read before
+    and after, over all its processes.  Every back-end keeps something per inode it was
+    asked about, so the memory grows (4,000 inodes hold more than a page on any of them)."""
+    n = 4000
+    proc, doc = run_bench(tmp_path, "--rows", "none", "--no-equal-threads",
+                          "--memory-per-inode", str(n))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert doc["problems"] == [] and doc["rows"] == []
+    assert sorted(doc["memory_per_inode"]) == sorted(BACKENDS)
+    for name, r in doc["memory_per_inode"].items():
+        assert r["inodes"] == n and r["lookups_per_s"] > 0, (name, r)
+        assert r["after_kib"]["rss"] > r["before_kib"]["rss"], (name, r)
+        assert r["rss_bytes_per_inode"] == round(
+            (r["after_kib"]["rss"] - r["before_kib"]["rss"]) * 1024 / n, 1)
+        assert r["before_kib"]["processes"] == r["after_kib"]["processes"] >= 1
+    assert f"memory per inode the guest holds ({n:,} LOOKUPs" in proc.stdout

@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a smoke run: 0.05 s runs, 1 repeat, 8M files, 300 entries")
     p.add_argument("--stall", type=float, default=20.0, metavar="S",
                    help="give up on a back-end that answers nothing for this long")
+    p.add_argument("--memory-per-inode", type=int, default=0, metavar="N",
+                   help="after the rows, start each back-end afresh, LOOKUP N distinct files "
+                        "(no FORGET) and report its memory growth per inode (e.g. 100000; "
+                        "default 0: not measured; --rows none: only this)")
     p.add_argument("--guest", action="store_true",
                    help="the guest benchmark: fio and a metadata loop inside QEMU guests, one "
                         "per back-end (see pyvirtiofsd.bench.guestbench)")
@@ -221,6 +225,8 @@ def select_rows(spec: str | None) -> list[Row]:
     rows = default_rows()
     if not spec:
         return rows
+    if spec == "none":      # e.g. only --memory-per-inode
+        return []
     wanted = [w.strip() for w in spec.split(",") if w.strip()]
     chosen = [r for r in rows if any(r.id == w or r.id.startswith(w) for w in wanted)]
     if not chosen:
@@ -334,6 +340,18 @@ def main(argv: list[str] | None = None) -> int:
         backends.close()
         if native is not None:
             native.close()
+    per_inode: dict[str, dict] = {}
+    if args.memory_per_inode > 0:
+        from . import inodes
+
+        directory = inodes.prepare(fixture.directory, args.memory_per_inode)
+        for name in names:
+            try:
+                per_inode[name] = inodes.measure(backends.peers[name], fixture.directory,
+                                                 workdir, directory, args.memory_per_inode)
+            except Exception as e:  # noqa: BLE001 - reported as a PROBLEM
+                per_inode[name] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"  memory-per-inode: {name} done", file=sys.stderr, flush=True)
     # Data written through each back-end must be the pattern everywhere.
     write_check = {}
     if any(r.kind == lib.PVFS_BENCH_WRITE for r in rows):
@@ -363,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{name} {s.start_seconds * 1000:.0f} ms, {mib(s.idle_memory)}, "
               + (mib(rss[name]) if name in rss else "not running")
               for name, s in backends.first.items()), file=out)
-    problems = []
+    if per_inode:
+        print(inodes.line(per_inode, args.memory_per_inode), file=out)
+    problems = [f"memory-per-inode on {n}: {r['error']}" for n, r in per_inode.items()
+                if "error" in r]
     for row in rows:
         for n, why in failures.get(row.id, {}).items():
             problems.append(f"{row.id} on {n}: {why}")
@@ -408,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             "idle_memory_kib": {name: s.idle_memory for name, s in backends.first.items()},
             "start_to_listening_ms": {name: round(s.start_seconds * 1000, 1)
                                       for name, s in backends.first.items()},
+            "memory_per_inode": per_inode,
             "restarts": backends.restarts,
             "write_check_bad_blocks": write_check, "problems": problems,
         }
