@@ -280,7 +280,8 @@ def build_backend(args: argparse.Namespace, proc_self_fd: str = "/proc/self/fd")
                  thread_pool_size=args.thread_pool_size, ops_log=args.ops_log,
                  stats=(args.stats or args.stats_interval > 0 or args.metrics_address is not None
                         or args.metrics_file is not None), dax=dax,
-                 shmem_bit_number=args.shmem_bit, dax_protocol=args.dax_protocol)
+                 shmem_bit_number=args.shmem_bit, dax_protocol=args.dax_protocol,
+                 migration=virtiofsd_options.migration_options(args))
 
 
 def main(argv: list[str] | None = None) -> int:

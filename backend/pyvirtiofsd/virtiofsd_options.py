@@ -26,15 +26,14 @@ FEATURES = ["posix-acl-negotiation-mode", "security-label-negotiation-mode",
             "separate-options"]
 """What ``--print-capabilities`` announces (vhost-user.json ``features``): the two
 negotiation modes say ``--posix-acl``/``--security-label`` take ``=never|auto|always``.
-Not ``migrate-precopy``: there is no live-migration support."""
+Not ``migrate-precopy`` yet: the device state moves (DEVICE_STATE, the --migration-*
+options), but dirty logging and an end-to-end migration between two QEMUs are not done."""
 
-UNSUPPORTED = {
-    "--migration-mode": "live migration is not supported",
-    "--migration-on-error": "live migration is not supported",
-    "--migration-verify-handles": "live migration is not supported",
-    "--migration-confirm-paths": "live migration is not supported",
-}
-_TAKES_NO_VALUE = {"--migration-verify-handles", "--migration-confirm-paths"}
+MIGRATION_MODES = ("find-paths", "file-handles")     # pyvirtiofsd.migration.state.MODES
+MIGRATION_ON_ERROR = ("abort", "guest-error")
+
+UNSUPPORTED: dict[str, str] = {}
+_TAKES_NO_VALUE: set[str] = set()
 
 
 class _Unsupported(argparse.Action):
@@ -57,6 +56,14 @@ def _id_mapping(text: str):
         return IdMapping.parse(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}")
+        return text
+    return check
 
 
 def _file_handles(text: str) -> str:
@@ -119,6 +126,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pass O_NOATIME through (dropped by default)")
     g.add_argument("--syslog", action="store_true",
                    help="log to syslog (/dev/log, facility daemon) instead of stderr")
+    g.add_argument("--migration-mode", type=_one_of(MIGRATION_MODES), default="find-paths",
+                   metavar="find-paths|file-handles",
+                   help="live migration: how the destination finds the guest's files again -- "
+                        "by their paths in the shared directory (default) or by file handles "
+                        "(the destination needs CAP_DAC_READ_SEARCH)")
+    g.add_argument("--migration-on-error", type=_one_of(MIGRATION_ON_ERROR), default="abort",
+                   metavar="abort|guest-error",
+                   help="live migration, on the destination: a file that cannot be found "
+                        "again fails the migration (abort, default) or answers the guest EIO "
+                        "(guest-error)")
+    g.add_argument("--migration-verify-handles", action="store_true",
+                   help="live migration with find-paths: also send file handles, and check "
+                        "the destination opened the same files")
+    g.add_argument("--migration-confirm-paths", action="store_true",
+                   help="live migration with find-paths: the source checks each path still "
+                        "leads to the same file before sending it")
     g.add_argument("-f", dest="legacy_foreground", action="store_true",
                    help=argparse.SUPPRESS)   # virtiofsd: "compatibility option, no effect"
     for name, why in UNSUPPORTED.items():
@@ -158,7 +181,8 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def extra_capabilities(args: argparse.Namespace) -> str:
     """``--modcaps`` additions the options need: opening file handles needs
     CAP_DAC_READ_SEARCH (virtiofsd keeps it for the same reason)."""
-    return "+dac_read_search" if args.inode_file_handles != "never" else ""
+    handles = args.inode_file_handles != "never" or args.migration_mode == "file-handles"
+    return "+dac_read_search" if handles else ""
 
 
 def fs_options(args: argparse.Namespace) -> dict:
@@ -166,6 +190,13 @@ def fs_options(args: argparse.Namespace) -> dict:
     return dict(allow_direct_io=args.allow_direct_io, xattrmap=args.xattrmap_obj,
                 inode_file_handles=args.inode_file_handles,
                 preserve_noatime=args.preserve_noatime)
+
+
+def migration_options(args: argparse.Namespace) -> dict:
+    """The device's ``migration`` (pyvirtiofsd.migration.MigrationOptions' fields)."""
+    return dict(mode=args.migration_mode, on_error=args.migration_on_error,
+                verify_handles=args.migration_verify_handles,
+                confirm_paths=args.migration_confirm_paths)
 
 
 def server_options(args: argparse.Namespace) -> dict:

@@ -143,10 +143,8 @@ def test_libvirt_lock_options_are_refused_by_name(tmp_path):
 @pytest.mark.parametrize("argv,needle", [
     (["--uid-map", "0:100000:65536"], "--uid-map"),
     (["--gid-map", ":0:100000:"], "--gid-map"),
-    (["--migration-mode", "file-handles"], "live migration"),
-    (["--migration-on-error", "abort"], "live migration"),
-    (["--migration-verify-handles"], "live migration"),
-    (["--migration-confirm-paths"], "live migration"),
+    (["--migration-mode", "by-inode-number"], "--migration-mode"),
+    (["--migration-on-error", "ignore"], "--migration-on-error"),
     (["--xattrmap", ":bogus:all:::"], "--xattrmap: unknown rule type"),
     (["--translate-uid", "map:0:1000"], "--translate-uid"),
     (["--posix-acl", "--translate-uid", "map:0:1000:1"], "cannot be combined"),

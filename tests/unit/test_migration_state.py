@@ -273,3 +273,9 @@ def test_a_destination_with_a_session_refuses(pair, share):
     src.lookup(ROOT, "f")
     with pytest.raises(MigrationError, match="already"):
         load(src.server, MigrationOptions(), data)
+
+
+def test_the_command_line_names_the_modes_this_module_reads():
+    from pyvirtiofsd import virtiofsd_options
+    assert virtiofsd_options.MIGRATION_MODES == st.MODES
+    assert virtiofsd_options.MIGRATION_ON_ERROR == st.ON_ERROR
