@@ -408,8 +408,9 @@ def _start(args: argparse.Namespace) -> int:
         # Calls only an option needs are off without it, even once scripts/gen-seccomp.py,
         # tracing the tests that use the option, has put them on the traced list.
         without = set()
-        if args.inode_file_handles == "never":
-            without |= seccomp.FILE_HANDLE_CALLS
+        if (args.inode_file_handles == "never" and args.migration_mode != "file-handles"
+                and not args.migration_verify_handles):
+            without |= seccomp.FILE_HANDLE_CALLS     # migration's handles need them too
         if metrics_sock is None:
             without |= seccomp.METRICS_CALLS
         seccomp.install(args.seccomp, allowed=seccomp.ALLOWED | seccomp.METRICS_CALLS,
