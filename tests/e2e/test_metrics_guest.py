@@ -113,6 +113,9 @@ def test_prometheus_scrapes_a_daemon_serving_a_guest(tmp_path):
                  600, "Prometheus to see the guest's CREATEs", diagnose)
         assert g._proc.poll() is None, diagnose()
         wait_for(lambda: query(base, up) == 1, 30, "a successful scrape", diagnose)
+        # Prometheus may see the last CREATE before the guest has synced and said so.
+        wait_for(lambda: "PVFS-MADE" in g.console or g._proc.poll() is not None, 120,
+                 "the guest to finish writing", diagnose)
         assert f"PVFS-MADE {FILES}" in g.console, diagnose()
         # Exactly what the guest did: one CREATE per new file, the bytes it wrote; the
         # latency histogram counted each CREATE too.
