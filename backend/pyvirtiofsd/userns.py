@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 from ._cext import lib
@@ -118,6 +116,8 @@ def _tool(kind: str, mapping: IdMapping) -> str | None:
     own = os.geteuid() if kind == "uid" else os.getegid()
     if os.geteuid() == 0 or mapping.only(own):
         return None
+    import shutil   # only for an unprivileged caller's wider maps: not in every daemon
+
     path = shutil.which(f"new{kind}map")
     if path is None:
         raise UserNamespaceError(
@@ -131,6 +131,8 @@ def _write_maps(pid: int, maps: dict[str, IdMapping], tools: dict[str, str | Non
     for kind, mapping in maps.items():
         tool = tools[kind]
         if tool is not None:
+            import subprocess   # as shutil in _tool
+
             r = subprocess.run([tool, str(pid), str(mapping.inside), str(mapping.outside),
                                 str(mapping.count)], capture_output=True, text=True)
             if r.returncode != 0:

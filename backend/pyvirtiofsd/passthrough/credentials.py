@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -62,7 +61,7 @@ def _umask(mask: int = 0) -> Iterator[None]:
 
 
 _SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "riscv64": 159, "ppc64le": 81,
-                  "s390x": 206}.get(platform.machine())
+                  "s390x": 206}.get(os.uname().machine)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
