@@ -210,3 +210,27 @@ def test_a_hostile_state_is_refused_and_the_daemon_lives(start_daemon, connect, 
             load_state(fe, data)
     assert b.proc.poll() is None
     assert b.log().count("device state transfer failed") == len(hostile)
+
+
+def test_malformed_transfer_requests_are_refused_with_an_error_code(start_daemon, connect,
+                                                                    shared):
+    from pyvirtiofsd.frontend.migrate import _call
+    from pyvirtiofsd.vhost_user.codec import DeviceStateTransfer
+    from pyvirtiofsd.vhost_user.protocol import FrontendReq as R
+
+    d = start_daemon()
+    fe = connect(d, init=False).fe
+    for q in fe.queues:
+        fe.stop_queue(q.index)
+    r, w = os.pipe()
+    try:
+        for direction, phase, fds in [(2, 0, [w]), (0, 1, [w]), (0, 0, []), (0, 0, [r, w])]:
+            rc = _call(fe, R.SET_DEVICE_STATE_FD, DeviceStateTransfer(direction, phase).pack(),
+                       fds)
+            assert rc & 0xFF != 0
+        assert _call(fe, R.CHECK_DEVICE_STATE) != 0          # no transfer to check
+    finally:
+        os.close(r)
+        os.close(w)
+    assert d.proc.poll() is None
+    assert d.log().count("refused SET_DEVICE_STATE_FD") == 4
