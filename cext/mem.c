@@ -217,6 +217,20 @@ uintptr_t pvfs_mem_gpa_to_ptr(const struct pvfs_mem *m, uint64_t gpa, uint64_t l
     return (uintptr_t)(r->host + (gpa - r->info.gpa));
 }
 
+int pvfs_mem_host_to_gpa(const struct pvfs_mem *m, const void *host, uint64_t *gpa)
+{
+    uintptr_t p = (uintptr_t)host;
+    for (unsigned i = 0; i < m->n; i++) {
+        const struct pvfs_region *r = m->r[i];
+        uintptr_t h = (uintptr_t)r->host;
+        if (p >= h && p - h < r->info.size) {
+            *gpa = r->info.gpa + (p - h);
+            return 0;
+        }
+    }
+    return -EFAULT;
+}
+
 static int copy_gpa(const struct pvfs_mem *m, uint64_t gpa, uint8_t *buf, uint64_t len, int to_guest)
 {
     while (len) {

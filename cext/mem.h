@@ -56,6 +56,10 @@ int pvfs_mem_gpa_to_iov(const struct pvfs_mem *m, uint64_t gpa, uint64_t len,
 uintptr_t pvfs_mem_uva_to_ptr(const struct pvfs_mem *m, uint64_t uva, uint64_t len);
 /* Same for a guest-physical range (for tests and the front-end). */
 uintptr_t pvfs_mem_gpa_to_ptr(const struct pvfs_mem *m, uint64_t gpa, uint64_t len);
+/* The guest-physical address of a host address inside one of the table's regions (a
+ * reverse translation, for dirty logging: regions are separate mappings, so it is unique);
+ * 0 and *gpa set, or -EFAULT. */
+int pvfs_mem_host_to_gpa(const struct pvfs_mem *m, const void *host, uint64_t *gpa);
 /* Copy between a guest-physical range and a host buffer; 0 or -EFAULT. */
 int pvfs_mem_read(const struct pvfs_mem *m, uint64_t gpa, void *buf, uint64_t len);
 int pvfs_mem_write(const struct pvfs_mem *m, uint64_t gpa, const void *buf, uint64_t len);

@@ -63,6 +63,9 @@ struct pvfs_vq {
     uint16_t deferred_old;       /* used_idx before the first of them */
     unsigned inflight;
     struct pvfs_req *free_list;
+    struct pvfs_dirty *dirty;    /* the device's dirty log; &pvfs_dirty_none if none */
+    int log_ring;                /* VHOST_VRING_F_LOG: log used-ring writes at log_gpa */
+    uint64_t log_gpa;
     uint64_t popped, signalled, bad_chains;
 };
 
@@ -127,6 +130,7 @@ struct pvfs_vq *pvfs_vq_new(unsigned index)
     vq->refcnt = 1;
     vq->index = index;
     vq->call_fd = -1;
+    vq->dirty = &pvfs_dirty_none;
     return vq;
 }
 
@@ -141,6 +145,7 @@ static void vq_free(struct pvfs_vq *vq)
     if (vq->call_fd >= 0)
         close(vq->call_fd);
     pvfs_mem_unref(vq->mem);
+    pvfs_dirty_unref(vq->dirty);
     pthread_mutex_destroy(&vq->lock);
     free(vq);
 }
@@ -205,6 +210,13 @@ static int translate_rings(struct pvfs_vq *vq)
 int pvfs_vq_set_addr(struct pvfs_vq *vq, uint64_t desc_uva, uint64_t used_uva, uint64_t avail_uva)
 {
     pthread_mutex_lock(&vq->lock);
+    if (vq->have_addr && vq->desc && vq->desc_uva == desc_uva && vq->used_uva == used_uva &&
+        vq->avail_uva == avail_uva) {
+        /* The same rings again (a front-end turning the log flag on or off on a running
+         * queue): nothing to translate, and the interrupt state stays. */
+        pthread_mutex_unlock(&vq->lock);
+        return 0;
+    }
     vq->desc_uva = desc_uva;
     vq->used_uva = used_uva;
     vq->avail_uva = avail_uva;
@@ -236,10 +248,41 @@ int pvfs_vq_set_mem(struct pvfs_vq *vq, struct pvfs_mem *mem)
 void pvfs_vq_set_event_idx(struct pvfs_vq *vq, int on)
 {
     pthread_mutex_lock(&vq->lock);
+    if (vq->event_idx == !!on) {
+        /* SET_FEATURES again on a running queue (VHOST_F_LOG_ALL turned on or off): the
+         * interrupt state must stay, or a deferred interrupt would be forgotten. */
+        pthread_mutex_unlock(&vq->lock);
+        return;
+    }
     vq->event_idx = !!on;
     vq->signalled_used_valid = 0;
     vq->deferred = 0;
     pthread_mutex_unlock(&vq->lock);
+}
+
+void pvfs_vq_set_dirty(struct pvfs_vq *vq, struct pvfs_dirty *dirty)
+{
+    pvfs_dirty_ref(dirty);
+    pthread_mutex_lock(&vq->lock);
+    struct pvfs_dirty *old = vq->dirty;
+    vq->dirty = dirty;
+    pthread_mutex_unlock(&vq->lock);
+    pvfs_dirty_unref(old);
+}
+
+void pvfs_vq_set_log_addr(struct pvfs_vq *vq, int on, uint64_t log_gpa)
+{
+    pthread_mutex_lock(&vq->lock);
+    vq->log_ring = !!on;
+    vq->log_gpa = log_gpa;
+    pthread_mutex_unlock(&vq->lock);
+}
+
+/* Log a write of len bytes at byte offset off of the used ring.  Lock held. */
+static inline void log_used(struct pvfs_vq *vq, uint64_t off, uint64_t len)
+{
+    if (pvfs_dirty_active(vq->dirty) && vq->log_ring)
+        pvfs_dirty_mark(vq->dirty, vq->log_gpa + off, len);
 }
 
 void pvfs_vq_set_call_fd(struct pvfs_vq *vq, int fd)
@@ -497,6 +540,8 @@ static void complete(struct pvfs_req *req, uint32_t used_len, int defer)
         e->len = htole32(used_len);
         vq->used_idx = old + 1;
         __atomic_store_n(&vq->used->idx, htole16(vq->used_idx), __ATOMIC_RELEASE);
+        log_used(vq, 4 + 8 * (uint64_t)(old % vq->num), 8);
+        log_used(vq, 2, 2);
         if (defer) {
             if (!vq->deferred) {
                 vq->deferred = 1;
@@ -540,11 +585,14 @@ int pvfs_vq_enable_notify(struct pvfs_vq *vq)
     int more = 0;
     pthread_mutex_lock(&vq->lock);
     if (vq->started && !vq->broken && vq->used) {
-        if (vq->event_idx)
+        if (vq->event_idx) {
             __atomic_store_n((uint16_t *)&vq->used->ring[vq->num], htole16(vq->last_avail_idx),
                              __ATOMIC_RELAXED);
-        else
+            log_used(vq, 4 + 8 * (uint64_t)vq->num, 2);   /* avail_event */
+        } else {
             __atomic_store_n(&vq->used->flags, 0, __ATOMIC_RELAXED);
+            log_used(vq, 0, 2);
+        }
         /* The driver checks our avail_event after publishing avail->idx; we check its
          * avail->idx after publishing avail_event.  Both need a full barrier. */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -621,6 +669,36 @@ static int64_t copy_iov(const struct iovec *iov, unsigned n, uint64_t offset, ui
     return (int64_t)got;
 }
 
+/* Dirty logging of the writable area: every function that writes into it ends here, with
+ * the range it wrote.  Off: one predictable branch. */
+static void log_out_slow(struct pvfs_req *req, uint64_t offset, uint64_t size)
+{
+    const struct iovec *iov = req->iov + req->n_in;
+    for (unsigned i = 0; i < req->n_out && size; i++) {
+        uint64_t l = iov[i].iov_len;
+        if (offset >= l) {
+            offset -= l;
+            continue;
+        }
+        uint64_t chunk = l - offset;
+        if (chunk > size)
+            chunk = size;
+        uint64_t gpa;
+        /* An iovec from pvfs_mem_gpa_to_iov lies inside one region of req->mem. */
+        if (iov[i].iov_base &&
+            pvfs_mem_host_to_gpa(req->mem, (const uint8_t *)iov[i].iov_base + offset, &gpa) == 0)
+            pvfs_dirty_mark(req->vq->dirty, gpa, chunk);
+        offset = 0;
+        size -= chunk;
+    }
+}
+
+static inline void log_out(struct pvfs_req *req, uint64_t offset, int64_t written)
+{
+    if (pvfs_dirty_active(req->vq->dirty) && written > 0)
+        log_out_slow(req, offset, (uint64_t)written);
+}
+
 int64_t pvfs_req_read_in(struct pvfs_req *req, uint64_t offset, void *buf, uint64_t size)
 {
     return copy_iov(req->iov, req->n_in, offset, buf, size, 0);
@@ -630,7 +708,10 @@ int64_t pvfs_req_write_out(struct pvfs_req *req, uint64_t offset, const void *bu
 {
     if (offset > req->out_len || size > req->out_len - offset)
         return -ENOSPC;
-    return copy_iov(req->iov + req->n_in, req->n_out, offset, (uint8_t *)buf, size, 1);
+    int64_t n = copy_iov(req->iov + req->n_in, req->n_out, offset, (uint8_t *)buf, size, 1);
+    /* A failed copy (SIGBUS in a file-backed region) may have written part: log it all. */
+    log_out(req, offset, n < 0 ? (int64_t)size : n);
+    return n;
 }
 
 /* preadv/pwritev until done, end of file, or an error after some progress. */
@@ -668,7 +749,9 @@ int64_t pvfs_req_preadv(struct pvfs_req *req, int fd, uint64_t out_offset, uint6
     int k = sub_iov(req->iov + req->n_in, req->n_out, out_offset, size, part, &got);
     if (k < 0)
         return k;
-    return rw_loop(fd, part, (unsigned)k, file_offset, 0);
+    int64_t n = rw_loop(fd, part, (unsigned)k, file_offset, 0);
+    log_out(req, out_offset, n);
+    return n;
 }
 
 int64_t pvfs_req_pwritev(struct pvfs_req *req, int fd, uint64_t in_offset, uint64_t size, int64_t file_offset)
@@ -692,5 +775,8 @@ int64_t pvfs_req_preadv2_once(struct pvfs_req *req, int fd, uint64_t out_offset,
     if (k < 0)
         return k;
     ssize_t n = preadv2(fd, part, k, file_offset, flags);
-    return n < 0 ? -errno : n;
+    if (n < 0)
+        return -errno;
+    log_out(req, out_offset, n);
+    return n;
 }

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 #include "mem.h"
+#include "dirtylog.h"
 
 #define PVFS_MAX_IOV 1024 /* IOV_MAX: a chain may not need more iovecs than preadv takes */
 
@@ -70,6 +71,14 @@ uint16_t pvfs_vq_get_base(struct pvfs_vq *vq);
 int pvfs_vq_set_addr(struct pvfs_vq *vq, uint64_t desc_uva, uint64_t used_uva, uint64_t avail_uva);
 int pvfs_vq_set_mem(struct pvfs_vq *vq, struct pvfs_mem *mem);
 void pvfs_vq_set_event_idx(struct pvfs_vq *vq, int on);
+/* The device's dirty log (dirtylog.h), shared by its queues; set before the queue starts.
+ * The queue takes a reference.  Every write into guest memory below is logged in it while
+ * logging is on: reply bytes (pvfs_req_write_out, pvfs_req_preadv, pvfs_req_preadv2_once)
+ * and, if pvfs_vq_set_log_addr turned it on, the used ring. */
+void pvfs_vq_set_dirty(struct pvfs_vq *vq, struct pvfs_dirty *dirty);
+/* SET_VRING_ADDR's VHOST_VRING_F_LOG and log address (the used ring's guest-physical
+ * address): used-ring writes are logged at log_gpa + their offset in the ring. */
+void pvfs_vq_set_log_addr(struct pvfs_vq *vq, int on, uint64_t log_gpa);
 /* The queue takes ownership of fd (-1: none) and closes the previous one. */
 void pvfs_vq_set_call_fd(struct pvfs_vq *vq, int fd);
 /* Start/stop: a stopped queue never touches guest memory; completions are dropped. */

@@ -230,7 +230,8 @@ def _run_session(share, seed, specs) -> None:
             reply = s.backend.handle(msg)          # must not raise
             assert not msg.fds, "handle() left fds it did not keep"
             wants = msg.request in _HAS_REPLY or (
-                msg.need_reply and s.backend.acked_protocol & P.REPLY_ACK)
+                msg.need_reply and s.backend.acked_protocol & P.REPLY_ACK) or (
+                msg.request == R.SET_LOG_BASE and s.backend.acked_protocol & P.LOG_SHMFD)
             if not wants:
                 assert reply is None, f"unasked reply to {msg.name()}"
                 continue

@@ -5,8 +5,10 @@ Works with any vhost-user-fs back-end (ours, the C virtiofsd, the Rust virtiofsd
 """
 from __future__ import annotations
 
+import mmap
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -27,6 +29,7 @@ from ..vhost_user.connection import Connection
 from ..vhost_user.protocol import (
     FLAG_NEED_REPLY,
     VERSION,
+    VHOST_VRING_F_LOG,
     FrontendReq as R,
     ProtocolFeature as P,
     VirtioFeature as V,
@@ -36,7 +39,10 @@ from .virtqueue import DriverQueue
 
 # Requests whose reply carries a body.
 _REPLIES = {R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM,
-            R.GET_CONFIG, R.GET_MAX_MEM_SLOTS, R.GET_STATUS, R.GET_SHMEM_CONFIG}
+            R.GET_CONFIG, R.GET_MAX_MEM_SLOTS, R.GET_STATUS, R.GET_SHMEM_CONFIG,
+            R.SET_LOG_BASE}  # we send SET_LOG_BASE only with LOG_SHMFD, which makes it answer
+
+LOG_PAGE = 4096  # one bit of dirty log per 4 KiB page of guest-physical address space
 
 
 class BackendError(RuntimeError):
@@ -73,7 +79,7 @@ class VhostUserFrontend:
                  want_protocol: int | None = None, use_mem_slots: bool = True,
                  backend_channel: bool = False, dax: bool = False, shmem_bit: int = 22,
                  dax_protocol: str = "shmem", announce_window: bool = True,
-                 strict_eof: bool = True):
+                 strict_eof: bool = True, dirty_log: bool = False):
         self.socket_path = socket_path
         self._sock = sock
         self.ram = GuestRAM(ram_size, ram_layout)
@@ -104,6 +110,12 @@ class VhostUserFrontend:
                 self.want_protocol |= self.shmem_feature
         self.window = None
         self.channel_server = None
+        # Dirty logging (migration): ask for LOG_SHMFD; start_dirty_log shares the log.
+        if dirty_log:
+            self.want_protocol |= int(P.LOG_SHMFD)
+        self.log_fd = -1
+        self.log_map: mmap.mmap | None = None
+        self.log_offset = 0
 
     # -- messages -------------------------------------------------------------------------
 
@@ -223,6 +235,85 @@ class VhostUserFrontend:
             self.request(R.SET_VRING_ENABLE, VringState(index, 1).pack())
         return q
 
+    # -- dirty logging (what QEMU does while it migrates the VM) ---------------------------
+
+    def log_size_needed(self) -> int:
+        """Bytes of log that cover all of guest RAM's guest-physical addresses."""
+        end = max(gpa + sz for gpa, _, sz in self.ram.layout)
+        return ((end + LOG_PAGE - 1) // LOG_PAGE + 7) // 8
+
+    def set_log_base(self, size: int | None = None, offset: int = 0, fds=None) -> int:
+        """SET_LOG_BASE with a new memfd log of ``size`` bytes (default: all of guest RAM)
+        at ``offset`` in the memfd; ``fds`` overrides the fds sent (hostile tests).  Returns
+        the back-end's u64 reply (0: in use).  The log we keep is replaced only on 0."""
+        if not self.protocol_features & P.LOG_SHMFD:
+            raise BackendError("the back-end does not offer LOG_SHMFD")
+        size = self.log_size_needed() if size is None else size
+        fd = os.memfd_create("pyvirtiofsd-dirty-log", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, offset + size)
+            payload = struct.pack("<QQ", size, offset)
+            reply = self.request(R.SET_LOG_BASE, payload, [fd] if fds is None else fds)
+            value = U64.unpack(reply).value
+            if value == 0:
+                self._drop_log()
+                self.log_map = mmap.mmap(fd, offset + size, mmap.MAP_SHARED,
+                                         mmap.PROT_READ | mmap.PROT_WRITE)
+                self.log_fd, fd = fd, -1
+                self.log_offset = offset
+            return value
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def set_log_all(self, on: bool) -> None:
+        """SET_FEATURES with or without VHOST_F_LOG_ALL (the features are otherwise kept)."""
+        self.features = (self.features | V.VHOST_F_LOG_ALL) if on else (self.features & ~V.VHOST_F_LOG_ALL)
+        self.request(R.SET_FEATURES, U64(int(self.features)).pack(), need_reply=True)
+
+    def set_vring_log(self, index: int, on: bool) -> None:
+        """SET_VRING_ADDR again with VHOST_VRING_F_LOG and the used ring's address."""
+        q = self.queues[index]
+        desc, used, avail = q.addr_uva()
+        flags = VHOST_VRING_F_LOG if on else 0
+        self.request(R.SET_VRING_ADDR, VringAddr(index, flags, desc, used, avail, q.used).pack(),
+                     need_reply=True)
+
+    def start_dirty_log(self, size: int | None = None) -> None:
+        """QEMU's order: the log, then VHOST_F_LOG_ALL, then VHOST_VRING_F_LOG on each ring."""
+        if self.set_log_base(size) != 0:
+            raise BackendError("back-end refused SET_LOG_BASE")
+        self.set_log_all(True)
+        for q in self.queues:
+            self.set_vring_log(q.index, True)
+
+    def stop_dirty_log(self) -> None:
+        self.set_log_all(False)
+        for q in self.queues:
+            self.set_vring_log(q.index, False)
+
+    def dirty_pages(self) -> set[int]:
+        """Page numbers (gpa // 4096) whose bit is set in our log."""
+        data = self.log_map[self.log_offset:]
+        pages = set()
+        for i, byte in enumerate(data):
+            if byte:
+                pages.update(i * 8 + b for b in range(8) if byte >> b & 1)
+        return pages
+
+    def clear_dirty_log(self) -> None:
+        """What QEMU's sync does: take the bits (here: forget them)."""
+        n = len(self.log_map) - self.log_offset
+        self.log_map[self.log_offset:] = bytes(n)
+
+    def _drop_log(self) -> None:
+        if self.log_map is not None:
+            self.log_map.close()
+            self.log_map = None
+        if self.log_fd >= 0:
+            os.close(self.log_fd)
+            self.log_fd = -1
+
     def get_config(self, size: int = 40) -> bytes:
         return Config.unpack(self.request(R.GET_CONFIG, Config(0, size, 0, bytes(size)).pack())).data
 
@@ -252,6 +343,7 @@ class VhostUserFrontend:
             q.close()
         self.queues = []
         self._close_window()
+        self._drop_log()
         self.ram.close()
 
     def _close_window(self) -> None:

@@ -13,6 +13,7 @@ import socket
 
 from pyvirtiofsd import logs
 
+from .._cext import ffi, lib
 from .codec import (
     Config,
     CodecError,
@@ -28,6 +29,7 @@ from .device import BASE_PROTOCOL_FEATURES, VhostUserDevice
 from .memory import GuestMemory
 from .protocol import (
     MAX_MEM_SLOTS,
+    VHOST_VRING_F_LOG,
     FrontendReq as R,
     ProtocolFeature as P,
     VirtioFeature as V,
@@ -49,11 +51,24 @@ _HAS_REPLY = {R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_Q
 _STATE_REQUESTS = {R.SET_DEVICE_STATE_FD, R.CHECK_DEVICE_STATE}
 
 
+# The dirty log's granularity: one bit per page of guest-physical address space.
+LOG_PAGE = 4096
+
+
+def log_bytes_for(end_gpa: int) -> int:
+    """Bytes of dirty log that cover guest-physical addresses below end_gpa."""
+    pages = (end_gpa + LOG_PAGE - 1) // LOG_PAGE
+    return (pages + 7) // 8
+
+
 class Backend:
     def __init__(self, device: VhostUserDevice, *, protocol_features: int | None = None):
         self.device = device
-        # Plain ints: ~ on an IntFlag only inverts the bits the enum knows.
-        self.offered_features = int(device.features) | int(V.VHOST_USER_F_PROTOCOL_FEATURES)
+        # Plain ints: ~ on an IntFlag only inverts the bits the enum knows.  Dirty logging
+        # (VHOST_F_LOG_ALL, LOG_SHMFD) is the back-end's, for every device: all writes into
+        # guest memory go through cext/vq.c, which logs them (cext/dirtylog.h).
+        self.offered_features = (int(device.features) | int(V.VHOST_USER_F_PROTOCOL_FEATURES)
+                                 | int(V.VHOST_F_LOG_ALL))
         self.offered_protocol = int(BASE_PROTOCOL_FEATURES | device.protocol_features
                                     if protocol_features is None else protocol_features)
         self.acked_features = 0
@@ -61,6 +76,10 @@ class Backend:
         self.owner = False
         self.memory = GuestMemory()
         self.vrings = [Vring(i) for i in range(device.num_queues)]
+        # The device's dirty log, shared by its queues (logging off, no log until asked).
+        self.dirty = ffi.gc(lib.pvfs_dirty_new(), lib.pvfs_dirty_unref)
+        for vring in self.vrings:
+            vring.set_dirty(self.dirty)
         self.backend_channel = None
         self.status = 0
         self.state_transfer = None      # the running DEVICE_STATE transfer (device_state.py)
@@ -98,6 +117,9 @@ class Backend:
             for fd in msg.fds:
                 os.close(fd)
             msg.fds.clear()
+        if msg.request == R.SET_LOG_BASE and self._protocol(P.LOG_SHMFD):
+            # LOG_SHMFD: the front-end waits for this reply (u64 0: the log is in use).
+            return encode_reply(msg.request, U64(0 if ok else 1).pack())
         if msg.request in _HAS_REPLY:
             if reply is None:
                 # A request that must be answered: answer it with its zero value rather
@@ -154,7 +176,9 @@ class Backend:
             self._vring(body.index).set_num(body.num)
             return None
         if req == R.SET_VRING_ADDR:
-            self._vring(body.index).set_addr(body.desc, body.used, body.avail)
+            self._vring(body.index).set_addr(body.desc, body.used, body.avail,
+                                             log=bool(body.flags & VHOST_VRING_F_LOG),
+                                             log_gpa=body.log)
             return None
         if req == R.SET_VRING_BASE:
             self._vring(body.index).set_base(body.num)
@@ -205,14 +229,20 @@ class Backend:
             if req == R.SET_DEVICE_STATE_FD:
                 return U64(device_state.set_device_state_fd(self, msg, body)).pack()
             return U64(device_state.check_device_state(self)).pack()
-        if req == R.SET_LOG_BASE or req == R.SET_LOG_FD:
-            raise RequestRefused("dirty logging (migration) is not supported")
+        if req == R.SET_LOG_BASE:
+            self._set_log_base(msg, body)
+            return None
+        if req == R.SET_LOG_FD:
+            # The log is SET_LOG_BASE's shared memory; nothing needs a log-update eventfd.
+            raise RequestRefused("SET_LOG_FD is not needed: the dirty log is SET_LOG_BASE's")
         raise RequestRefused(f"unsupported request {msg.name()}")
 
     def _set_features(self, value: int) -> None:
         if value & ~self.offered_features:
             raise RequestRefused(f"features {value:#x} were not offered")
         self.acked_features = value
+        # On before the next write, off for every write after this; requests go on.
+        lib.pvfs_dirty_set_on(self.dirty, int(bool(value & V.VHOST_F_LOG_ALL)))
         for vring in self.vrings:
             vring.set_event_idx(bool(value & V.VIRTIO_RING_F_EVENT_IDX))
             if not value & V.VHOST_USER_F_PROTOCOL_FEATURES:
@@ -220,10 +250,38 @@ class Backend:
         self.device.acked_features(value)
         log.info("features negotiated", features=hex(value))
 
+    def _log_needed(self) -> int:
+        """Bytes of log the current memory table needs."""
+        end = max((r.guest_phys_addr + r.memory_size for r in self.memory.regions), default=0)
+        return log_bytes_for(end)
+
+    def _set_log_base(self, msg: Message, body) -> None:
+        if not self._protocol(P.LOG_SHMFD):
+            raise RequestRefused("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD")
+        fd = self._one_fd(msg)
+        try:
+            need = self._log_needed()
+            rc = lib.pvfs_dirty_set_log(self.dirty, fd, body.mmap_size, body.mmap_offset, need)
+        finally:
+            os.close(fd)
+        if rc < 0:
+            if body.mmap_size < need:
+                raise RequestRefused(f"dirty log of {body.mmap_size} bytes is too small: guest "
+                                     f"memory needs {need} bytes (a bit per 4 KiB page)")
+            raise RequestRefused(f"cannot map the dirty log ({body.mmap_size} bytes at offset "
+                                 f"{body.mmap_offset}): {os.strerror(-rc)}")
+        log.info("dirty log mapped", size=body.mmap_size, offset=body.mmap_offset)
+
     def _memory_changed(self) -> None:
         for vring in self.vrings:
             vring.set_mem(self.memory.table)
         self.device.memory_changed(self.memory)
+        size = lib.pvfs_dirty_log_size(self.dirty)
+        if size and size < self._log_needed():
+            # The front-end grows the log after it grows memory; until then, writes past the
+            # log's end are not logged (and counted: pvfs_dirty_overflow).
+            log.warning("guest memory now reaches past the dirty log", log_size=size,
+                        needed=self._log_needed())
         log.debug("memory table changed",
                   regions=[(hex(r.guest_phys_addr), r.memory_size) for r in self.memory.regions])
 
@@ -248,6 +306,8 @@ class Backend:
             vring.set_enabled(False)
         self.device.reset()
         self.acked_features = 0
+        lib.pvfs_dirty_set_on(self.dirty, 0)
+        lib.pvfs_dirty_clear_log(self.dirty)
         self.status = 0
         if self.backend_channel is not None:
             self.device.set_backend_channel(None)

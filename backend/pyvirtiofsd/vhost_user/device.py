@@ -55,5 +55,7 @@ class VhostUserDevice:
 
 
 # Protocol features every device gets from the back-end.
+# LOG_SHMFD: the back-end keeps the dirty log for every device (cext/dirtylog.h).
 BASE_PROTOCOL_FEATURES = int(ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
-                             | ProtocolFeature.CONFIGURE_MEM_SLOTS | ProtocolFeature.RESET_DEVICE)
+                             | ProtocolFeature.CONFIGURE_MEM_SLOTS | ProtocolFeature.RESET_DEVICE
+                             | ProtocolFeature.LOG_SHMFD)

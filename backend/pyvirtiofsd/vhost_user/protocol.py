@@ -81,6 +81,9 @@ MAX_FDS = 8          # fds per message (VHOST_MEMORY_BASELINE_NREGIONS)
 MAX_MEM_REGIONS = 8  # regions in one SET_MEM_TABLE
 MAX_MEM_SLOTS = 509  # what we answer to GET_MAX_MEM_SLOTS (ADD_MEM_REG variant)
 
+# SET_VRING_ADDR flags: log used-ring writes at the message's `log` address.
+VHOST_VRING_F_LOG = 0x1
+
 # Bits of SET_VRING_KICK/CALL/ERR payloads.
 VRING_IDX_MASK = 0xFF
 VRING_NOFD_MASK = 0x100

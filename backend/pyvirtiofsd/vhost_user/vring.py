@@ -127,10 +127,18 @@ class Vring:
     def set_base(self, base: int) -> None:
         lib.pvfs_vq_set_base(self.vq, base & 0xFFFF)
 
-    def set_addr(self, desc: int, used: int, avail: int) -> None:
+    def set_addr(self, desc: int, used: int, avail: int, *, log: bool = False,
+                 log_gpa: int = 0) -> None:
+        """SET_VRING_ADDR; ``log`` (VHOST_VRING_F_LOG): while dirty logging is on, used-ring
+        writes are logged at ``log_gpa``, the used ring's guest-physical address."""
         rc = lib.pvfs_vq_set_addr(self.vq, desc, used, avail)
         if rc == -errno.EINVAL:  # misaligned; EFAULT just means "not mapped yet"
             raise ValueError("ring addresses are misaligned")
+        lib.pvfs_vq_set_log_addr(self.vq, int(log), log_gpa)
+
+    def set_dirty(self, dirty) -> None:
+        """The device's dirty log (cext/dirtylog.h), before the queue starts."""
+        lib.pvfs_vq_set_dirty(self.vq, dirty)
 
     def set_mem(self, table) -> None:
         if lib.pvfs_vq_set_mem(self.vq, table) < 0 and self.started:
