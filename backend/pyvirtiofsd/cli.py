@@ -413,6 +413,7 @@ def _start(args: argparse.Namespace) -> int:
             without |= seccomp.FILE_HANDLE_CALLS     # migration's handles need them too
         if metrics_sock is None:
             without |= seccomp.METRICS_CALLS
+        sandbox.release_startup_memory()
         seccomp.install(args.seccomp, allowed=seccomp.ALLOWED | seccomp.METRICS_CALLS,
                         without=without)
         logs.get_logger("pyvirtiofsd").info(
