@@ -127,17 +127,49 @@ def test_guest_error_loads_the_rest_and_answers_eio(pair, share):
     assert len(dst.server.fs.handles) == 1
 
 
-def test_confirm_paths_notices_another_file_at_the_path(pair, share):
+def test_paths_follow_renames_and_a_removed_name_is_not_sent(pair, share):
     src, server = pair
     (share / "f").write_bytes(b"x")
+    (share / "h").write_bytes(b"y")
     f = src.lookup(ROOT, "f")
-    os.rename(share / "f", share / "old")
-    (share / "f").write_bytes(b"impostor")
-    # /proc/self/fd follows the rename: the path is "old", confirmed
+    h = src.lookup(ROOT, "h")
+    os.rename(share / "f", share / "old")          # /proc/self/fd follows the rename
+    os.link(share / "h", share / "h2")
+    os.unlink(share / "h")                         # the name it was reached by is gone
+    for confirm in (False, True):
+        body = json.loads(save(src.server, MigrationOptions(confirm_paths=confirm))[st._HEAD.size:])
+        by_id = {i["n"]: i for i in body["inodes"]}
+        assert base64.b64decode(by_id[f.nodeid]["p"]) == b"old"
+        assert "p" not in by_id[h.nodeid] and "e" in by_id[h.nodeid]   # never "h (deleted)"
+    # a file really called "... (deleted)" is a path like any other
+    (share / "g (deleted)").write_bytes(b"z")
+    g = src.lookup(ROOT, "g (deleted)")
     body = _state(src.server)
-    assert [base64.b64decode(i["p"]) for i in body["inodes"]] == [b"old"]
-    raw = save(src.server, MigrationOptions(confirm_paths=True))
-    assert b'"e"' not in raw and f.nodeid
+    assert [base64.b64decode(i["p"]) for i in body["inodes"] if i["n"] == g.nodeid] == \
+        [b"g (deleted)"]
+    dst = Client(server())
+    load(dst.server, MigrationOptions(on_error="guest-error"), st.encode(body))
+    assert dst.getattr(g.nodeid).ino == os.stat(share / "g (deleted)").st_ino
+    assert dst.getattr(f.nodeid).ino == os.stat(share / "old").st_ino
+    assert dst.call(0x03, h.nodeid, struct.pack("<IIQ", 0, 0, 0)).error == -errno.EIO
+
+
+def test_a_lost_handle_stays_lost_through_a_second_migration(pair, share):
+    src, server = pair
+    (share / "a").write_bytes(b"a")
+    a = src.lookup(ROOT, "a")
+    fh, _ = src.open(a.nodeid, os.O_RDONLY)
+    data = save(src.server, MigrationOptions())
+    os.unlink(share / "a")
+    mid = Client(server())
+    load(mid.server, MigrationOptions(on_error="guest-error"), data)
+    again = save(mid.server, MigrationOptions())
+    dst = Client(server())
+    with pytest.raises(MigrationError):
+        load(dst.server, MigrationOptions(), again)
+    load(dst.server, MigrationOptions(on_error="guest-error"), again)
+    r = dst.call(0x0f, a.nodeid, struct.pack("<QQIIII", fh, 0, 10, 0, 0, 0))
+    assert r.error == -errno.EIO
 
 
 def _load_crafted(server, body: dict, **opts):

@@ -20,7 +20,8 @@ all little-endian; the body is UTF-8 JSON, exactly ``body length`` bytes, nothin
      "inodes": [{"n": nodeid, "l": lookups, "t": S_IFMT bits,
                  "p": base64 path (optional), "h": [mount_id, type, base64 handle] (optional),
                  "e": why the source could not describe it (optional)}, ...],
-     "handles": [{"f": fh, "n": nodeid, "o": open flags}, ...]}
+     "handles": [{"f": fh, "n": nodeid, "o": open flags,
+                  "e": why the source could not describe it (optional)}, ...]}
 
 The stream is read to EOF with a cap (:data:`MAX_STATE_BYTES`); no buffer is sized by a
 number the stream claims.  Every field is checked before it is used; a state that does
@@ -213,8 +214,13 @@ def _check_state(raw: Any) -> dict:
         if fh in fhs:
             raise MigrationError(f"fh {fh} appears twice")
         fhs.add(fh)
-        out_handles.append({"f": fh, "n": _int(e.get("n"), f"{what} nodeid", 1),
-                            "o": _int(e.get("o"), f"{what} flags", 0, (1 << 32) - 1)})
+        h = {"f": fh, "n": _int(e.get("n"), f"{what} nodeid", 1),
+             "o": _int(e.get("o"), f"{what} flags", 0, (1 << 32) - 1)}
+        if "e" in e:
+            if type(e["e"]) is not str:
+                raise MigrationError(f"{what}: error is not a string")
+            h["e"] = e["e"][:200]
+        out_handles.append(h)
     return {"session": s, "next_nodeid": _int(raw["next_nodeid"], "next_nodeid", 2),
             "next_fh": _int(raw["next_fh"], "next_fh", 1),
             "inodes": out_inodes, "handles": out_handles}
@@ -239,9 +245,26 @@ def _path_of(fs, fd: int, prefix: bytes) -> bytes:
         raise OSError(errno.EXDEV, "outside the shared directory")
     if not rel:
         raise OSError(errno.EINVAL, "the shared directory itself")
-    if link.endswith(b" (deleted)") and os.fstat(fd).st_nlink == 0:
-        raise OSError(errno.ENOENT, "unlinked on the host")
+    if link.endswith(b" (deleted)"):
+        # The name it was reached by is gone (another may remain), or a file is really
+        # called so: only the latter is a path, and only if it leads to this very file.
+        if os.fstat(fd).st_nlink == 0:
+            raise OSError(errno.ENOENT, "unlinked on the host")
+        _confirm(fs, _check_path(rel, "path"), _key_of(fd)[0])
     return _check_path(rel, "path")
+
+
+def _confirm(fs, rel: bytes, key: tuple) -> None:
+    """rel (beneath the shared directory) leads to the file with identity key."""
+    try:
+        fd = _open_beneath(fs, rel)
+    except OSError as e:
+        raise OSError(e.errno, f"its path does not lead to it any more ({e.strerror})") from None
+    try:
+        if _key_of(fd)[0] != key:
+            raise OSError(errno.ESTALE, "its path leads to another file now")
+    finally:
+        os.close(fd)
 
 
 def _open_beneath(fs, rel: bytes) -> int:
@@ -271,12 +294,7 @@ def save(server, opts: MigrationOptions) -> bytes:
                 if opts.mode == "find-paths":
                     rel = _path_of(fs, i.fd, prefix)
                     if opts.confirm_paths:
-                        fd = _open_beneath(fs, rel)
-                        try:
-                            if _key_of(fd)[0] != i.key:
-                                raise OSError(errno.ESTALE, "path leads to another file now")
-                        finally:
-                            os.close(fd)
+                        _confirm(fs, rel, i.key)
                     e["p"] = base64.b64encode(rel).decode()
                 if opts.mode == "file-handles" or opts.verify_handles:
                     h = file_handle.handle_of(i.fd)
@@ -290,12 +308,15 @@ def save(server, opts: MigrationOptions) -> bytes:
         inodes.append(e)
     handles = []
     for fh, nodeid in fs.handles.list():
+        e = {"f": fh, "n": nodeid, "o": 0}
         try:
             with fs.handles.borrow(fh) as h:
-                flags = _fcntl_getfl(h.fd)
-        except OSError:
-            continue                           # released meanwhile, or lost already
-        handles.append({"f": fh, "n": nodeid, "o": flags})
+                e["o"] = _fcntl_getfl(h.fd)
+        except OSError as err:
+            if err.errno == errno.EBADF:
+                continue                       # released meanwhile
+            e["e"] = err.strerror or str(err)  # lost in an earlier migration: still lost
+        handles.append(e)
     log.info("migration state saved", inodes=len(inodes), handles=len(handles),
              undescribed=failed, mode=opts.mode)
     return encode({"session": session, "next_nodeid": next_nodeid, "next_fh": next_fh,
@@ -401,6 +422,8 @@ def load(server, opts: MigrationOptions, data: bytes) -> None:
         for h in state["handles"]:
             fd = -1
             try:
+                if "e" in h:
+                    raise OSError(errno.EIO, f"the source could not describe it: {h['e']}")
                 if h["n"] in lost_inodes:
                     raise OSError(errno.EIO, "its inode is lost")
                 flags = h["o"] & _OPEN_KEEP | os.O_CLOEXEC
