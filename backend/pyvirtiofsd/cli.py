@@ -10,7 +10,30 @@ from . import __version__, virtiofsd_options
 CAPABILITIES = {"type": "fs", "features": virtiofsd_options.FEATURES}
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, sized as shutil.get_terminal_size would (COLUMNS, else the terminal on
+    stdout, else 80) without importing shutil -- with bz2, lzma and zlib -- into every
+    daemon: argparse makes a formatter for each option it adds, at every start."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None):
+        if width is None:
+            try:
+                width = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                try:
+                    width = os.get_terminal_size(sys.__stdout__.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    width = 80
+            width -= 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
