@@ -234,3 +234,24 @@ def test_malformed_transfer_requests_are_refused_with_an_error_code(start_daemon
         os.close(w)
     assert d.proc.poll() is None
     assert d.log().count("refused SET_DEVICE_STATE_FD") == 4
+
+
+def test_a_transfer_whose_pipe_is_never_closed_does_not_hold_the_daemon(start_daemon, connect):
+    from pyvirtiofsd.frontend.migrate import _call
+    from pyvirtiofsd.vhost_user.codec import DeviceStateTransfer
+    from pyvirtiofsd.vhost_user.protocol import FrontendReq as R
+
+    d = start_daemon()
+    fe = connect(d, init=False).fe
+    for q in fe.queues:
+        fe.stop_queue(q.index)
+    r, w = os.pipe()
+    try:
+        assert _call(fe, R.SET_DEVICE_STATE_FD, DeviceStateTransfer(1, 0).pack(), [r]) == 1 << 8
+        os.write(w, b"PVFSMIG\0")                # and then nothing, the pipe left open
+        fe.close()
+        assert d.wait(10) == 0                   # the daemon ends as after any session
+    finally:
+        os.close(r)
+        os.close(w)
+    assert "cancelled" in d.log()

@@ -315,6 +315,8 @@ class Backend:
             self.backend_channel = None
 
     def close(self) -> None:
+        if self.state_transfer is not None:
+            self.state_transfer.cancel()     # a pipe the front-end never closes holds no thread
         self.reset()
         for vring in self.vrings:
             vring.close()

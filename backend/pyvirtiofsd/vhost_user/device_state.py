@@ -10,6 +10,7 @@ state is belongs to the device (``VhostUserDevice.save_state`` / ``load_state``)
 from __future__ import annotations
 
 import os
+import select
 import threading
 
 from pyvirtiofsd import logs
@@ -32,8 +33,23 @@ class StateTransfer:
         self.direction = direction
         self.error: str | None = None
         self._fd = fd
+        self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._run, name="device-state", daemon=True)
         self._thread.start()
+
+    def cancel(self) -> None:
+        """The session ends (reset, close): give up waiting on the pipe."""
+        self._cancelled.set()
+        self._thread.join(1.0)
+
+    def _wait(self, fd: int, event: int) -> None:
+        """Until fd is ready (the pipe end is the front-end's too, so it is not made
+        non-blocking: poll, then at most what cannot block)."""
+        p = select.poll()
+        p.register(fd, event)
+        while not p.poll(100):
+            if self._cancelled.is_set():
+                raise ValueError("the transfer was cancelled (the session ended)")
 
     def _run(self) -> None:
         fd, self._fd = self._fd, -1
@@ -42,13 +58,18 @@ class StateTransfer:
                 data = self.device.save_state()
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    self._wait(fd, select.POLLOUT)
+                    view = view[os.write(fd, view[:select.PIPE_BUF]):]
                 os.close(fd)
                 fd = -1
                 log.info("device state saved", bytes=len(data))
             else:
                 buf = bytearray()
-                while chunk := os.read(fd, 1 << 20):
+                while True:
+                    self._wait(fd, select.POLLIN)
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        break
                     buf += chunk
                     if len(buf) > MAX_LOAD_BYTES:
                         raise ValueError(f"device state larger than {MAX_LOAD_BYTES} bytes")
