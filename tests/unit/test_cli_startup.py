@@ -5,8 +5,10 @@ extension to load."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 from pyvirtiofsd import virtiofsd_options
 from pyvirtiofsd.passthrough import file_handle
@@ -16,10 +18,9 @@ LIGHT = {"pyvirtiofsd", "pyvirtiofsd.cli", "pyvirtiofsd.virtiofsd_options", "pyv
          "pyvirtiofsd.startup"}
 
 PARSE_AND_LISTEN = r"""
-import json, os, sys, tempfile
+import json, sys
 from pyvirtiofsd import cli, logs, startup
-args = cli.parse_args(sys.argv[1:] + ["--socket-path", os.path.join(tempfile.mkdtemp(), "s"),
-                                      "--shared-dir", "/"])
+args = cli.parse_args(sys.argv[2:] + ["--socket-path", sys.argv[1], "--shared-dir", "/"])
 logs.configure(args.log_level, args.log_format)
 startup.hold_signals()
 startup.listen_unix(args.socket_path).close()
@@ -28,8 +29,10 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def _modules_to_listen(*options: str, ours: bool = True) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", PARSE_AND_LISTEN, *options],
-                         capture_output=True, text=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run([sys.executable, "-c", PARSE_AND_LISTEN, os.path.join(d, "s"),
+                              *options],
+                             capture_output=True, text=True, check=True).stdout
     return {m for m in json.loads(out) if m.startswith("pyvirtiofsd") or not ours}
 
 
