@@ -281,8 +281,14 @@ class Metrics:
         tmp = f".{self._file_name}.{os.getpid()}.tmp"  # the textfile collector reads *.prom only
         try:
             data = self.text()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
-                         dir_fd=self._dir_fd)
+            # A new file, whatever is in the way (a stale one, or -- should the directory be
+            # one a guest can write to -- a symlink, a FIFO or a hard link it planted).
+            try:
+                os.unlink(tmp, dir_fd=self._dir_fd)
+            except FileNotFoundError:
+                pass
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644, dir_fd=self._dir_fd)
             try:
                 view = memoryview(data)
                 while view:

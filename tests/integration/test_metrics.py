@@ -145,13 +145,18 @@ def test_a_silent_client_does_not_hold_up_the_daemon_at_exit(tmp_path, shared, s
         assert time.monotonic() - t < 5     # not the handler's 10 s timeout
 
 
-def read_file_while_rewritten(path, stop: threading.Event, seen: list) -> None:
-    while not stop.is_set():
+def read_file_while_rewritten(path, stop: threading.Event, seen: dict, versions: set) -> None:
+    """Read ``path`` over and over until ``stop``: ``seen`` counts each distinct text,
+    ``versions`` collects the (inode, mtime) of each file read."""
+    while not stop.wait(0.0005):
         try:
-            text = path.read_text()
+            with open(path) as f:
+                st = os.fstat(f.fileno())
+                text = f.read()
         except FileNotFoundError:
             continue
-        seen.append(text)
+        seen[text] = seen.get(text, 0) + 1
+        versions.add((st.st_ino, st.st_mtime_ns))
 
 
 def test_metrics_file_is_rewritten_atomically_and_counts_the_workload(
@@ -161,9 +166,10 @@ def test_metrics_file_is_rewritten_atomically_and_counts_the_workload(
     prom = out / "pyvirtiofsd.prom"
     d = start_daemon("--metrics-file", str(prom), "--stats-interval", "0.05")
     client = connect(d)
-    seen: list[str] = []
+    seen: dict[str, int] = {}
+    versions: set = set()
     stop = threading.Event()
-    reader = threading.Thread(target=read_file_while_rewritten, args=(prom, stop, seen))
+    reader = threading.Thread(target=read_file_while_rewritten, args=(prom, stop, seen, versions))
     reader.start()
     try:
         nodeid, fh = workload(client, shared)
@@ -177,7 +183,7 @@ def test_metrics_file_is_rewritten_atomically_and_counts_the_workload(
         reader.join()
     check_workload(samples(prom.read_text()))
     # Every read found a whole file: the last family is always there, and the text parses.
-    assert len(seen) > 10
+    assert sum(seen.values()) > 100 and len(versions) > 3   # many reads, across rewrites
     for text in seen:
         assert text.rstrip().splitlines()[-1].startswith("pyvirtiofsd_handles ")
         samples(text)
@@ -187,6 +193,38 @@ def test_metrics_file_is_rewritten_atomically_and_counts_the_workload(
     # Written once more at exit (RELEASE counted), and no temporary file left behind.
     assert samples(prom.read_text())[("pyvirtiofsd_requests_total", op("RELEASE"))] == 1
     assert sorted(p.name for p in out.iterdir()) == ["pyvirtiofsd.prom"]
+
+
+def test_the_metrics_file_replaces_what_is_in_the_way_of_its_temporary(tmp_path, shared,
+                                                                       start_daemon, connect):
+    """The temporary name taken by a symlink to a file, a FIFO: the daemon neither writes
+    through the link nor blocks on the FIFO (a directory a guest can write to is a bad
+    choice, but not one that hands the guest the daemon's writes)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    d = start_daemon("--metrics-file", str(out / "m.prom"), "--stats-interval", "0.05")
+    pid = d.serving_pid()    # the sandboxed daemon is pid 1 of its namespace: the name has 1
+    names = {f".m.prom.{p}.tmp" for p in (1, pid, d.proc.pid)}
+    client = connect(d)
+    for name in names:
+        os.symlink(victim, out / name)
+    time.sleep(0.3)
+    for name in names:
+        if os.path.lexists(out / name):
+            os.unlink(out / name)
+        os.mkfifo(out / name)
+    time.sleep(0.3)
+    workload(client, shared)
+    deadline = time.monotonic() + 10
+    while samples((out / "m.prom").read_text()).get(
+            ("pyvirtiofsd_requests_total", op("READ"))) != N_READS:
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.02)
+    assert victim.read_text() == "untouched\n"
+    client.fe.close()
+    assert d.wait() == 0, d.log()
 
 
 @pytest.mark.parametrize("sandbox", ["chroot", "none"])
