@@ -62,7 +62,8 @@ int pvfs_dirty_set_log(struct pvfs_dirty *d, int fd, uint64_t size, uint64_t off
 void pvfs_dirty_clear_log(struct pvfs_dirty *d);
 /* Bytes of the current log (0: none). */
 uint64_t pvfs_dirty_log_size(struct pvfs_dirty *d);
-/* Pages written past the end of the log (not marked). */
+/* Marks that fell past the end of the log and were dropped (a page per write: a page
+ * written twice counts twice). */
 uint64_t pvfs_dirty_overflow(struct pvfs_dirty *d);
 /* Mark [gpa, gpa+len) if logging is on (for writes made outside vq.c, and for tests). */
 void pvfs_dirty_log_write(struct pvfs_dirty *d, uint64_t gpa, uint64_t len);

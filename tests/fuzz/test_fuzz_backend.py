@@ -59,7 +59,7 @@ def messages(draw):
     kind = draw(st.sampled_from([
         "mem_table", "add_reg", "rem_reg", "vring_num", "vring_addr", "vring_base",
         "get_vring_base", "vring_fd", "vring_enable", "features", "protocol", "config",
-        "simple", "garbage", "kick"]))
+        "simple", "garbage", "kick", "log_base"]))
     need_reply = draw(st.booleans())
     if kind == "mem_table":
         n = draw(st.integers(0, 9))
@@ -77,6 +77,10 @@ def messages(draw):
         which = draw(st.sampled_from([R.SET_VRING_KICK, R.SET_VRING_CALL, R.SET_VRING_ERR]))
         value = draw(st.one_of(QUEUES, st.sampled_from([0x100, 0x101, 0x1FF, 0x200, 2**63])))
         return (kind, which, value, draw(st.lists(FD_KINDS, max_size=2)), need_reply)
+    if kind == "log_base":   # a dirty log: too small, past its fd, over guest RAM, no fd...
+        size = draw(st.one_of(st.sampled_from([0, 1, 16, 4096, RAM // 2**15, HALF, RAM, U64 - 1]),
+                              st.integers(0, 2 * RAM)))
+        return (kind, size, draw(OFFSETS), draw(st.lists(FD_KINDS, max_size=2)), need_reply)
     if kind == "features":
         return (kind, draw(st.one_of(st.just("offered"), st.integers(0, 2**64 - 1))), need_reply)
     if kind == "protocol":
@@ -187,6 +191,11 @@ class Session:
         elif kind == "config":
             _, req, offset, size, data, _ = spec
             payload = struct.pack("<III", offset, size, 0) + data
+        elif kind == "log_base":
+            _, size, off, kinds, _ = spec
+            payload = codec.LogBase(size, off).pack()
+            fds = [self.fd(k) for k in kinds]
+            req = R.SET_LOG_BASE
         elif kind in ("simple", "garbage"):
             _, req, payload, kinds, _ = spec
             fds = [self.fd(k) for k in kinds]

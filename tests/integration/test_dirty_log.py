@@ -281,6 +281,45 @@ def test_hostile_set_log_base_is_refused_and_the_daemon_serves_on(rig):
     assert c.written and c.written <= fe.dirty_pages()
 
 
+def test_memory_beyond_the_log_is_counted_not_written(rig):
+    """Memory plugged in above the log's reach (before the front-end grows the log): the
+    daemon warns, serves a reply written there, and writes no bit past the log's end (the
+    log's memfd is exactly its size: a write past it would kill this process)."""
+    import mmap
+    from pyvirtiofsd import logs
+    from pyvirtiofsd.vhost_user.codec import MemRegion, SingleMemRegion
+
+    fe, c = rig.fe, rig.client
+    fe.start_dirty_log()
+    assert len(fe.log_map) == fe.log_size_needed()
+    high = 1 << 40
+    fd = os.memfd_create("hotplugged")
+    os.ftruncate(fd, 1 << 20)
+    try:
+        with logs.capture() as events:
+            fe.request(R.ADD_MEM_REG, SingleMemRegion(MemRegion(high, 1 << 20, 0x7E0000000000, 0)).pack(),
+                       [fd], need_reply=True)
+        assert any(e["event"] == "guest memory now reaches past the dirty log" for e in events)
+        fe.clear_dirty_log()
+        c.forget_pages()
+        assert lib.pvfs_dirty_overflow(rig.backend.dirty) == 0
+        header = abi.fuse_in_header.build(len=abi.fuse_in_header.size + abi.fuse_getattr_in.size,
+                                          opcode=abi.Opcode.FUSE_GETATTR, unique=1000, nodeid=ROOT,
+                                          uid=0, gid=0, pid=0, total_extlen=0)
+        req = header + abi.fuse_getattr_in.build(getattr_flags=0, dummy=0, fh=0)
+        in_gpa = fe.alloc.alloc(len(req))
+        fe.ram.write(in_gpa, req)
+        used = c.call_chain([(in_gpa, len(req))], [(high + 8192, 4096)])
+        assert used == abi.fuse_out_header.size + abi.FUSE_ATTR_OUT_SIZE
+        m = mmap.mmap(fd, 1 << 20)
+        assert abi.fuse_out_header.parse(m[8192:8192 + 16]).unique == 1000   # served there
+        m.close()
+        assert lib.pvfs_dirty_overflow(rig.backend.dirty) >= 1          # that page (per write)
+        assert fe.dirty_pages() <= UsedRing(fe).allowed()              # the used ring only
+    finally:
+        os.close(fd)
+
+
 def test_log_marks_the_spec_layout_and_never_past_its_end():
     """The bitmap itself: bit gpa/4096 % 8 of byte gpa/4096/8; bits past the end are not
     written but counted."""
@@ -330,5 +369,8 @@ def test_sandboxed_daemon_logs_under_its_seccomp_filter(start_daemon, files):
         fe.clear_dirty_log()
         workload(c)
         assert fe.dirty_pages() == set()
+        assert daemon.proc.poll() is None
     finally:
         fe.close()
+    log = daemon.log()
+    assert "seccomp filter loaded" in log and "action=kill process=daemon" in log
