@@ -160,8 +160,13 @@ def workload(c: FuseClient) -> dict:
     return got
 
 
-def test_every_page_the_daemon_writes_is_logged_and_none_when_off(rig, files):
-    fe, c = rig.fe, rig.client
+@pytest.mark.parametrize("shape", ["one buffer", "4000-byte descriptors", "indirect"])
+def test_every_page_the_daemon_writes_is_logged_and_none_when_off(rig, files, shape):
+    fe = rig.fe
+    # The reply area as one descriptor, or split at unaligned offsets (a write crosses
+    # descriptors, pages and iovecs), or in an indirect table.
+    c = RecordingClient(fe, segment=4000 if shape.startswith("4000") else None,
+                        indirect=shape == "indirect")
     assert fe.features & V.VHOST_F_LOG_ALL == 0 and fe.protocol_features & P.LOG_SHMFD
     assert lib.pvfs_dirty_is_on(rig.backend.dirty) == 0
 
