@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "dirtylog.h"
+#include "vq.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -113,26 +114,22 @@ uint64_t pvfs_dirty_overflow(struct pvfs_dirty *d)
     return __atomic_load_n(&d->overflow, __ATOMIC_RELAXED);
 }
 
-void pvfs_dirty_mark(struct pvfs_dirty *d, uint64_t gpa, uint64_t len)
+struct mark {
+    struct pvfs_dirty *d;
+    uint8_t *bits;
+    uint64_t size, first, last;
+};
+
+static void mark_bits(void *arg)
 {
-    if (len == 0)
-        return;
-    uint64_t first = gpa >> PVFS_LOG_PAGE_SHIFT;
-    uint64_t last = (gpa + len - 1 < gpa ? UINT64_MAX : gpa + len - 1) >> PVFS_LOG_PAGE_SHIFT;
-    pthread_rwlock_rdlock(&d->lock);
-    uint8_t *bits = d->bits;
-    uint64_t size = d->size;
-    if (!bits) {
-        pthread_rwlock_unlock(&d->lock);
-        return;
-    }
-    /* The data was written before this: make it visible before the bit. */
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    uint64_t page = first;
+    struct mark *m = arg;
+    uint8_t *bits = m->bits;
+    uint64_t size = m->size, last = m->last;
+    uint64_t page = m->first;
     while (page <= last) {
         uint64_t byte = page >> 3;
         if (byte >= size) {
-            __atomic_fetch_add(&d->overflow, last - page + 1, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&m->d->overflow, last - page + 1, __ATOMIC_RELAXED);
             break;
         }
         /* The bits of this byte from page to min(last, the byte's last page). */
@@ -144,7 +141,31 @@ void pvfs_dirty_mark(struct pvfs_dirty *d, uint64_t gpa, uint64_t len)
             break; /* the last page of the address space */
         page += (hi - lo) + 1;
     }
+}
+
+void pvfs_dirty_mark(struct pvfs_dirty *d, uint64_t gpa, uint64_t len)
+{
+    if (len == 0)
+        return;
+    struct mark m = {.d = d, .first = gpa >> PVFS_LOG_PAGE_SHIFT,
+                     .last = (gpa + len - 1 < gpa ? UINT64_MAX : gpa + len - 1) >> PVFS_LOG_PAGE_SHIFT};
+    pthread_rwlock_rdlock(&d->lock);
+    m.bits = d->bits;
+    m.size = d->size;
+    if (m.bits) {
+        /* The data was written before this: make it visible before the bit. */
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        /* The log is the front-end's file: truncated under us, a bit's page is gone
+         * (SIGBUS).  That costs the marks, not the daemon. */
+        if (pvfs_sigbus_guard(mark_bits, &m) < 0)
+            __atomic_fetch_add(&d->faults, 1, __ATOMIC_RELAXED);
+    }
     pthread_rwlock_unlock(&d->lock);
+}
+
+uint64_t pvfs_dirty_faults(struct pvfs_dirty *d)
+{
+    return __atomic_load_n(&d->faults, __ATOMIC_RELAXED);
 }
 
 void pvfs_dirty_log_write(struct pvfs_dirty *d, uint64_t gpa, uint64_t len)

@@ -30,7 +30,8 @@ struct pvfs_dirty {
     uint64_t size;             /* bytes of log */
     void *map;                 /* what mmap returned */
     uint64_t map_len;
-    uint64_t overflow;         /* pages that were written but lie past the log */
+    uint64_t overflow;         /* marks that fell past the log's end */
+    uint64_t faults;           /* marks lost to a log page that vanished (SIGBUS) */
 };
 
 static inline int pvfs_dirty_active(const struct pvfs_dirty *d)
@@ -65,6 +66,8 @@ uint64_t pvfs_dirty_log_size(struct pvfs_dirty *d);
 /* Marks that fell past the end of the log and were dropped (a page per write: a page
  * written twice counts twice). */
 uint64_t pvfs_dirty_overflow(struct pvfs_dirty *d);
+/* Marks lost because the log's file was truncated under us (the front-end's doing). */
+uint64_t pvfs_dirty_faults(struct pvfs_dirty *d);
 /* Mark [gpa, gpa+len) if logging is on (for writes made outside vq.c, and for tests). */
 void pvfs_dirty_log_write(struct pvfs_dirty *d, uint64_t gpa, uint64_t len);
 /* CFFI-END */

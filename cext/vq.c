@@ -120,6 +120,20 @@ static int guarded_copy(void *dst, const void *src, size_t n)
     return 0;
 }
 
+int pvfs_sigbus_guard(void (*fn)(void *), void *arg)
+{
+    pthread_once(&sigbus_once, install_sigbus);
+    sigjmp_buf jb;
+    if (sigsetjmp(jb, 0))
+        return -EFAULT;
+    copy_recovery = &jb;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    fn(arg);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    copy_recovery = NULL;
+    return 0;
+}
+
 struct pvfs_vq *pvfs_vq_new(unsigned index)
 {
     pthread_once(&sigbus_once, install_sigbus);

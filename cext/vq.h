@@ -23,6 +23,11 @@
 
 #define PVFS_MAX_IOV 1024 /* IOV_MAX: a chain may not need more iovecs than preadv takes */
 
+/* Run fn(arg) under the SIGBUS recovery point that guards our copies of guest memory:
+ * -EFAULT if it touched a page that vanished (a truncated file), 0 otherwise.  For other
+ * memory the front-end shares (the dirty log).  fn must not hold locks it takes. */
+int pvfs_sigbus_guard(void (*fn)(void *), void *arg);
+
 /* CFFI-BEGIN */
 #define PVFS_VQ_MAX_SIZE 32768
 

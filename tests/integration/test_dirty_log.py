@@ -325,6 +325,24 @@ def test_memory_beyond_the_log_is_counted_not_written(rig):
         os.close(fd)
 
 
+def test_a_log_truncated_under_the_daemon_costs_marks_not_the_daemon(rig):
+    """The log is the front-end's memfd: shrunk to nothing after SET_LOG_BASE, every bit's
+    page is gone (SIGBUS on the daemon's atomic OR).  Requests are still answered, the lost
+    marks are counted, and a new log works."""
+    fe, c = rig.fe, rig.client
+    fe.start_dirty_log()
+    os.ftruncate(fe.log_fd, 0)                  # (we do not touch our mapping after this)
+    assert lib.pvfs_dirty_faults(rig.backend.dirty) == 0
+    for _ in range(3):
+        assert c.getattr(ROOT).ino
+    assert lib.pvfs_dirty_faults(rig.backend.dirty) >= 3
+    fe.log_map = None                           # its pages are gone; the fd is dropped below
+    assert fe.set_log_base() == 0
+    c.forget_pages()
+    c.getattr(ROOT)
+    assert c.written and c.written <= fe.dirty_pages()
+
+
 def test_log_marks_the_spec_layout_and_never_past_its_end():
     """The bitmap itself: bit gpa/4096 % 8 of byte gpa/4096/8; bits past the end are not
     written but counted."""
