@@ -224,10 +224,11 @@ static int translate_rings(struct pvfs_vq *vq)
 int pvfs_vq_set_addr(struct pvfs_vq *vq, uint64_t desc_uva, uint64_t used_uva, uint64_t avail_uva)
 {
     pthread_mutex_lock(&vq->lock);
-    if (vq->have_addr && vq->desc && vq->desc_uva == desc_uva && vq->used_uva == used_uva &&
-        vq->avail_uva == avail_uva) {
-        /* The same rings again (a front-end turning the log flag on or off on a running
-         * queue): nothing to translate, and the interrupt state stays. */
+    if (vq->started && vq->have_addr && vq->desc && vq->desc_uva == desc_uva &&
+        vq->used_uva == used_uva && vq->avail_uva == avail_uva) {
+        /* The same rings again on a running queue (a front-end turning VHOST_VRING_F_LOG on
+         * or off): nothing to translate, and the used index and interrupt state stay.  A
+         * stopped queue being set up again (same addresses after a reset) re-reads them. */
         pthread_mutex_unlock(&vq->lock);
         return 0;
     }
