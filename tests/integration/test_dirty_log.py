@@ -210,6 +210,31 @@ def test_every_page_the_daemon_writes_is_logged_and_none_when_off(rig, files, sh
     check_log(fe.dirty_pages(), c.written | used.written(), c.allowed | used.allowed())
 
 
+def test_python_serving_everything_is_logged_too(files, monkeypatch):
+    """With the C path off (PYVIRTIOFSD_HOTPATH=0) Python serves every request, READ data
+    included: the same pages must be marked."""
+    monkeypatch.setenv("PYVIRTIOFSD_HOTPATH", "0")
+    r = Rig(files, ram_size=64 << 20, queue_size=1024)
+    try:
+        assert r.device.hotpath.ctx is None
+        fe, c = r.fe, r.client
+        fe.start_dirty_log()
+        fe.clear_dirty_log()
+        c.forget_pages()
+        used = UsedRing(fe)
+        data = (files / "big").read_bytes()
+        got = workload(c)
+        assert got["big0"] == data[:MiB]
+        assert len(c.written) > 256
+        check_log(fe.dirty_pages(), c.written | used.written(), c.allowed | used.allowed())
+        fe.stop_dirty_log()
+        fe.clear_dirty_log()
+        workload(c)
+        assert fe.dirty_pages() == set()
+    finally:
+        r.close()
+
+
 def test_used_ring_is_logged_only_with_vring_f_log(rig):
     fe, c = rig.fe, rig.client
     fe.start_dirty_log()
