@@ -35,6 +35,11 @@ _config = _Config()
 
 
 def configure(level: str = "info", fmt: str = "console", stream=None) -> None:
+    # What rendering may need, imported now: the sandbox seals the import system later.
+    import traceback  # noqa: F401  (log.exception)
+    if fmt == "json":
+        import json  # noqa: F401
+
     _config.threshold = _NUMERIC[level] + (1 if level == "off" else 0)
     _config.level = level
     _config.json = fmt == "json"
@@ -93,8 +98,10 @@ def _render(level: str, event, kw: dict, exc: str | None) -> str:
 def _format_exception() -> str | None:
     if sys.exc_info()[0] is None:
         return None
-    import traceback
-
+    try:
+        import traceback
+    except ImportError:      # not configured, in a sealed sandbox: the exception alone
+        return repr(sys.exc_info()[1])
     return "".join(traceback.format_exception(*sys.exc_info())).rstrip("\n")
 
 
