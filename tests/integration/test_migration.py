@@ -111,6 +111,21 @@ def test_a_session_moves_to_a_second_daemon(start_daemon, connect, shared, moved
     assert "device state loaded" in b.log() and "device state saved" in a.log()
 
 
+def test_a_file_created_through_fuse_create_moves_with_its_handle(start_daemon, connect, shared,
+                                                                 moved):
+    """CREATE opens the host file with O_NOFOLLOW, which its F_GETFL keeps: the second daemon
+    reopens the handle through /proc without it (with it: ELOOP, and the load failed -- what
+    QEMU 11.1 met when a guest shell had `exec 3>>file` open during a live migration)."""
+    a, b = start_daemon(socket_name="a.sock"), start_daemon(socket_name="b.sock")
+    c = connect(a)
+    e, _, o = c.create(ROOT, b"created.txt", os.O_WRONLY | os.O_APPEND)
+    assert c.write(e.nodeid, o.fh, 0, b"before ") == 7
+    _move(c, b, moved)
+    assert c.write(e.nodeid, o.fh, 7, b"after") == 5
+    assert (shared / "created.txt").read_bytes() == b"before after"
+    assert "migration state loaded" in b.log() and "lost=0" in b.log()
+
+
 def _two_files(start_daemon, connect, shared, *b_args, a_args=()):
     (shared / "keep.txt").write_bytes(b"kept")
     (shared / "gone.txt").write_bytes(b"gone")

@@ -49,7 +49,7 @@ from typing import Any
 
 from pyvirtiofsd import logs
 from pyvirtiofsd.passthrough import file_handle, syscalls
-from pyvirtiofsd.passthrough.common import PATH_FLAGS, RESOLVE, STAT_EMPTY, inode_key
+from pyvirtiofsd.passthrough.common import PATH_FLAGS, RESOLVE, STAT_EMPTY, STRIP_OPEN, inode_key
 from pyvirtiofsd.passthrough.file_handle import FileHandle
 
 log = logs.get_logger("pyvirtiofsd.migration")
@@ -64,7 +64,9 @@ MAX_PATH = 4096
 MAX_ID = (1 << 63) - 1
 MODES = ("find-paths", "file-handles")
 ON_ERROR = ("abort", "guest-error")
-_OPEN_KEEP = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY)
+# A handle's flags are its host fd's F_GETFL, which keeps O_NOFOLLOW (CREATE opens with it):
+# reopened through the /proc magic link it would fail with ELOOP, so it goes with the rest.
+_OPEN_KEEP = ~(STRIP_OPEN | os.O_TRUNC)
 
 
 class MigrationError(Exception):
