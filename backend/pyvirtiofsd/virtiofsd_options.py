@@ -22,12 +22,13 @@ import socket
 NEGOTIATION = ("never", "auto", "always")
 FILE_HANDLE_MODES = ("never", "prefer", "mandatory")
 
-FEATURES = ["posix-acl-negotiation-mode", "security-label-negotiation-mode",
+FEATURES = ["migrate-precopy", "posix-acl-negotiation-mode", "security-label-negotiation-mode",
             "separate-options"]
 """What ``--print-capabilities`` announces (vhost-user.json ``features``): the two
-negotiation modes say ``--posix-acl``/``--security-label`` take ``=never|auto|always``.
-Not ``migrate-precopy`` yet: the device state moves (DEVICE_STATE, the --migration-*
-options), but dirty logging and an end-to-end migration between two QEMUs are not done."""
+negotiation modes say ``--posix-acl``/``--security-label`` take ``=never|auto|always``;
+``migrate-precopy`` says a guest can be live-migrated (the device state moves with
+DEVICE_STATE and the --migration-* options, guest memory with the dirty log), which
+tests/e2e/test_migration_guest.py checks between two QEMU 11.1 instances."""
 
 MIGRATION_MODES = ("find-paths", "file-handles")     # pyvirtiofsd.migration.state.MODES
 MIGRATION_ON_ERROR = ("abort", "guest-error")
