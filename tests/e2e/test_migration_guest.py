@@ -1,4 +1,4 @@
-"""End-to-end live migration: a QEMU 11.1 guest moves between two QEMUs, each with its own
+"""End-to-end live migration: a QEMU 11.1 guest moves between two QEMUs (or through a file), each with its own
 pyvirtiofsd daemon serving the same host directory, while a guest process keeps a file open
 (writing and reading sequence numbers), a directory open and its cwd on the share.
 
@@ -172,7 +172,11 @@ def _wait_migration(qmp: Qmp, timeout: float) -> dict:
     raise AssertionError(f"migration not over after {timeout} s: {info}")
 
 
-def test_live_migration_between_two_daemons(tmp_path):
+@pytest.mark.parametrize("transport", ["unix", "file"])
+def test_live_migration_between_two_daemons(tmp_path, transport):
+    """``unix``: live, the source runs until switch-over and the destination waits with
+    ``-incoming defer``.  ``file``: the source saves to a file (``migrate file:PATH``) and quits;
+    a new QEMU, with a new daemon, restores from it."""
     share = tmp_path / "share"
     share.mkdir()
     daemons, vms = [], []
@@ -186,18 +190,32 @@ def test_live_migration_between_two_daemons(tmp_path):
         src = Vm("src", tmp_path, sockets[0], [])
         vms.append(src)
         src.wait_for("PVFS-MIGRATION READY", 120)
-        dst = Vm("dst", tmp_path, sockets[1], ["-incoming", "defer"])
-        vms.append(dst)
-        migration_socket = tmp_path / "migration.sock"
-        dst.qmp.execute("migrate-incoming", uri=f"unix:{migration_socket}")
-        src.qmp.execute("migrate", uri=f"unix:{migration_socket}")
+        if transport == "unix":
+            dst = Vm("dst", tmp_path, sockets[1], ["-incoming", "defer"])
+            vms.append(dst)
+            uri = f"unix:{tmp_path / 'migration.sock'}"
+            dst.qmp.execute("migrate-incoming", uri=uri)
+            src.qmp.execute("migrate", uri=uri)
+        else:
+            uri = f"file:{tmp_path / 'guest.state'}"
+            src.qmp.execute("migrate", uri=uri)
         info = _wait_migration(src.qmp, 90)
         assert info["status"] == "completed", (info, daemons[0].log[-3000:], daemons[1].log[-3000:])
-        deadline = time.monotonic() + 30
+        assert src.qmp.execute("query-status")["status"] == "postmigrate"
+        if transport == "file":
+            src.qmp.execute("quit")
+            src.proc.wait(30)
+            time.sleep(1)  # the guest's clock stays still; the host's does not
+            dst = Vm("dst", tmp_path, sockets[1], ["-incoming", "defer"])
+            vms.append(dst)
+            dst.qmp.execute("migrate-incoming", uri=uri)
+        deadline = time.monotonic() + 60
         while dst.qmp.execute("query-status")["status"] != "running":
+            assert dst.proc.poll() is None, dst.console
             assert time.monotonic() < deadline, dst.qmp.execute("query-status")
             time.sleep(0.1)
-        src.qmp.execute("quit")
+        if transport == "unix":
+            src.qmp.execute("quit")
         # The destination's guest goes on: let it write more, then tell it to stop.
         time.sleep(2)
         (share / STOP_FILE).write_text("")
@@ -209,6 +227,7 @@ def test_live_migration_between_two_daemons(tmp_path):
         expected = "".join(f"record {i}\n" for i in range(written))
         assert (share / "work" / "seq.txt").read_text() == expected
         dst.wait_for("PVFS-GUEST-EXIT 0", 60)
+        assert "device state saved" in daemons[0].log and "device state loaded" in daemons[1].log
     finally:
         for vm in vms:
             vm.stop()
