@@ -156,6 +156,27 @@ def test_backend_channel_is_kept():
         s.close()
 
 
+@pytest.mark.parametrize("reset", [R.RESET_DEVICE, R.RESET_OWNER])
+def test_a_reset_keeps_the_backend_channel(reset):
+    """QEMU sets the backend channel up once per connection and not again after a reset:
+    closing it on RESET_DEVICE made a QEMU 11.1 started with -incoming print "Unexpected
+    end-of-file before all data were read" (its system reset at start-up), and would leave a
+    rebooted guest without DAX maps."""
+    s = Session(backend_channel=True)
+    try:
+        channel = s.device.channel
+        s.fe.request(reset, need_reply=True)
+        assert s.device.resets == 1 and s.backend.backend_channel is not None
+        s.fe.backend_sock.setblocking(False)
+        with pytest.raises(BlockingIOError):          # no EOF: the back-end's end is open
+            s.fe.backend_sock.recv(1)
+        s.fe.backend_sock.setblocking(True)
+        s.backend.backend_channel.send(b"ping")
+        assert s.fe.backend_sock.recv(4) == b"ping" and s.device.channel is channel
+    finally:
+        s.close()
+
+
 def test_reset_device_stops_queues_and_resets(session):
     session.fe.request(R.RESET_DEVICE, need_reply=True)
     assert session.device.resets == 1

@@ -150,7 +150,10 @@ class Backend:
             self.owner = True
             return None
         if req in (R.RESET_OWNER, R.RESET_DEVICE):
-            self.reset()
+            # QEMU sends SET_BACKEND_REQ_FD once per connection and never again after a
+            # reset (a guest reboot, or the system reset of a QEMU started with -incoming):
+            # the channel stays, or the front-end reads EOF on it and DAX maps are lost.
+            self.reset(keep_channel=True)
             return None
         if req == R.GET_QUEUE_NUM:
             return U64(len(self.vrings)).pack()
@@ -297,8 +300,9 @@ class Backend:
         self.backend_channel = Connection(sock)
         self.device.set_backend_channel(self.backend_channel)
 
-    def reset(self) -> None:
-        """Stop every queue and forget the session's state (memory, features, channel)."""
+    def reset(self, keep_channel: bool = False) -> None:
+        """Stop every queue and forget the session's state (memory, features and, unless
+        ``keep_channel``, the backend channel)."""
         for vring in self.vrings:
             if vring.started:
                 vring.stop()
@@ -309,7 +313,7 @@ class Backend:
         lib.pvfs_dirty_set_on(self.dirty, 0)
         lib.pvfs_dirty_clear_log(self.dirty)
         self.status = 0
-        if self.backend_channel is not None:
+        if self.backend_channel is not None and not keep_channel:
             self.device.set_backend_channel(None)
             self.backend_channel.close()
             self.backend_channel = None
