@@ -41,50 +41,57 @@ def _call(fe: VhostUserFrontend, req: int, payload: bytes = b"", fds=()) -> int:
     return U64.unpack(reply.payload).value
 
 
-def save_state(fe: VhostUserFrontend) -> bytes:
-    """The back-end's device state (its rings must be stopped)."""
+def _transfer(fe: VhostUserFrontend, direction: int) -> int:
+    """Start a state transfer: the back-end gets its end of a new pipe (the read end to
+    load, the write end to save) through SET_DEVICE_STATE_FD; returns ours."""
     if not fe.protocol_features & P.DEVICE_STATE:
         raise BackendError("the back-end does not do DEVICE_STATE")
     r, w = os.pipe2(os.O_CLOEXEC)
+    ours, theirs = (w, r) if direction == LOAD else (r, w)
     try:
-        rc = _call(fe, R.SET_DEVICE_STATE_FD, DeviceStateTransfer(SAVE, 0).pack(), [w])
+        rc = _call(fe, R.SET_DEVICE_STATE_FD, DeviceStateTransfer(direction, 0).pack(), [theirs])
+    except BaseException:
+        os.close(ours)
+        raise
     finally:
-        os.close(w)
+        os.close(theirs)
+    if rc & 0xFF:
+        os.close(ours)
+        what = "load" if direction == LOAD else "save"
+        raise BackendError(f"SET_DEVICE_STATE_FD ({what}) failed: {rc:#x}")
+    return ours
+
+
+def _check(fe: VhostUserFrontend, what: str) -> None:
+    if _call(fe, R.CHECK_DEVICE_STATE) != 0:
+        raise BackendError(f"CHECK_DEVICE_STATE after the {what}: the back-end failed")
+
+
+def save_state(fe: VhostUserFrontend) -> bytes:
+    """The back-end's device state (its rings must be stopped)."""
+    r = _transfer(fe, SAVE)
     try:
-        if rc & 0xFF:
-            raise BackendError(f"SET_DEVICE_STATE_FD (save) failed: {rc:#x}")
         chunks = []
         while chunk := os.read(r, 1 << 20):
             chunks.append(chunk)
     finally:
         os.close(r)
-    if _call(fe, R.CHECK_DEVICE_STATE) != 0:
-        raise BackendError("CHECK_DEVICE_STATE after the save: the back-end failed")
+    _check(fe, "save")
     return b"".join(chunks)
 
 
 def load_state(fe: VhostUserFrontend, data: bytes) -> None:
     """Give the back-end a device state; BackendError when it reports failure."""
-    if not fe.protocol_features & P.DEVICE_STATE:
-        raise BackendError("the back-end does not do DEVICE_STATE")
-    r, w = os.pipe2(os.O_CLOEXEC)
+    w = _transfer(fe, LOAD)
     try:
-        rc = _call(fe, R.SET_DEVICE_STATE_FD, DeviceStateTransfer(LOAD, 0).pack(), [r])
-    finally:
-        os.close(r)
-    try:
-        if rc & 0xFF:
-            raise BackendError(f"SET_DEVICE_STATE_FD (load) failed: {rc:#x}")
         view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(w, view):]
-        except BrokenPipeError:
-            pass              # the back-end gave up reading: CHECK_DEVICE_STATE says why
+        while view:
+            view = view[os.write(w, view):]
+    except BrokenPipeError:
+        pass              # the back-end gave up reading: CHECK_DEVICE_STATE says why
     finally:
         os.close(w)
-    if _call(fe, R.CHECK_DEVICE_STATE) != 0:
-        raise BackendError("CHECK_DEVICE_STATE after the load: the back-end failed")
+    _check(fe, "load")
 
 
 def stop_rings(fe: VhostUserFrontend) -> list[int]:
