@@ -233,3 +233,73 @@ def test_live_migration_between_two_daemons(tmp_path, transport):
             vm.stop()
         for daemon in daemons:
             daemon.stop()
+
+
+@pytest.mark.parametrize("on_error", ["abort", "guest-error"])
+def test_failed_state_load_ends_as_migration_on_error_says(tmp_path, on_error):
+    """The destination daemon serves a directory without the guest's files (as if they were
+    removed on the host in between), so it cannot find the inodes the state names.
+
+    ``abort``: it refuses the state; the destination QEMU's load fails, the source learns it
+    through the return path and its guest runs on, files intact.  ``guest-error``: the state
+    loads without those inodes; the guest on the destination runs and its next use of the lost
+    file gets an error, never another file's data."""
+    share, elsewhere = tmp_path / "share", tmp_path / "elsewhere"
+    share.mkdir()
+    elsewhere.mkdir()
+    daemons, vms = [], []
+    try:
+        sockets = []
+        for name, directory in (("src", share), ("dst", elsewhere)):
+            sock = tmp_path / f"{name}.sock"
+            argv = [*guest.backend_command("ours", sock, directory, None),
+                    "--migration-on-error", on_error]
+            daemons.append(guest.Backend(argv, sock, tmp_path / f"{name}-daemon.log").start())
+            sockets.append(sock)
+        src = Vm("src", tmp_path, sockets[0], [])
+        vms.append(src)
+        src.wait_for("PVFS-MIGRATION READY", 120)
+        dst = Vm("dst", tmp_path, sockets[1], ["-incoming", "defer"])
+        vms.append(dst)
+        for vm in (src, dst):
+            vm.qmp.execute("migrate-set-capabilities",
+                           capabilities=[{"capability": "return-path", "state": True}])
+        uri = f"unix:{tmp_path / 'migration.sock'}"
+        dst.qmp.execute("migrate-incoming", uri=uri)
+        src.qmp.execute("migrate", uri=uri)
+        info = _wait_migration(src.qmp, 90)
+        logs = f"--- src ---\n{daemons[0].log[-2000:]}\n--- dst ---\n{daemons[1].log[-2000:]}"
+        if on_error == "abort":
+            assert info["status"] == "failed", (info, logs)
+            assert dst.proc.wait(60) != 0, dst.console
+            assert "inode" in daemons[1].log and "No such file" in daemons[1].log, logs
+            deadline = time.monotonic() + 30
+            while src.qmp.execute("query-status")["status"] != "running":
+                assert time.monotonic() < deadline, src.qmp.execute("query-status")
+                time.sleep(0.1)
+            # The source's guest goes on with the same fds, every byte checked.
+            time.sleep(1)
+            (share / STOP_FILE).write_text("")
+            line = src.wait_for("PVFS-MIGRATION PASS", 120)   # fails at once on a FAIL line
+            written = int(line.split()[2])
+            expected = "".join(f"record {i}\n" for i in range(written))
+            assert (share / "work" / "seq.txt").read_text() == expected
+        else:
+            assert info["status"] == "completed", (info, logs)
+            deadline = time.monotonic() + 60
+            while dst.qmp.execute("query-status")["status"] != "running":
+                assert dst.proc.poll() is None, dst.console
+                assert time.monotonic() < deadline, dst.qmp.execute("query-status")
+                time.sleep(0.1)
+            src.qmp.execute("quit")
+            # The lost file's fds fail on the destination: the script stops at its first use.
+            line = dst.wait_for("PVFS-MIGRATION FAIL", 120)
+            assert "write" in line or "read" in line, (line, logs)
+            assert "device state loaded" in daemons[1].log, logs
+            assert "lost in transfer (the guest gets EIO) what='inode" in daemons[1].log, logs
+            assert not (elsewhere / "work").exists()
+    finally:
+        for vm in vms:
+            vm.stop()
+        for daemon in daemons:
+            daemon.stop()
