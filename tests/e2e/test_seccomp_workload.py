@@ -135,8 +135,13 @@ def test_workload_under_seccomp_kill(tmp_path, config):
         g.start()
         deadline = time.monotonic() + 600
         while g._proc.poll() is None and time.monotonic() < deadline:
-            if backend.proc.poll() is not None:    # a dead daemon leaves the guest hanging
-                died_first = True
+            if backend.proc.poll() is not None:
+                # A daemon killed mid-workload leaves the guest hanging; one that ended because
+                # the guest powered off exits while QEMU is still tearing down: wait for that.
+                try:
+                    g._proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    died_first = True
                 break
             time.sleep(0.2)
         if died_first or g._proc.poll() is None:
