@@ -107,6 +107,23 @@ int pvfs_hot_meta_ok(const struct pvfs_hot_req *r, uint32_t reply_len)
     return pvfs_req_write_out(r->req, out_hdr, zeros, reply_len) == (int64_t)reply_len;
 }
 
+struct pvfs_inode *pvfs_hot_inode(struct pvfs_hot *h, struct pvfs_lead *lead, uint64_t nodeid,
+                                  struct pvfs_inode_view *v)
+{
+    struct pvfs_inode *i = pvfs_inode_get(h->store, nodeid, v);
+    if (!i || v->fd >= 0)
+        return i;
+    pvfs_lead_busy(lead);
+    int fd = pvfs_store_open_inode(h->store, i);
+    pvfs_lead_done(lead);
+    if (fd < 0) {
+        pvfs_inode_put(h->store, i);
+        return NULL;
+    }
+    v->fd = fd;
+    return i;
+}
+
 int pvfs_hot_read_strings(const struct pvfs_hot_req *r, uint32_t at, char *buf, uint32_t room,
                           const char **out, int count)
 {

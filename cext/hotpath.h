@@ -159,6 +159,11 @@ static inline void pvfs_hot_count(struct pvfs_hot *h, int which, uint64_t n)
 /* The checks every C-served metadata request passes besides the session: the whole request
  * is within ARGS_MAX and the chain, and the reply area takes reply_len body bytes. */
 int pvfs_hot_meta_ok(const struct pvfs_hot_req *r, uint32_t reply_len);
+/* Borrow inode nodeid for a C request, with its O_PATH fd in v->fd: a file-handle inode's
+ * handle is opened if nobody has it open, marked busy (open_by_handle_at may wait on the
+ * file system).  NULL: unknown, lost in migration, or gone -- Python answers. */
+struct pvfs_inode *pvfs_hot_inode(struct pvfs_hot *h, struct pvfs_lead *lead, uint64_t nodeid,
+                                  struct pvfs_inode_view *v);
 /* The request's strings from argument byte at on: exactly count NUL-terminated ones filling
  * the rest of the request (at most room bytes, copied into buf), or 0. */
 int pvfs_hot_read_strings(const struct pvfs_hot_req *r, uint32_t at, char *buf, uint32_t room,

@@ -17,14 +17,13 @@ int pvfs_serve_getattr(struct pvfs_hot *h, struct pvfs_hot_req *r)
 {
     if (!pvfs_hot_meta_ok(r, sizeof(struct pvfs_fuse_attr_out)))
         return PVFS_TO_PYTHON;
-    int fd;
-    uint64_t mnt;
-    struct pvfs_inode *i = pvfs_store_inode_fd(h->store, r->in.nodeid, &fd, &mnt);
+    struct pvfs_inode_view v;
+    struct pvfs_inode *i = pvfs_hot_inode(h, r->lead, r->in.nodeid, &v);
     if (!i)
         return PVFS_TO_PYTHON;                            /* unknown nodeid: Python says EBADF */
     struct stat st;
     pvfs_lead_busy(r->lead);
-    int rc = fstat(fd, &st);
+    int rc = fstat(v.fd, &st);
     pvfs_lead_done(r->lead);
     pvfs_inode_put(h->store, i);
     if (rc < 0)
@@ -55,9 +54,9 @@ static int stat_child(int parent_fd, const char *name, uint64_t parent_mnt, stru
  * nodeid, one lookup counted, and in sx the attributes the reply carries.  statx of the
  * name finds an inode the store holds; any other file is opened as
  * PassthroughFs._lookup_child opens it -- openat2(O_PATH | O_NOFOLLOW, RESOLVE_BENEATH |
- * RESOLVE_NO_MAGICLINKS) -- and registered, if the store keeps fds only.  0 with errno when
- * the Python path should answer instead (EXDEV: another mount, a submount; EAGAIN: new in
- * a store with file handles).  The syscalls run marked busy (leader.h). */
+ * RESOLVE_NO_MAGICLINKS) -- and registered (with a file handle if the store keeps them).
+ * 0 with errno when the Python path should answer instead (EXDEV: another mount, a
+ * submount).  The syscalls run marked busy (leader.h). */
 static uint64_t lookup_child(struct pvfs_store *s, int parent_fd, uint64_t parent_mnt,
                              const char *name, struct statx *sx, struct pvfs_lead *lead)
 {
@@ -69,10 +68,6 @@ static uint64_t lookup_child(struct pvfs_store *s, int parent_fd, uint64_t paren
     uint64_t nodeid = pvfs_store_count_known(s, sx);
     if (nodeid)
         return nodeid;
-    if (!pvfs_store_fds_only(s)) {
-        errno = EAGAIN;
-        return 0;
-    }
     pvfs_lead_busy(lead);
     int fd = pvfs_fs_openat2(parent_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0,
                              PVFS_FS_RESOLVE_BENEATH | PVFS_FS_RESOLVE_NO_MAGICLINKS);
@@ -87,10 +82,7 @@ static uint64_t lookup_child(struct pvfs_store *s, int parent_fd, uint64_t paren
         errno = EXDEV;
         return 0;
     }
-    nodeid = pvfs_store_count_or_add(s, fd, sx);
-    if (!nodeid)
-        errno = ENOMEM;
-    return nodeid;
+    return pvfs_store_count_or_add(s, fd, sx);     /* errno set if 0 */
 }
 
 /* LOOKUP (see lookup_child): the lookup counted in the store, fuse_entry_out as the Python
@@ -103,13 +95,12 @@ int pvfs_serve_lookup(struct pvfs_hot *h, struct pvfs_hot_req *r)
         !pvfs_hot_read_strings(r, sizeof(r->in), buf, sizeof(buf), &name, 1) ||
         !pvfs_hot_is_name(name))
         return PVFS_TO_PYTHON;
-    int pfd;
-    uint64_t pmnt;
-    struct pvfs_inode *p = pvfs_store_inode_fd(h->store, r->in.nodeid, &pfd, &pmnt);
+    struct pvfs_inode_view pv;
+    struct pvfs_inode *p = pvfs_hot_inode(h, r->lead, r->in.nodeid, &pv);
     if (!p)
         return PVFS_TO_PYTHON;                            /* unknown nodeid: Python says EBADF */
     struct statx sx;
-    uint64_t nodeid = lookup_child(h->store, pfd, pmnt, name, &sx, r->lead);
+    uint64_t nodeid = lookup_child(h->store, pv.fd, pv.mnt_id, name, &sx, r->lead);
     int e = errno;
     pvfs_inode_put(h->store, p);
     if (!nodeid && e == ENOENT) {
@@ -192,8 +183,12 @@ static int serve_dir(struct pvfs_hot *h, struct pvfs_hot_req *r, int plus)
     uint64_t parent_mnt = 0, next;
     struct pvfs_handle *d = pvfs_store_handle_fd(h->store, fh, &dir_fd, &append);
     /* READDIR needs only the handle (PassthroughFs.readdir reads no inode) */
-    struct pvfs_inode *p = d && plus ? pvfs_store_inode_fd(h->store, r->in.nodeid, &parent_fd,
-                                                           &parent_mnt) : NULL;
+    struct pvfs_inode_view pv;
+    struct pvfs_inode *p = d && plus ? pvfs_hot_inode(h, r->lead, r->in.nodeid, &pv) : NULL;
+    if (p) {
+        parent_fd = pv.fd;
+        parent_mnt = pv.mnt_id;
+    }
     /* The reply area must take the records before any lookup is counted. */
     if (d && (p || !plus) &&
         pvfs_req_write_out(r->req, out_hdr, memset(buf, 0, room), room) == (int64_t)room) {

@@ -25,16 +25,6 @@ static int args_ok(const struct pvfs_hot_req *r, uint32_t size)
     return r->in.len >= IN_HDR + size && r->have_args >= size;
 }
 
-/* Borrow an inode that has an fd (NULL: unknown, or a file-handle inode: Python's). */
-static struct pvfs_inode *inode(struct pvfs_hot *h, uint64_t nodeid, struct pvfs_inode_view *v)
-{
-    struct pvfs_inode *i = pvfs_inode_get(h->store, nodeid, v);
-    if (i && v->fd < 0) {
-        pvfs_inode_put(h->store, i);
-        return NULL;
-    }
-    return i;
-}
 
 /* The flags a guest's open becomes on the host: PassthroughBase._open_flags. */
 static int open_flags(uint32_t policy, uint32_t flags)
@@ -77,7 +67,7 @@ static uint64_t entry_of(struct pvfs_hot *h, int fd, struct statx *sx, int *err)
     }
     uint64_t nodeid = pvfs_store_count_or_add(h->store, fd, sx);
     if (!nodeid)
-        *err = ENOMEM;
+        *err = errno;
     return nodeid;
 }
 
@@ -145,7 +135,7 @@ int pvfs_serve_create(struct pvfs_hot *h, struct pvfs_hot_req *r)
     if (flags > INT_MAX)
         return PVFS_TO_PYTHON;                  /* no C int: os.open refuses it (EINVAL) */
     struct pvfs_inode_view pv;
-    struct pvfs_inode *p = inode(h, r->in.nodeid, &pv);
+    struct pvfs_inode *p = pvfs_hot_inode(h, r->lead, r->in.nodeid, &pv);
     if (!p)
         return PVFS_TO_PYTHON;
     uint32_t pol = pvfs_store_policy(h->store);
@@ -205,7 +195,7 @@ static int make(struct pvfs_hot *h, struct pvfs_hot_req *r, enum make_kind kind,
                 uint32_t guest_umask)
 {
     struct pvfs_inode_view pv;
-    struct pvfs_inode *p = inode(h, r->in.nodeid, &pv);
+    struct pvfs_inode *p = pvfs_hot_inode(h, r->lead, r->in.nodeid, &pv);
     if (!p)
         return PVFS_TO_PYTHON;
     struct pvfs_caller c;
@@ -278,10 +268,10 @@ int pvfs_serve_link(struct pvfs_hot *h, struct pvfs_hot_req *r)
         return PVFS_TO_PYTHON;
     memcpy(&li, r->args, sizeof(li));
     struct pvfs_inode_view iv, pv;
-    struct pvfs_inode *i = inode(h, le64toh(li.oldnodeid), &iv);
+    struct pvfs_inode *i = pvfs_hot_inode(h, r->lead, le64toh(li.oldnodeid), &iv);
     if (!i)
         return PVFS_TO_PYTHON;
-    struct pvfs_inode *p = inode(h, r->in.nodeid, &pv);
+    struct pvfs_inode *p = pvfs_hot_inode(h, r->lead, r->in.nodeid, &pv);
     if (!p) {
         pvfs_inode_put(h->store, i);
         return PVFS_TO_PYTHON;
@@ -310,7 +300,7 @@ int pvfs_serve_unlink(struct pvfs_hot *h, struct pvfs_hot_req *r)
         !names_ok(&name, 1))
         return PVFS_TO_PYTHON;
     struct pvfs_inode_view pv;
-    struct pvfs_inode *p = inode(h, r->in.nodeid, &pv);
+    struct pvfs_inode *p = pvfs_hot_inode(h, r->lead, r->in.nodeid, &pv);
     if (!p)
         return PVFS_TO_PYTHON;
     pvfs_lead_busy(r->lead);
@@ -334,10 +324,10 @@ int pvfs_serve_rename(struct pvfs_hot *h, struct pvfs_hot_req *r)
     struct pvfs_fuse_rename2_in ri = {0};
     memcpy(&ri, r->args, at);
     struct pvfs_inode_view ov, nv;
-    struct pvfs_inode *o = inode(h, r->in.nodeid, &ov);
+    struct pvfs_inode *o = pvfs_hot_inode(h, r->lead, r->in.nodeid, &ov);
     if (!o)
         return PVFS_TO_PYTHON;
-    struct pvfs_inode *n = inode(h, le64toh(ri.newdir), &nv);
+    struct pvfs_inode *n = pvfs_hot_inode(h, r->lead, le64toh(ri.newdir), &nv);
     if (!n) {
         pvfs_inode_put(h->store, o);
         return PVFS_TO_PYTHON;
@@ -366,7 +356,7 @@ int pvfs_serve_open(struct pvfs_hot *h, struct pvfs_hot_req *r)
     if (le32toh(oi.flags) > INT_MAX)
         return PVFS_TO_PYTHON;                  /* no C int: os.open refuses it (EINVAL) */
     struct pvfs_inode_view iv;
-    struct pvfs_inode *i = inode(h, r->in.nodeid, &iv);
+    struct pvfs_inode *i = pvfs_hot_inode(h, r->lead, r->in.nodeid, &iv);
     if (!i)
         return PVFS_TO_PYTHON;
     int err = 0, fd = -1;
@@ -407,7 +397,7 @@ int pvfs_serve_opendir(struct pvfs_hot *h, struct pvfs_hot_req *r)
         !pvfs_hot_meta_ok(r, sizeof(struct pvfs_fuse_open_out)))
         return PVFS_TO_PYTHON;
     struct pvfs_inode_view iv;
-    struct pvfs_inode *i = inode(h, r->in.nodeid, &iv);
+    struct pvfs_inode *i = pvfs_hot_inode(h, r->lead, r->in.nodeid, &iv);
     if (!i)
         return PVFS_TO_PYTHON;
     int err = 0, fd = -1;
@@ -489,7 +479,7 @@ int pvfs_serve_statfs(struct pvfs_hot *h, struct pvfs_hot_req *r)
     if (r->minor < 4 || !pvfs_hot_meta_ok(r, sizeof(struct pvfs_fuse_kstatfs)))
         return PVFS_TO_PYTHON;
     struct pvfs_inode_view iv;
-    struct pvfs_inode *i = inode(h, r->in.nodeid, &iv);
+    struct pvfs_inode *i = pvfs_hot_inode(h, r->lead, r->in.nodeid, &iv);
     if (!i)
         return PVFS_TO_PYTHON;
     struct statvfs st;

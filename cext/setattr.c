@@ -90,13 +90,9 @@ int pvfs_serve_setattr(struct pvfs_hot *h, struct pvfs_hot_req *r)
     if (v & PVFS_FATTR_KILL_SUIDGID)
         return PVFS_TO_PYTHON;                      /* killpriv_v2 rules: Python's */
     struct pvfs_inode_view iv;
-    struct pvfs_inode *i = pvfs_inode_get(h->store, r->in.nodeid, &iv);
+    struct pvfs_inode *i = pvfs_hot_inode(h, r->lead, r->in.nodeid, &iv);
     if (!i)
         return PVFS_TO_PYTHON;                      /* unknown nodeid: Python says EBADF */
-    if (iv.fd < 0) {
-        pvfs_inode_put(h->store, i);
-        return PVFS_TO_PYTHON;                      /* a file-handle inode */
-    }
     struct pvfs_handle *e = NULL;
     int hfd = -1, append;
     if (v & PVFS_FATTR_FH) {

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "store.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -45,6 +46,10 @@ struct pvfs_inode {
     uint64_t lookups;       /* under the inode lock */
     unsigned refs;          /* atomic: 1 while in the store, + 1 per borrower */
     int in_store;           /* under the inode lock */
+    /* A file-handle inode whose fd is open while nobody borrows it is on the store's idle
+     * list (most recently used last), under the inode lock. */
+    int idle;
+    struct pvfs_inode *idle_prev, *idle_next;
     uint32_t handle_len;
     uint8_t handle[];       /* a file handle, opaque here */
 };
@@ -138,12 +143,22 @@ static void ix_remove(struct index *x, int j)
 
 /* ---- the store ----------------------------------------------------------------------- */
 
+struct mount_fd {
+    uint64_t mnt_id;
+    int fd;                        /* O_RDONLY | O_DIRECTORY: open_by_handle_at refuses O_PATH */
+};
+
 struct pvfs_store {
     unsigned refs;                 /* atomic */
-    int fds_only;
+    int file_handles;              /* PVFS_HANDLES_*, set before anything is served */
+    pthread_mutex_t mlock;         /* the mount fds */
+    struct mount_fd *mounts;
+    uint32_t nmounts;
     pthread_mutex_t ilock;         /* the inode indexes and every inode's lookups/in_store */
     struct index by_id, by_key;
     uint64_t next_nodeid;          /* under ilock */
+    struct pvfs_inode *idle_head, *idle_tail;   /* under ilock: see pvfs_store_set_file_handles */
+    uint32_t idle_count, idle_max;
     struct pvfs_inode *root;
     pthread_mutex_t hlock;         /* the handle index */
     struct index handles;
@@ -179,6 +194,52 @@ static void inode_put(struct pvfs_inode *i)
     }
 }
 
+/* The idle list (ilock held): file-handle inodes with an fd open and no borrower. */
+static void idle_unlink(struct pvfs_store *s, struct pvfs_inode *i)
+{
+    if (!i->idle)
+        return;
+    if (i->idle_prev)
+        i->idle_prev->idle_next = i->idle_next;
+    else
+        s->idle_head = i->idle_next;
+    if (i->idle_next)
+        i->idle_next->idle_prev = i->idle_prev;
+    else
+        s->idle_tail = i->idle_prev;
+    i->idle_prev = i->idle_next = NULL;
+    i->idle = 0;
+    s->idle_count--;
+}
+
+/* i (fd open, nobody borrowing) goes idle, most recently used; the fd to close after the
+ * lock: i's own when the store keeps none, else the least recently used one's when the
+ * list is over its size, else -1. */
+static int idle_add(struct pvfs_store *s, struct pvfs_inode *i)
+{
+    if (!s->idle_max) {
+        int fd = i->fd;
+        i->fd = -1;
+        return fd;
+    }
+    i->idle = 1;
+    i->idle_next = NULL;
+    i->idle_prev = s->idle_tail;
+    if (s->idle_tail)
+        s->idle_tail->idle_next = i;
+    else
+        s->idle_head = i;
+    s->idle_tail = i;
+    s->idle_count++;
+    if (s->idle_count <= s->idle_max)
+        return -1;
+    struct pvfs_inode *old = s->idle_head;
+    idle_unlink(s, old);
+    int fd = old->fd;
+    old->fd = -1;
+    return fd;
+}
+
 static void handle_unref(struct pvfs_handle *h)
 {
     if (__atomic_sub_fetch(&h->refs, 1, __ATOMIC_ACQ_REL) == 0) {
@@ -190,7 +251,7 @@ static void handle_unref(struct pvfs_handle *h)
 }
 
 struct pvfs_store *pvfs_store_new(int root_fd, uint64_t dev, uint64_t ino, uint64_t mnt_id,
-                                  uint32_t mode, int fds_only)
+                                  uint32_t mode)
 {
     struct pvfs_store *s = calloc(1, sizeof(*s));
     struct inode_key k = {dev, ino, mnt_id};
@@ -206,8 +267,8 @@ struct pvfs_store *pvfs_store_new(int root_fd, uint64_t dev, uint64_t ino, uint6
         return NULL;
     }
     s->refs = 1;
-    s->fds_only = fds_only;
     s->proc_fd = -1;
+    pthread_mutex_init(&s->mlock, NULL);
     pthread_mutex_init(&s->ilock, NULL);
     pthread_mutex_init(&s->hlock, NULL);
     root->nodeid = ROOT_ID;
@@ -224,7 +285,122 @@ void pvfs_store_ref(struct pvfs_store *s)
     __atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED);
 }
 
-int pvfs_store_fds_only(struct pvfs_store *s) { return s->fds_only; }
+/* ---- file handles -------------------------------------------------------------------- */
+
+#define HANDLE_HEAD 12                 /* mount id (u64), type (i32) */
+
+struct handle_buf {
+    struct file_handle fh;
+    unsigned char bytes[MAX_HANDLE_SZ];
+};
+
+/* The directory fd kept for mount mnt_id, or -1.  Kept until the store closes. */
+static int mount_fd(struct pvfs_store *s, uint64_t mnt_id)
+{
+    int fd = -1;
+    pthread_mutex_lock(&s->mlock);
+    for (uint32_t j = 0; j < s->nmounts; j++)
+        if (s->mounts[j].mnt_id == mnt_id)
+            fd = s->mounts[j].fd;
+    pthread_mutex_unlock(&s->mlock);
+    return fd;
+}
+
+/* Keep a directory fd for mount mnt_id, reopened from dir_fd (O_PATH is fine). */
+static int remember_mount(struct pvfs_store *s, uint64_t mnt_id, int dir_fd)
+{
+    int fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = 0;
+    pthread_mutex_lock(&s->mlock);
+    int known = 0;
+    for (uint32_t j = 0; j < s->nmounts; j++)
+        known |= s->mounts[j].mnt_id == mnt_id;
+    if (!known) {
+        struct mount_fd *m = realloc(s->mounts, (s->nmounts + 1) * sizeof(*m));
+        if (m) {
+            s->mounts = m;
+            m[s->nmounts++] = (struct mount_fd){mnt_id, fd};
+            fd = -1;
+        } else {
+            rc = -ENOMEM;
+        }
+    }
+    pthread_mutex_unlock(&s->mlock);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+static void close_mounts(struct pvfs_store *s)
+{
+    pthread_mutex_lock(&s->mlock);
+    struct mount_fd *m = s->mounts;
+    uint32_t n = s->nmounts;
+    s->mounts = NULL;
+    s->nmounts = 0;
+    pthread_mutex_unlock(&s->mlock);
+    for (uint32_t j = 0; j < n; j++)
+        close(m[j].fd);
+    free(m);
+}
+
+uint32_t pvfs_store_mounts(struct pvfs_store *s)
+{
+    pthread_mutex_lock(&s->mlock);
+    uint32_t n = s->nmounts;
+    pthread_mutex_unlock(&s->mlock);
+    return n;
+}
+
+/* The file handle of what fd refers to, and its mount, with that mount's fd known (a
+ * directory's fd is remembered for a mount met for the first time).  0 or -errno. */
+static int handle_of(struct pvfs_store *s, int fd, uint32_t mode, struct handle_buf *h,
+                     int *mnt)
+{
+    h->fh.handle_bytes = MAX_HANDLE_SZ;
+    if (name_to_handle_at(fd, "", &h->fh, mnt, AT_EMPTY_PATH) < 0)
+        return -errno;
+    if (mount_fd(s, (uint64_t)*mnt) >= 0)
+        return 0;
+    if (!S_ISDIR(mode))
+        return -EOPNOTSUPP;            /* no directory of that mount to open handles with */
+    return remember_mount(s, (uint64_t)*mnt, fd);
+}
+
+int pvfs_store_make_handle(struct pvfs_store *s, int fd, uint32_t mode, uint8_t *out)
+{
+    if (s->file_handles == PVFS_HANDLES_NEVER)
+        return 0;
+    struct handle_buf h;
+    int mnt;
+    int rc = handle_of(s, fd, mode, &h, &mnt);
+    if (rc < 0)
+        return s->file_handles == PVFS_HANDLES_MANDATORY ? rc : 0;
+    uint64_t m = htole64((uint64_t)mnt);
+    uint32_t t = htole32((uint32_t)h.fh.handle_type);
+    memcpy(out, &m, 8);
+    memcpy(out + 8, &t, 4);
+    memcpy(out + HANDLE_HEAD, h.fh.f_handle, h.fh.handle_bytes);
+    return HANDLE_HEAD + (int)h.fh.handle_bytes;
+}
+
+int pvfs_store_set_file_handles(struct pvfs_store *s, int mode, uint32_t idle_fds)
+{
+    if (mode < PVFS_HANDLES_NEVER || mode > PVFS_HANDLES_MANDATORY)
+        return -EINVAL;
+    s->file_handles = mode;
+    s->idle_max = idle_fds;
+    if (mode == PVFS_HANDLES_NEVER)
+        return 0;
+    struct handle_buf h;
+    int mnt;
+    int rc = handle_of(s, s->root->fd, s->root->mode, &h, &mnt);
+    if (rc < 0)
+        s->file_handles = PVFS_HANDLES_NEVER;
+    return rc;
+}
 
 void pvfs_store_set_policy(struct pvfs_store *s, uint32_t flags)
 {
@@ -274,6 +450,7 @@ static void clear(struct pvfs_store *s, int with_root)
             ids.slots[j] = EMPTY;
             continue;
         }
+        idle_unlink(s, i);
         i->in_store = 0;
         i->lookups = 0;
         if (i == s->root)
@@ -297,6 +474,7 @@ void pvfs_store_close(struct pvfs_store *s)
     int fd = __atomic_exchange_n(&s->proc_fd, -1, __ATOMIC_ACQ_REL);
     if (fd >= 0)
         close(fd);
+    close_mounts(s);
 }
 
 void pvfs_store_unref(struct pvfs_store *s)
@@ -306,6 +484,8 @@ void pvfs_store_unref(struct pvfs_store *s)
     clear(s, 1);
     free(s->by_id.slots);
     free(s->by_key.slots);
+    close_mounts(s);
+    pthread_mutex_destroy(&s->mlock);
     pthread_mutex_destroy(&s->ilock);
     pthread_mutex_destroy(&s->hlock);
     if (s->proc_fd >= 0)
@@ -339,8 +519,12 @@ static uint64_t lookup(struct pvfs_store *s, int fd, const struct inode_key *k, 
         i->nodeid = nodeid = s->next_nodeid++;
         ix_insert(&s->by_id, i, 0);
         ix_insert(&s->by_key, i, 1);
-        if (!handle_len)
+        if (handle_len) {            /* the fd just opened stays, idle, if the store keeps any */
+            i->fd = fd;
+            fd = idle_add(s, i);
+        } else {
             fd = -1;                 /* the inode's now */
+        }
         i = NULL;
     }
     pthread_mutex_unlock(&s->ilock);
@@ -379,10 +563,25 @@ uint64_t pvfs_store_count_or_add(struct pvfs_store *s, int fd, const struct stat
 {
     struct inode_key k;
     key_of(sx, &k);
-    if (s->fds_only)
+    if (s->file_handles == PVFS_HANDLES_NEVER)
         return lookup(s, fd, &k, sx->stx_mode, NULL, 0);
+    /* a handle is made only for a file the store does not hold (a racing lookup of the
+     * same file may register it meanwhile: lookup() then counts that one) */
     uint64_t nodeid = pvfs_store_count_known(s, sx);
-    close(fd);
+    if (nodeid) {
+        close(fd);
+        return nodeid;
+    }
+    uint8_t h[PVFS_HANDLE_ROOM];
+    int len = pvfs_store_make_handle(s, fd, sx->stx_mode, h);
+    if (len < 0) {
+        close(fd);
+        errno = -len;
+        return 0;
+    }
+    nodeid = lookup(s, fd, &k, sx->stx_mode, len ? h : NULL, (uint32_t)len);
+    if (!nodeid)
+        errno = ENOMEM;
     return nodeid;
 }
 
@@ -404,6 +603,7 @@ static struct pvfs_inode *borrow(struct pvfs_store *s, uint64_t nodeid)
         return NULL;
     struct pvfs_inode *i = s->by_id.slots[j];
     __atomic_add_fetch(&i->refs, 1, __ATOMIC_RELAXED);
+    idle_unlink(s, i);                 /* borrowed: not idle any more */
     return i;
 }
 
@@ -425,34 +625,47 @@ struct pvfs_inode *pvfs_inode_get(struct pvfs_store *s, uint64_t nodeid,
     return i;
 }
 
-struct pvfs_inode *pvfs_store_inode_fd(struct pvfs_store *s, uint64_t nodeid, int *fd,
-                                       uint64_t *mnt_id)
+int pvfs_store_open_inode(struct pvfs_store *s, struct pvfs_inode *i)
 {
     pthread_mutex_lock(&s->ilock);
-    struct pvfs_inode *i = borrow(s, nodeid);
-    if (i && i->fd < 0) {
-        __atomic_sub_fetch(&i->refs, 1, __ATOMIC_RELAXED);   /* still in the store: not 0 */
-        i = NULL;
-    }
-    if (i) {
-        *fd = i->fd;
-        *mnt_id = i->key.mnt_id;
-    }
+    int fd = i->fd;
     pthread_mutex_unlock(&s->ilock);
-    return i;
+    if (fd >= 0)
+        return fd;
+    if (i->handle_len <= HANDLE_HEAD)
+        return -EIO;                   /* neither fd nor handle: lost in migration */
+    uint64_t m;
+    uint32_t t;
+    memcpy(&m, i->handle, 8);
+    memcpy(&t, i->handle + 8, 4);
+    int mfd = mount_fd(s, le64toh(m));
+    if (mfd < 0)
+        return -ESTALE;
+    struct handle_buf h;
+    uint32_t n = i->handle_len - HANDLE_HEAD;
+    if (n > MAX_HANDLE_SZ)
+        return -ESTALE;
+    h.fh.handle_bytes = n;
+    h.fh.handle_type = (int)le32toh(t);
+    memcpy(h.fh.f_handle, i->handle + HANDLE_HEAD, n);
+    fd = open_by_handle_at(mfd, &h.fh, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int used = pvfs_inode_set_fd(s, i, fd);
+    if (used != fd)
+        close(fd);
+    return used;
 }
 
 void pvfs_inode_put(struct pvfs_store *s, struct pvfs_inode *i)
 {
     if (i->handle_len) {
-        /* A file-handle inode's fd is open only while borrowed: the last borrower of one
-         * still in the store closes it. */
+        /* A file-handle inode's fd is open only while borrowed, or idle among the
+         * idle_max used last: the last borrower of one still in the store makes it idle. */
         int close_fd = -1;
         pthread_mutex_lock(&s->ilock);
-        if (i->in_store && __atomic_load_n(&i->refs, __ATOMIC_ACQUIRE) == 2 && i->fd >= 0) {
-            close_fd = i->fd;
-            i->fd = -1;
-        }
+        if (i->in_store && __atomic_load_n(&i->refs, __ATOMIC_ACQUIRE) == 2 && i->fd >= 0)
+            close_fd = idle_add(s, i);
         pthread_mutex_unlock(&s->ilock);
         if (close_fd >= 0)
             close(close_fd);
@@ -501,6 +714,7 @@ static struct pvfs_inode *forget(struct pvfs_store *s, uint64_t nodeid, uint64_t
     int k = ix_find(&s->by_key, 0, &i->key);
     if (k >= 0 && s->by_key.slots[k] == i)
         ix_remove(&s->by_key, k);
+    idle_unlink(s, i);                 /* its fd closes with its last reference */
     i->in_store = 0;
     return i;
 }

@@ -5,7 +5,7 @@
  * many lookups does the guest hold" and "which fd is fh N".
  *
  * Inodes.  An inode is an O_PATH fd (or, with --inode-file-handles, a file handle that is
- * opened only while somebody borrows the inode), the file's identity (st_dev, st_ino,
+ * opened only while somebody borrows the inode: see "File handles" below), the file's identity (st_dev, st_ino,
  * mnt_id) -- two names of one file share one nodeid -- its file type, and the lookups the
  * guest holds.  pvfs_store_lookup counts a lookup (registering the file if it is new);
  * FORGET gives lookups back, and at zero the inode leaves the store.  Nodeids come from a
@@ -45,17 +45,50 @@ struct pvfs_inode_view {
 };
 
 /* A store whose root (nodeid 1) is root_fd (an O_PATH fd of the shared directory, now the
- * store's).  fds_only: every inode keeps an fd (no file handles), so C may register new
- * inodes itself (LOOKUP, READDIRPLUS in C).  NULL if memory is short (root_fd closed). */
+ * store's); every inode keeps an fd until pvfs_store_set_file_handles says otherwise.  NULL
+ * if memory is short (root_fd closed). */
 struct pvfs_store *pvfs_store_new(int root_fd, uint64_t dev, uint64_t ino, uint64_t mnt_id,
-                                  uint32_t mode, int fds_only);
+                                  uint32_t mode);
 /* The owner is done: every inode (the root too) and handle leave the store now, and their
  * fds are closed (borrowed ones when put back), whoever else still holds a reference. */
 void pvfs_store_close(struct pvfs_store *s);
 /* Drop a reference (the owner's, or a serving context's); the last one frees the store
  * (closing what pvfs_store_close has not). */
 void pvfs_store_unref(struct pvfs_store *s);
-int pvfs_store_fds_only(struct pvfs_store *s);
+
+/* File handles (--inode-file-handles).  A new inode keeps a file handle (name_to_handle_at)
+ * instead of its O_PATH fd; a borrower that needs the fd opens the handle
+ * (open_by_handle_at, pvfs_store_open_inode) and, when the last borrower is done, it stays
+ * open among the few used last (idle_fds below) or is closed, so the daemon holds a bounded
+ * number of inode fds however many files the guest knows.  The handle is kept as: the mount id (u64, little
+ * endian), the handle type (i32), the handle bytes.  open_by_handle_at wants an fd on the
+ * file's mount: the store keeps one (a real directory fd, not O_PATH) per mount, taken
+ * from the first directory met there -- the root for the shared directory's own mount.  A
+ * file on a mount without one (a bind-mounted file), or on a file system that makes no
+ * handles, keeps its fd under "prefer"; under "mandatory" it cannot be looked up.
+ * Both the C hot path and Python (passthrough/common.py) register inodes through these,
+ * so the rules are written once. */
+#define PVFS_HANDLES_NEVER 0
+#define PVFS_HANDLES_PREFER 1
+#define PVFS_HANDLES_MANDATORY 2
+#define PVFS_HANDLE_ROOM 140     /* 12 bytes of head + MAX_HANDLE_SZ (128) */
+/* Set once, before anything is served: PVFS_HANDLES_*; with handles, the root's mount is
+ * remembered.  idle_fds: how many file-handle inodes nobody borrows keep their fd open,
+ * the ones used last (an LRU list), so a GETATTR or LOOKUP under a busy directory does not
+ * pay open_by_handle_at and close each time; 0: an fd is open only while borrowed.  The
+ * daemon holds at most that many inode fds beyond those in use.  0, or -errno (the root's
+ * file system makes no handles). */
+int pvfs_store_set_file_handles(struct pvfs_store *s, int mode, uint32_t idle_fds);
+/* The handle to keep for the file O_PATH fd refers to (file type from mode) into out
+ * (PVFS_HANDLE_ROOM bytes): its length; 0: keep the fd instead ("never", or "prefer" and
+ * no handle to be had); -errno under "mandatory" when there is no handle. */
+int pvfs_store_make_handle(struct pvfs_store *s, int fd, uint32_t mode, uint8_t *out);
+/* A borrowed inode's O_PATH fd, opening its handle if nobody has (the fd is the inode's,
+ * valid until put back): the fd, or -errno (-EIO: an inode lost in migration, -ESTALE:
+ * the file is gone or its mount unknown). */
+int pvfs_store_open_inode(struct pvfs_store *s, struct pvfs_inode *i);
+/* How many mounts the store keeps an fd for. */
+uint32_t pvfs_store_mounts(struct pvfs_store *s);
 
 /* Count one lookup of the file O_PATH fd refers to, whose identity and mode the caller
  * took from statx.  The store takes fd: it becomes the new inode's, or is closed when the
@@ -160,14 +193,11 @@ struct statx;
 void pvfs_store_ref(struct pvfs_store *s);
 uint32_t pvfs_store_policy(struct pvfs_store *s);
 int pvfs_store_proc_fd(struct pvfs_store *s);    /* -1 if not set */
-/* Borrow by nodeid for a C request: the fd (O_PATH, >= 0) and the mount id, or NULL if the
- * inode is unknown or has no fd open now (a file-handle inode: Python's). */
-struct pvfs_inode *pvfs_store_inode_fd(struct pvfs_store *s, uint64_t nodeid, int *fd,
-                                       uint64_t *mnt_id);
 /* Count a lookup of the file with sx's identity if the store holds it: its nodeid, or 0. */
 uint64_t pvfs_store_count_known(struct pvfs_store *s, const struct statx *sx);
-/* As pvfs_store_lookup for a file C opened (fd, identity from sx): registering it if new
- * -- only in an fds_only store; otherwise 0 and fd closed, the caller leaves it to Python. */
+/* As pvfs_store_lookup for a file C opened (fd, identity from sx), registering it if new,
+ * with a handle made by pvfs_store_make_handle.  0 with errno if not (fd closed): ENOMEM,
+ * or the reason "mandatory" found no handle. */
 uint64_t pvfs_store_count_or_add(struct pvfs_store *s, int fd, const struct statx *sx);
 /* A handle's fd for a C READ/WRITE: NULL if unknown, else borrowed (pvfs_handle_put), with
  * *append set if the fd has O_APPEND. */

@@ -95,10 +95,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                       "so they get their own st_dev (default)")
     g.add_argument("--no-announce-submounts", dest="announce_submounts",
                    action="store_false", help="do not")
-    g.add_argument("--inode-file-handles", type=_file_handles, default="never",
+    g.add_argument("--inode-file-handles", type=_file_handles, default="prefer",
                    metavar="never|prefer|mandatory",
                    help="keep file handles instead of an O_PATH fd per inode the guest "
-                        "knows (keeps CAP_DAC_READ_SEARCH); default never")
+                        "knows (keeps CAP_DAC_READ_SEARCH); default prefer, as virtiofsd: "
+                        "handles where the capability and the file system allow, else fds")
     g.add_argument("--allow-mmap", action="store_true",
                    help="with --cache=never|metadata, still allow shared mmap in the guest")
     g.add_argument("--no-readdirplus", dest="readdirplus", action="store_false",
@@ -187,9 +188,15 @@ def extra_capabilities(args: argparse.Namespace) -> str:
 
 
 def fs_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments for :class:`~pyvirtiofsd.passthrough.PassthroughFs`."""
+    """Keyword arguments for :class:`~pyvirtiofsd.passthrough.PassthroughFs`.  With file
+    handles, the fds kept open for the inodes used last are at most an eighth of the
+    open-file limit (set by now) and at most 1024, so they never crowd out the fds that
+    requests need."""
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    idle = 1024 if soft == resource.RLIM_INFINITY else min(1024, soft // 8)
     return dict(allow_direct_io=args.allow_direct_io, xattrmap=args.xattrmap_obj,
-                inode_file_handles=args.inode_file_handles,
+                inode_file_handles=args.inode_file_handles, handle_fd_cache=idle,
                 preserve_noatime=args.preserve_noatime)
 
 

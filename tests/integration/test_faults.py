@@ -295,9 +295,11 @@ def test_eio_from_the_host_fs(start_daemon, connect, shared, faulty):
 
 
 def test_emfile_under_a_low_fd_limit(start_daemon, connect, shared):
+    """With an O_PATH fd per inode (``--inode-file-handles never``), lookups hit the fd
+    limit: EMFILE, and the daemon serves again once they are forgotten."""
     for i in range(200):
         (shared / f"f{i}").write_bytes(b"")
-    daemon = start_daemon()
+    daemon = start_daemon("--inode-file-handles", "never")
     fuse = connect(daemon)
     in_use = len(os.listdir(f"/proc/{daemon.serving_pid()}/fd"))
     limit = in_use + 40
@@ -322,6 +324,24 @@ def test_emfile_under_a_low_fd_limit(start_daemon, connect, shared):
         time.sleep(0.05)     # FORGETs go on the hiprio queue: let them land
     assert r.error == 0
     assert daemon.proc.poll() is None
+
+
+def test_file_handles_hold_no_fd_per_inode(start_daemon, connect, shared):
+    """The default, ``prefer`` (as root, on a file system that makes handles), under
+    ``--rlimit-nofile 256``: 600 lookups (more than the limit) all succeed, and the daemon
+    holds at most 256 / 8 inode fds beyond its own (those of the inodes used last)."""
+    for i in range(600):
+        (shared / f"f{i}").write_bytes(b"")
+    daemon = start_daemon("--rlimit-nofile", "256")
+    fuse = connect(daemon)
+    fds = f"/proc/{daemon.serving_pid()}/fd"
+    in_use = len(os.listdir(fds))
+    for i in range(600):
+        r = fuse.call(Opcode.FUSE_LOOKUP, 1, b"f%d\0" % i, abi.FUSE_ENTRY_OUT_SIZE)
+        assert r.error == 0, (i, r.error)
+        nodeid = FuseClient.parse_entry(r.body)[0].nodeid
+        assert fuse.getattr(nodeid).size == 0
+    assert in_use < len(os.listdir(fds)) <= in_use + 256 // 8
 
 
 # ---- INTERRUPT, SIGTERM -----------------------------------------------------------------

@@ -179,6 +179,12 @@ class Side:
                             fs=PassthroughFs(root, **case.fs) if case.fs else None)
         self.client = self.rig.client
         self.client.init(minor=case.minor, flags=case.init_flags)
+        # A file removed while nothing holds it open: with file handles and no idle fds,
+        # its handle names nothing any more (ESTALE, as virtiofsd's); an O_PATH fd -- an
+        # inode's own, or an idle one kept for a handle -- keeps the inode alive.
+        fs = self.rig.fs
+        self.gone = (errno.ESTALE if fs.file_handles != "never" and not case.fs.get(
+            "handle_fd_cache", 1024) else None)
         self.hot = self.rig.device.hotpath
         missing = [op.name for op in MUTATE_OPS if not self.hot.ops >> op & 1]
         assert not missing, f"not served in C: {missing}"
@@ -684,7 +690,10 @@ def link_after_rename_and_unlink(s):
     s.link(f, ROOT, b"again", err=0)
     g = s.node(b"g")
     s.unlink(ROOT, b"g", err=0)
-    s.link(g, ROOT, b"revived", err=errno.ENOENT)        # no names left
+    if s.gone:                                   # a stale inode is Python's to explain
+        s.link(g, ROOT, b"revived", c=False, err=s.gone)
+    else:
+        s.link(g, ROOT, b"revived", err=errno.ENOENT)    # no names left
 
 
 # UNLINK, RMDIR
@@ -1035,6 +1044,14 @@ def deleted_parent_and_file(s):
     e, g = s.node(b"e"), s.node(b"g")
     s.rmdir(ROOT, b"e", err=0)
     s.unlink(ROOT, b"g", err=0)
+    if s.gone:                   # file handles: both are stale, which Python explains
+        s.mkdir(e, b"x", c=False, err=s.gone)
+        s.create(e, b"x", c=False, err=s.gone)
+        s.link(s.node(b"f"), e, b"x", c=False, err=s.gone)
+        s.unlink(e, b"x", c=False, err=s.gone)
+        s.opendir(e, c=False, err=s.gone)
+        s.open(g, os.O_RDWR, c=False, err=s.gone)
+        return
     s.mkdir(e, b"x", err=errno.ENOENT)                   # the directory is gone
     s.create(e, b"x", err=errno.ENOENT)
     s.symlink(e, b"x", b"t", err=errno.ENOENT)
@@ -1249,13 +1266,22 @@ def root_probe(side: Side, minor: int, ids: tuple) -> None:
     assert_threads_clean(ids)
 
 
+@pytest.mark.parametrize("inodes", ["fds", "file handles", "file handles, no idle fds"])
 @pytest.mark.parametrize("c", CASES, ids=str)
-def test_c_answers_as_python(rigs, tmp_path, c):
+def test_c_answers_as_python(rigs, tmp_path, c, inodes):
+    """Every case three times: inodes kept as O_PATH fds; as file handles (the daemon's
+    default, ``prefer``), which C makes and opens itself, with the fds of the ones used last
+    kept open; and as file handles whose fds close as soon as nobody uses them."""
     ids = process_ids()
     if c.prepare is _shared_dirs and os.geteuid() != 0:
         pytest.skip("switching fsuid needs root")
+    if inodes != "fds":
+        c = dataclasses.replace(c, fs={**c.fs, "inode_file_handles": "prefer",
+                                       "handle_fd_cache": 0 if "no idle" in inodes else 1024})
     py = run_side(rigs, tmp_path / "py", False, c)
     cc = run_side(rigs, tmp_path / "c", True, c)
+    if inodes != "fds":
+        assert cc.rig.fs.file_handles == py.rig.fs.file_handles == "prefer"
     for got, want in zip(cc.replies(), py.replies()):
         assert got == want, f"reply to {want[0]}: C {got[1:]} != Python {want[1:]}"
     assert len(cc.log) == len(py.log)
@@ -1329,20 +1355,16 @@ def _policies():
         "readonly fs": (dict(fs=lambda root: PassthroughFs(root, readonly=True)), _MODIFYING),
         "uid map": (dict(options=ServerOptions(uid_map=IdMap(["map:0:1000:1"], "uid"))),
                     _AS_CALLER),
-        "file handles": (dict(fs=lambda root: PassthroughFs(root, inode_file_handles="prefer")),
-                         _AS_CALLER),
     }
 
 
 @pytest.mark.parametrize("policy", list(_policies()))
 def test_policies_that_keep_metadata_in_python(rigs, tmp_path, policy):
-    """Where Python's answer depends on more than C knows (EROFS, id translation, file
-    handles for new inodes) those opcodes stay Python's -- and the answers are Python's."""
+    """Where Python's answer depends on more than C knows (EROFS, id translation) those
+    opcodes stay Python's -- and the answers are Python's."""
     kw, python_only = _policies()[policy]
     if "fs" in kw:
         kw = dict(kw, fs=kw["fs"](tmp_path))
-        if policy == "file handles" and kw["fs"].file_handles == "never":
-            pytest.skip("no file handles on this file system")
     (tmp_path / "f").write_bytes(b"x")
     os.chmod(tmp_path, 0o777)
     rig = rigs(directory=tmp_path, hot_threads=1, **kw)

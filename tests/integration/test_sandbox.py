@@ -209,15 +209,22 @@ def test_capabilities_are_virtiofsds_set(start_daemon, connect, mode):
     d = start_daemon("--sandbox", mode)
     connect(d)
     sets = cap_sets(served_pid(d, mode))
-    assert sets["CapEff"] == sets["CapPrm"] == sets["CapBnd"] == caps.DEFAULT
+    # virtiofsd's set, and CAP_DAC_READ_SEARCH for --inode-file-handles=prefer (the default)
+    assert sets["CapEff"] == sets["CapPrm"] == sets["CapBnd"] == caps.DEFAULT | {"dac_read_search"}
     assert sets["CapInh"] == sets["CapAmb"] == frozenset()
+
+
+def test_without_file_handles_the_set_is_virtiofsds_default(start_daemon, connect):
+    d = start_daemon("--inode-file-handles", "never")
+    connect(d)
+    assert cap_sets(served_pid(d, "namespace"))["CapEff"] == caps.DEFAULT
 
 
 def test_modcaps_adds_and_removes(start_daemon, connect):
     d = start_daemon("--modcaps=+sys_admin:-mknod:-cap_setfcap")
     connect(d)
     sets = cap_sets(served_pid(d, "namespace"))
-    assert sets["CapEff"] == (caps.DEFAULT | {"sys_admin"}) - {"mknod", "setfcap"}
+    assert sets["CapEff"] == (caps.DEFAULT | {"sys_admin", "dac_read_search"}) - {"mknod", "setfcap"}
 
 
 def test_without_cap_mknod_device_nodes_are_refused(shared, start_daemon, connect):

@@ -38,9 +38,17 @@ def tree(tmp_path):
     return tmp_path
 
 
-def _store(tree, fds_only=True, opener=None) -> Store:
+def _store(tree, file_handles="never", idle_fds=0) -> Store:
     root = _open(tree)
-    return Store(root, _key(root), os.fstat(root).st_mode, fds_only=fds_only, opener=opener)
+    s = Store(root, _key(root), os.fstat(root).st_mode)
+    s.set_file_handles(file_handles, idle_fds)
+    return s
+
+
+def _handle_lookup(s: Store, path) -> int:
+    fd = _open(path)
+    st = os.fstat(fd)
+    return s.inodes.add_lookup(fd, _key(fd), st.st_mode, s.make_handle(fd, st.st_mode))
 
 
 def _lookup(s: Store, path) -> int:
@@ -145,28 +153,77 @@ def test_file_handle_inodes_hold_an_fd_only_while_borrowed(tree):
     if file_handle.probe(root) is not None:
         pytest.skip("no file handles here")             # needs CAP_DAC_READ_SEARCH
     os.close(root)
-    opened = []
-
-    def opener(inode, handle):
-        opened.append(inode.nodeid)
-        return file_handle.open_handle(mounts.get(handle.mount_id), handle, PATH)
-
     outside = _fds()
-    s = _store(tree, fds_only=False, opener=opener)
-    mounts = file_handle.MountFds()
-    mounts.remember(file_handle.handle_of(s.inodes.root.fd).mount_id, s.inodes.root.fd)
-    base = _fds() - 1                                    # what the store holds apart
+    s = _store(tree, "prefer")
+    assert s.mounts() == 1                               # the root's, to open handles with
+    base = _fds() - 2                                    # what the store holds apart
     fd = _open(tree / "a")
-    h = file_handle.handle_of(fd)
+    h = s.make_handle(fd, os.fstat(fd).st_mode)
+    assert h == file_handle.handle_of(fd)                # what the kernel gives, as kept
     a = s.inodes.add_lookup(fd, _key(fd), os.fstat(fd).st_mode, h)
-    assert _fds() == base + 1                            # the root only: a keeps a handle
+    assert _fds() == base + 2                            # root and mount: a keeps a handle
+    assert s.inodes.open_fds() == 1
     with s.inodes.borrow(a) as i, s.inodes.borrow(a) as j:
         assert i.fd >= 0 and j.fd == i.fd and os.fstat(i.fd).st_size == 3
-        assert opened == [a]                             # the second borrower reused it
-    assert _fds() == base + 1                            # closed by the last borrower
+        assert s.inodes.open_fds() == 2                  # opened once, for both borrowers
+    assert _fds() == base + 2                            # closed by the last borrower
     s.close()
-    mounts.close()
     assert _fds() == outside
+
+
+def test_a_file_handle_of_a_removed_file_is_stale(tree):
+    root = _open(tree)
+    if file_handle.probe(root) is not None:
+        pytest.skip("no file handles here")
+    os.close(root)
+    s = _store(tree, "prefer")
+    (tree / "gone").write_bytes(b"x")
+    fd = _open(tree / "gone")
+    st = os.fstat(fd)
+    a = s.inodes.add_lookup(fd, _key(fd), st.st_mode, s.make_handle(fd, st.st_mode))
+    os.unlink(tree / "gone")
+    with pytest.raises(OSError) as e:
+        with s.inodes.borrow(a):
+            pass
+    assert e.value.errno == errno.ESTALE
+    s.close()
+
+
+def test_idle_fds_of_file_handle_inodes_are_the_ones_used_last(tree):
+    root = _open(tree)
+    if file_handle.probe(root) is not None:
+        pytest.skip("no file handles here")
+    os.close(root)
+    s = _store(tree, "prefer", idle_fds=2)
+    base = s.inodes.open_fds()                           # the root
+    a = _handle_lookup(s, tree / "a")
+    b = _handle_lookup(s, tree / "b")
+    assert s.inodes.open_fds() == base + 2               # both just opened, kept idle
+    with s.inodes.borrow(a):                             # a is used: b is the oldest now
+        pass
+    c = _handle_lookup(s, tree / "c")
+    assert s.inodes.open_fds() == base + 2               # b's fd closed for c's
+
+    def is_open(nodeid):
+        with s.inodes.borrow(nodeid) as i:
+            fd = i.fd
+        return fd
+
+    before = s.inodes.open_fds()
+    fd_b = is_open(b)                                    # b reopened from its handle ...
+    assert s.inodes.open_fds() == before                 # ... and a, the oldest, closed
+    assert os.readlink(f"/proc/self/fd/{fd_b}").endswith("/b")
+    s.inodes.forget(c, 1)                                # leaving the store closes it
+    assert s.inodes.open_fds() == base + 1
+    s.close()
+
+
+def test_a_store_that_keeps_fds_makes_no_handles(tree):
+    s = _store(tree)
+    fd = _open(tree / "a")
+    assert s.make_handle(fd, os.fstat(fd).st_mode) is None and s.mounts() == 0
+    os.close(fd)
+    s.close()
 
 
 def test_concurrent_lookups_and_forgets_balance(tree):

@@ -100,7 +100,6 @@ class PassthroughBase(FileSystem):
     submounts: bool
     proc_self_fd: str
     credentials: Credentials
-    mount_fds: file_handle.MountFds
     file_handles: str
     store: Store
     inodes: Inodes
@@ -130,30 +129,10 @@ class PassthroughBase(FileSystem):
         return Entry(nodeid, 0, attr)
 
     def _handle_for(self, fd: int, mode: int) -> file_handle.FileHandle | None:
-        """The file handle to keep instead of ``fd`` (None: keep the fd).
-
-        A handle is only usable with an fd on its mount: the first directory the guest
-        reaches on a mount (normally its root) provides it.  A file on a mount we have no
-        directory of (a bind-mounted file) keeps its fd, or fails under ``mandatory``."""
-        if self.file_handles == "never":
-            return None
-        try:
-            h = file_handle.handle_of(fd)
-            if h.mount_id not in self.mount_fds:
-                if not stat.S_ISDIR(mode):
-                    raise OSError(errno.EOPNOTSUPP, "no directory on the file's mount")
-                self.mount_fds.remember(h.mount_id, fd)
-        except OSError as e:
-            if self.file_handles == "mandatory":
-                raise OSError(e.errno, f"no file handle (--inode-file-handles=mandatory): "
-                                       f"{e.strerror}") from None
-            return None
-        return h
-
-    def _open_inode(self, inode: Inode, h: file_handle.FileHandle) -> int:
-        """An O_PATH fd for a file-handle inode (the store's façade calls this)."""
-        return file_handle.open_handle(self.mount_fds.get(h.mount_id), h,
-                                       os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        """The file handle a new inode keeps instead of ``fd`` (None: it keeps the fd).  The
+        store decides, for C and Python alike (cext/store.h, "File handles"): a file on a
+        mount the store has no directory of keeps its fd, or fails under ``mandatory``."""
+        return self.store.make_handle(fd, mode)
 
     def _lookup_child(self, parent: Inode, name: bytes) -> Entry:
         fd = syscalls.openat2(parent.fd, name, PATH_FLAGS, RESOLVE)

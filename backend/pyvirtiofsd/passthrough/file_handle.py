@@ -11,16 +11,16 @@ local ones and NFS can; some pseudo file systems cannot).
 Modes, as virtiofsd: ``never`` (fds only), ``prefer`` (handles where the file system makes
 them, fds elsewhere), ``mandatory`` (a file without a handle cannot be looked up).
 
-``open_by_handle_at`` needs an fd on the same mount as the file: :class:`MountFds` keeps
-one ``O_PATH`` fd per mount the guest has reached (the first inode seen there), keyed by
-the mount id ``name_to_handle_at`` reports.
+The inode store (cext/store.h, "File handles") makes, keeps and opens the handles of the
+inodes the guest knows, for the C hot path and Python alike; ``open_by_handle_at`` needs an
+fd on the same mount as the file, and the store keeps one per mount the guest has reached.
+This module is for what happens outside the store: the start-up probe and migration.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
-import threading
 from dataclasses import dataclass
 
 MAX_HANDLE_SZ = 128
@@ -77,47 +77,6 @@ def open_handle(mount_fd: int, handle: FileHandle, flags: int) -> int:
     return fd
 
 
-class MountFds:
-    """One directory fd per mount, for ``open_by_handle_at``'s ``mount_fd`` (which must
-    not be an O_PATH fd: the kernel answers EBADF)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._fds: dict[int, int] = {}
-
-    def __contains__(self, mount_id: int) -> bool:
-        with self._lock:
-            return mount_id in self._fds
-
-    def remember(self, mount_id: int, dir_fd: int) -> None:
-        """Keep an fd of directory ``dir_fd`` (O_PATH is fine: it is reopened) on mount
-        ``mount_id``, unless one is kept already."""
-        if mount_id in self:
-            return
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
-        with self._lock:
-            if mount_id not in self._fds:
-                self._fds[mount_id], fd = fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    def get(self, mount_id: int) -> int:
-        with self._lock:
-            fd = self._fds.get(mount_id)
-        if fd is None:
-            raise OSError(errno.ESTALE, "no fd for the file's mount", mount_id)
-        return fd
-
-    def __len__(self) -> int:
-        return len(self._fds)
-
-    def close(self) -> None:
-        with self._lock:
-            fds, self._fds = list(self._fds.values()), {}
-        for fd in fds:
-            os.close(fd)
-
-
 def probe(fd: int) -> str | None:
     """Why this process cannot use file handles on ``fd``'s file system, or None if it can
     (make one and open it again: CAP_DAC_READ_SEARCH and file-system support both)."""
@@ -137,4 +96,4 @@ def probe(fd: int) -> str | None:
     return None
 
 
-__all__ = ["FileHandle", "MODES", "MountFds", "handle_of", "open_handle", "probe"]
+__all__ = ["FileHandle", "MODES", "handle_of", "open_handle", "probe"]

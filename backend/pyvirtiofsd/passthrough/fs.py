@@ -57,6 +57,9 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, OffloadOps, PassthroughB
     leaves it in the working directory: ``"."``; see :mod:`pyvirtiofsd.sandbox`).
     ``xattrmap``: an :class:`~.xattrmap.XattrMap` renaming xattrs between guest and host.
     ``inode_file_handles``: ``never`` | ``prefer`` | ``mandatory`` (see :mod:`.file_handle`).
+    ``handle_fd_cache``: with file handles, how many inodes nobody uses right now keep their
+    fd open anyway (the ones used last), so that requests on a busy file do not each pay an
+    ``open_by_handle_at``; the daemon's inode fds stay bounded by it.
     ``preserve_noatime``: keep O_NOATIME on opens (virtiofsd drops it by default: the host
     refuses it with EPERM unless the daemon's fsuid owns the file or has CAP_FOWNER).
 
@@ -73,7 +76,7 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, OffloadOps, PassthroughB
                  switch_credentials: bool | None = None, readonly: bool = False,
                  xattr: bool = False, proc_self_fd: str = "/proc/self/fd",
                  xattrmap: XattrMap | None = None, inode_file_handles: str = "never",
-                 preserve_noatime: bool = False):
+                 handle_fd_cache: int = 1024, preserve_noatime: bool = False):
         if inode_file_handles not in file_handle.MODES:
             raise ValueError(f"inode_file_handles must be one of {file_handle.MODES}")
         self.root_path = os.fspath(root)
@@ -94,7 +97,6 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, OffloadOps, PassthroughB
         except BaseException:
             os.close(root_fd)
             raise
-        self.mount_fds = file_handle.MountFds()
         self.file_handles = inode_file_handles
         if inode_file_handles != "never":
             why = file_handle.probe(root_fd)
@@ -103,14 +105,12 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, OffloadOps, PassthroughB
                     os.close(root_fd)
                     os.close(self._proc_fd)
                     raise OSError(errno.EOPNOTSUPP, f"--inode-file-handles=mandatory: {why}")
-                log.warning("inode file handles unusable, using O_PATH fds", reason=why)
+                # "prefer" is the default: without CAP_DAC_READ_SEARCH (rootless) this is
+                # the normal case, not something to warn about
+                log.info("inode file handles unusable, using O_PATH fds", reason=why)
                 self.file_handles = "never"
-            else:
-                self.mount_fds.remember(file_handle.handle_of(root_fd).mount_id, root_fd)
-        # C may open and register new inodes (LOOKUP, READDIRPLUS) only where each inode is
-        # an fd, i.e. without file handles
-        self.store = Store(root_fd, inode_key(stx), stx.mode,
-                           fds_only=self.file_handles == "never", opener=self._open_inode)
+        self.store = Store(root_fd, inode_key(stx), stx.mode)
+        self.store.set_file_handles(self.file_handles, handle_fd_cache)
         self.inodes = self.store.inodes
         self.handles = self.store.handles
         self.store.set_proc(self._proc_fd)
@@ -120,7 +120,6 @@ class PassthroughFs(NameOps, FileOps, DirOps, XattrOps, OffloadOps, PassthroughB
         """Release every fd (the object is unusable afterwards)."""
         self.store.close()
         os.close(self._proc_fd)
-        self.mount_fds.close()
 
     # --- lifecycle ------------------------------------------------------------------------
 

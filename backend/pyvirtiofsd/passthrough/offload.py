@@ -4,8 +4,8 @@
 C answers an opcode only where its bytes are the ones these Python methods would give:
 the method is PassthroughFs's own (a subclass that overrides it keeps it in Python), and no
 reply policy changes the answer -- uid/gid translation (ids in attributes and in the
-caller), a read-only server or file system (Python answers EROFS), file handles (a new
-inode needs one made in Python).  With a DAX window only READ is served in C: attributes
+caller), or a read-only server or file system (Python answers EROFS).  File handles change
+nothing here: the store makes and opens them for C as for Python.  With a DAX window only READ is served in C: attributes
 carry FUSE_ATTR_DAX, and the window follows WRITE, GETATTR, RELEASE and FORGET.
 Per request, C still leaves to Python whatever is unusual (an extension, an odd name, a
 kill-suid/sgid open...: cext/mutate.h).
@@ -37,9 +37,6 @@ _MODIFYING = {Op.FUSE_WRITE, Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD, Op.FU
 # what packs attributes, or acts as the caller (id translation changes both)
 _IDS = {Op.FUSE_GETATTR, Op.FUSE_LOOKUP, Op.FUSE_SETATTR, Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD,
         Op.FUSE_SYMLINK, Op.FUSE_LINK, Op.FUSE_READDIRPLUS}
-# what may register a new inode (which, with file handles, needs one made in Python)
-_NEW_INODES = {Op.FUSE_CREATE, Op.FUSE_MKDIR, Op.FUSE_MKNOD, Op.FUSE_SYMLINK, Op.FUSE_LINK,
-               Op.FUSE_READDIRPLUS}
 
 
 class OffloadOps(PassthroughBase):
@@ -56,8 +53,7 @@ class OffloadOps(PassthroughBase):
                 continue
             if policy.dax and op != Op.FUSE_READ:
                 continue
-            if (readonly and op in _MODIFYING or policy.id_mapping and op in _IDS
-                    or not self.store.fds_only and op in _NEW_INODES):
+            if readonly and op in _MODIFYING or policy.id_mapping and op in _IDS:
                 continue
             ops.add(op)
         return Offload(self.store.c, frozenset(ops)) if ops else None

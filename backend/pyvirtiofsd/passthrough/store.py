@@ -14,8 +14,9 @@ stale number from a confused guest finds nothing (EBADF).  The root is nodeid 1
 (FUSE_ROOT_ID) and is never forgotten.
 
 With file handles (``--inode-file-handles``, see :mod:`.file_handle`) an inode keeps a
-handle instead of an fd: its first borrower opens it (``opener``) and the last one to give
-it back closes it, so the daemon holds fds only for inodes in use right now.
+handle instead of an fd: its first borrower opens it and the last one to give it back
+closes it, so the daemon holds fds only for inodes in use right now.  C makes, keeps and
+opens the handles (cext/store.h, "File handles"), for the hot path and Python alike.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import errno
 import os
 import struct
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from pyvirtiofsd._cext import ffi, lib
 from pyvirtiofsd.fuse.abi import FUSE_ROOT_ID
@@ -33,6 +34,12 @@ InodeKey = tuple[int, int, int]
 """(st_dev, st_ino, mnt_id)"""
 
 _HANDLE_HEAD = struct.Struct("<Qi")   # how a FileHandle is kept in C: mount_id, type, bytes
+_HANDLE_MODES = ("never", "prefer", "mandatory")   # PVFS_HANDLES_*
+
+
+def _unpack_handle(data: bytes) -> FileHandle:
+    mount_id, htype = _HANDLE_HEAD.unpack_from(data)
+    return FileHandle(mount_id, htype, data[_HANDLE_HEAD.size:])
 
 
 class Inode:
@@ -91,21 +98,43 @@ class _HandleLock:
 
 class Store:
     """The store of one passthrough file system: ``root_fd`` (an O_PATH fd of the shared
-    directory, now the store's) is nodeid 1.  ``opener(inode, handle)`` opens a
-    file-handle inode for its borrowers."""
+    directory, now the store's) is nodeid 1.  Inodes keep fds until
+    :meth:`set_file_handles` says otherwise."""
 
-    def __init__(self, root_fd: int, root_key: InodeKey, root_mode: int, *, fds_only: bool,
-                 opener: Callable[[Inode, FileHandle], int] | None = None):
-        c = lib.pvfs_store_new(root_fd, *root_key, root_mode, int(fds_only))
+    def __init__(self, root_fd: int, root_key: InodeKey, root_mode: int):
+        c = lib.pvfs_store_new(root_fd, *root_key, root_mode)
         if c == ffi.NULL:
             raise MemoryError("cannot allocate the inode store")
         self.c = ffi.gc(c, lib.pvfs_store_unref)
-        self.fds_only = fds_only
-        self._opener = opener
+        self.file_handles = "never"
         self._closed = False
         self.root_fd = root_fd
         self.inodes = Inodes(self)
         self.handles = Handles(self)
+
+    def set_file_handles(self, mode: str, idle_fds: int = 0) -> None:
+        """``never`` | ``prefer`` | ``mandatory`` (once, before serving): whether new inodes
+        keep a file handle instead of their fd.  ``idle_fds``: how many of those nobody
+        borrows keep their fd open anyway, the ones used last.  OSError if the root's file
+        system makes no handles."""
+        rc = lib.pvfs_store_set_file_handles(self.c, _HANDLE_MODES.index(mode), idle_fds)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc), "file handles of the shared directory")
+        self.file_handles = mode
+
+    def make_handle(self, fd: int, mode: int) -> FileHandle | None:
+        """The handle a new inode for ``fd`` (file type from ``mode``) keeps instead of the fd;
+        None: it keeps the fd.  OSError under ``mandatory`` when there is no handle."""
+        out = ffi.new("uint8_t[]", lib.PVFS_HANDLE_ROOM)
+        n = lib.pvfs_store_make_handle(self.c, fd, mode, out)
+        if n < 0:
+            raise OSError(-n, f"no file handle (--inode-file-handles=mandatory): "
+                              f"{os.strerror(-n)}")
+        return _unpack_handle(ffi.buffer(out, n)[:]) if n else None
+
+    def mounts(self) -> int:
+        """How many mounts the store keeps a directory fd for (to open handles with)."""
+        return lib.pvfs_store_mounts(self.c)
 
     def set_policy(self, *, switch_ids: bool, posix_acl: bool, writeback: bool,
                    direct_io: bool, noatime: bool) -> None:
@@ -197,23 +226,14 @@ class Inodes:
             lib.pvfs_inode_put(c, e)
 
     def _reopen(self, e: Any, v: Any) -> int:
-        """An fd for a file-handle inode's borrowers (two racing borrowers may both open
-        one; the loser closes its own)."""
-        if not v.handle_len:
+        """An fd for a file-handle inode's borrowers (the store opens its handle)."""
+        fd = lib.pvfs_store_open_inode(self._s.c, e)
+        if fd == -errno.EIO:
             # inserted by a migration that could not find the file again (on-error=guest-error)
             raise OSError(errno.EIO, "inode lost in migration", v.nodeid)
-        if self._s._opener is None:
-            raise OSError(errno.ESTALE, "inode has neither fd nor opener", v.nodeid)
-        raw = ffi.new("uint8_t[]", v.handle_len)
-        lib.pvfs_inode_handle(e, raw, v.handle_len)
-        data = ffi.buffer(raw)[:]
-        mount_id, htype = _HANDLE_HEAD.unpack_from(data)
-        handle = FileHandle(mount_id, htype, data[_HANDLE_HEAD.size:])
-        fd = self._s._opener(Inode(v.nodeid, -1, v.mode, (v.dev, v.ino, v.mnt_id)), handle)
-        used = lib.pvfs_inode_set_fd(self._s.c, e, fd)
-        if used != fd:
-            os.close(fd)
-        return used
+        if fd < 0:
+            raise OSError(-fd, os.strerror(-fd), f"inode {v.nodeid}")
+        return fd
 
     def add_lookup(self, fd: int, key: InodeKey, mode: int,
                    handle: FileHandle | None = None) -> int:
