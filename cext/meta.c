@@ -62,10 +62,10 @@ static uint64_t lookup_child(struct pvfs_store *s, int parent_fd, uint64_t paren
 {
     pvfs_lead_busy(lead);
     int rc = stat_child(parent_fd, name, parent_mnt, sx);
+    uint64_t nodeid = rc < 0 ? 0 : pvfs_store_count_known(s, sx);
     pvfs_lead_done(lead);
     if (rc < 0)
         return 0;
-    uint64_t nodeid = pvfs_store_count_known(s, sx);
     if (nodeid)
         return nodeid;
     pvfs_lead_busy(lead);
@@ -82,7 +82,10 @@ static uint64_t lookup_child(struct pvfs_store *s, int parent_fd, uint64_t paren
         errno = EXDEV;
         return 0;
     }
-    return pvfs_store_count_or_add(s, fd, sx);     /* errno set if 0 */
+    pvfs_lead_busy(lead);
+    nodeid = pvfs_store_count_or_add(s, fd, sx);   /* errno set if 0 */
+    pvfs_lead_done(lead);
+    return nodeid;
 }
 
 /* LOOKUP (see lookup_child): the lookup counted in the store, fuse_entry_out as the Python

@@ -161,13 +161,15 @@ int pvfs_serve_create(struct pvfs_hot *h, struct pvfs_hot_req *r)
     /* The new file itself, through /proc/self/fd (no name lookup involved). */
     char self[16];
     snprintf(self, sizeof(self), "%d", fd);
-    int pfd = openat(pvfs_store_proc_fd(h->store), self, O_PATH | O_CLOEXEC);
     struct statx sx;
     uint64_t nodeid = 0;
+    pvfs_lead_busy(r->lead);          /* statx, and maybe open_by_handle_at (store.h) */
+    int pfd = openat(pvfs_store_proc_fd(h->store), self, O_PATH | O_CLOEXEC);
     if (pfd < 0)
         err = errno;
     else
         nodeid = entry_of(h, pfd, &sx, &err);
+    pvfs_lead_done(r->lead);
     if (!nodeid) {
         close(fd);
         pvfs_hot_reply(r, err, NULL, 0);

@@ -495,6 +495,38 @@ void pvfs_store_unref(struct pvfs_store *s)
 
 /* ---- inodes -------------------------------------------------------------------------- */
 
+/* With file handles, an identity (st_dev, st_ino, mnt_id) the store holds may belong to a
+ * file deleted since, whose inode number the file system has given to a new file: nothing
+ * kept the old one alive, as an O_PATH fd would have.  So before the identity is trusted,
+ * a held file-handle inode without an open fd is opened by its handle (which carries the
+ * inode's generation): stale, it leaves the identity index -- its nodeid stays, answering
+ * ESTALE, until the guest forgets it -- and the new file gets a nodeid of its own; alive,
+ * its fd stays idle for the request that follows.  An inode with an fd open is pinned and
+ * needs no check.  May call open_by_handle_at: C callers run it marked busy. */
+static void check_identity(struct pvfs_store *s, const struct inode_key *k)
+{
+    if (s->file_handles == PVFS_HANDLES_NEVER)
+        return;
+    pthread_mutex_lock(&s->ilock);
+    int j = ix_find(&s->by_key, 0, k);
+    struct pvfs_inode *i = j < 0 ? NULL : s->by_key.slots[j];
+    if (i && (i->fd >= 0 || !i->handle_len))
+        i = NULL;
+    if (i)
+        __atomic_add_fetch(&i->refs, 1, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&s->ilock);
+    if (!i)
+        return;
+    if (pvfs_store_open_inode(s, i) == -ESTALE) {
+        pthread_mutex_lock(&s->ilock);
+        j = ix_find(&s->by_key, 0, &i->key);
+        if (j >= 0 && s->by_key.slots[j] == i)
+            ix_remove(&s->by_key, j);
+        pthread_mutex_unlock(&s->ilock);
+    }
+    pvfs_inode_put(s, i);
+}
+
 /* One more lookup of the inode with identity k, if held: its nodeid, else 0.  ilock held. */
 static uint64_t count_held(struct pvfs_store *s, const struct inode_key *k)
 {
@@ -539,6 +571,7 @@ uint64_t pvfs_store_lookup(struct pvfs_store *s, int fd, uint64_t dev, uint64_t 
                            uint32_t handle_len)
 {
     struct inode_key k = {dev, ino, mnt_id};
+    check_identity(s, &k);
     return lookup(s, fd, &k, mode, handle_len ? handle : NULL, handle_len);
 }
 
@@ -553,6 +586,7 @@ uint64_t pvfs_store_count_known(struct pvfs_store *s, const struct statx *sx)
 {
     struct inode_key k;
     key_of(sx, &k);
+    check_identity(s, &k);
     pthread_mutex_lock(&s->ilock);
     uint64_t nodeid = count_held(s, &k);
     pthread_mutex_unlock(&s->ilock);

@@ -193,7 +193,9 @@ struct statx;
 void pvfs_store_ref(struct pvfs_store *s);
 uint32_t pvfs_store_policy(struct pvfs_store *s);
 int pvfs_store_proc_fd(struct pvfs_store *s);    /* -1 if not set */
-/* Count a lookup of the file with sx's identity if the store holds it: its nodeid, or 0. */
+/* Count a lookup of the file with sx's identity if the store holds it: its nodeid, or 0.
+ * With file handles it may open a handle (see check_identity in store.c): run it marked
+ * busy.  pvfs_store_count_or_add and pvfs_store_lookup do the same check. */
 uint64_t pvfs_store_count_known(struct pvfs_store *s, const struct statx *sx);
 /* As pvfs_store_lookup for a file C opened (fd, identity from sx), registering it if new,
  * with a handle made by pvfs_store_make_handle.  0 with errno if not (fd closed): ENOMEM,

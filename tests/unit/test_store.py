@@ -218,6 +218,40 @@ def test_idle_fds_of_file_handle_inodes_are_the_ones_used_last(tree):
     s.close()
 
 
+def test_an_identity_reused_by_a_new_file_gets_a_new_nodeid(tree):
+    """A file the store keeps as a handle (no fd: nothing keeps it alive) is deleted, and the
+    file system gives its inode number to a new file.  Looking the new file up must not give
+    the old nodeid, whose handle is stale (the guest would get ESTALE on every use): the
+    store opens the held handle, finds it stale, and registers the new file afresh.  (The
+    reuse is simulated: the old file is registered under the new file's identity.)"""
+    root = _open(tree)
+    if file_handle.probe(root) is not None:
+        pytest.skip("no file handles here")
+    os.close(root)
+    s = _store(tree, "prefer", idle_fds=0)
+    (tree / "old").write_bytes(b"old")
+    (tree / "new").write_bytes(b"new")
+    fd_new = _open(tree / "new")
+    key_new = _key(fd_new)
+    fd_old = _open(tree / "old")
+    mode = os.fstat(fd_old).st_mode
+    stale = s.inodes.add_lookup(fd_old, key_new, mode, s.make_handle(fd_old, mode))
+    os.unlink(tree / "old")
+    fresh = s.inodes.add_lookup(fd_new, key_new, mode, s.make_handle(fd_new, mode))
+    assert fresh != stale
+    with s.inodes.borrow(fresh) as i:
+        fd = os.open(f"/proc/self/fd/{i.fd}", os.O_RDONLY)
+        assert os.pread(fd, 3, 0) == b"new"
+        os.close(fd)
+    with pytest.raises(OSError) as e, s.inodes.borrow(stale):
+        pass
+    assert e.value.errno == errno.ESTALE
+    assert s.inodes.find(key_new) == fresh
+    s.inodes.forget(stale, 1)                            # the stale one leaves by its nodeid
+    assert s.inodes.find(key_new) == fresh and s.inodes.lookup_count(fresh) == 1
+    s.close()
+
+
 def test_a_store_that_keeps_fds_makes_no_handles(tree):
     s = _store(tree)
     fd = _open(tree / "a")
