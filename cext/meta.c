@@ -58,11 +58,12 @@ static int stat_child(int parent_fd, const char *name, uint64_t parent_mnt, stru
  * 0 with errno when the Python path should answer instead (EXDEV: another mount, a
  * submount).  The syscalls run marked busy (leader.h). */
 static uint64_t lookup_child(struct pvfs_store *s, int parent_fd, uint64_t parent_mnt,
-                             const char *name, struct statx *sx, struct pvfs_lead *lead)
+                             const char *name, struct statx *sx, struct pvfs_lead *lead,
+                             int verify)
 {
     pvfs_lead_busy(lead);
     int rc = stat_child(parent_fd, name, parent_mnt, sx);
-    uint64_t nodeid = rc < 0 ? 0 : pvfs_store_count_known(s, sx);
+    uint64_t nodeid = rc < 0 ? 0 : pvfs_store_count_known(s, sx, verify);
     pvfs_lead_done(lead);
     if (rc < 0)
         return 0;
@@ -103,7 +104,7 @@ int pvfs_serve_lookup(struct pvfs_hot *h, struct pvfs_hot_req *r)
     if (!p)
         return PVFS_TO_PYTHON;                            /* unknown nodeid: Python says EBADF */
     struct statx sx;
-    uint64_t nodeid = lookup_child(h->store, pv.fd, pv.mnt_id, name, &sx, r->lead);
+    uint64_t nodeid = lookup_child(h->store, pv.fd, pv.mnt_id, name, &sx, r->lead, 1);
     int e = errno;
     pvfs_inode_put(h->store, p);
     if (!nodeid && e == ENOENT) {
@@ -299,7 +300,7 @@ static int64_t dirents(struct pvfs_store *s, int dir_fd, int parent_fd, uint64_t
                 pvfs_pack_attr(e + offsetof(struct pvfs_fuse_entry_out, attr), &st, pol.blksize);
             } else {
                 struct statx sx;
-                uint64_t nodeid = lookup_child(s, parent_fd, parent_mnt, d->d_name, &sx, lead);
+                uint64_t nodeid = lookup_child(s, parent_fd, parent_mnt, d->d_name, &sx, lead, 0);
                 if (!nodeid && errno == ENOENT) {         /* gone since getdents: skipped */
                     *next_offset = (uint64_t)d->d_off;
                     continue;

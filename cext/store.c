@@ -495,14 +495,26 @@ void pvfs_store_unref(struct pvfs_store *s)
 
 /* ---- inodes -------------------------------------------------------------------------- */
 
+/* i's handle is stale: i leaves the identity index, so the file that has its identity now
+ * gets a nodeid of its own; i's nodeid stays, answering ESTALE, until the guest forgets it. */
+static void unindex(struct pvfs_store *s, struct pvfs_inode *i)
+{
+    pthread_mutex_lock(&s->ilock);
+    int j = ix_find(&s->by_key, 0, &i->key);
+    if (j >= 0 && s->by_key.slots[j] == i)
+        ix_remove(&s->by_key, j);
+    pthread_mutex_unlock(&s->ilock);
+}
+
 /* With file handles, an identity (st_dev, st_ino, mnt_id) the store holds may belong to a
  * file deleted since, whose inode number the file system has given to a new file: nothing
- * kept the old one alive, as an O_PATH fd would have.  So before the identity is trusted,
- * a held file-handle inode without an open fd is opened by its handle (which carries the
- * inode's generation): stale, it leaves the identity index -- its nodeid stays, answering
- * ESTALE, until the guest forgets it -- and the new file gets a nodeid of its own; alive,
- * its fd stays idle for the request that follows.  An inode with an fd open is pinned and
- * needs no check.  May call open_by_handle_at: C callers run it marked busy. */
+ * kept the old one alive, as an O_PATH fd would have.  Every open of a stale handle
+ * unindexes its inode (pvfs_store_open_inode), so the guest's retry of a request that got
+ * ESTALE (Linux retries a path walk once, revalidating) finds the new file.  A LOOKUP checks
+ * before trusting the identity: a held file-handle inode without an open fd is opened by
+ * its handle (which carries the inode's generation); alive, its fd stays idle for the
+ * request that usually follows.  An inode with an fd open is pinned and needs no check.
+ * May call open_by_handle_at: C callers run it marked busy. */
 static void check_identity(struct pvfs_store *s, const struct inode_key *k)
 {
     if (s->file_handles == PVFS_HANDLES_NEVER)
@@ -517,13 +529,7 @@ static void check_identity(struct pvfs_store *s, const struct inode_key *k)
     pthread_mutex_unlock(&s->ilock);
     if (!i)
         return;
-    if (pvfs_store_open_inode(s, i) == -ESTALE) {
-        pthread_mutex_lock(&s->ilock);
-        j = ix_find(&s->by_key, 0, &i->key);
-        if (j >= 0 && s->by_key.slots[j] == i)
-            ix_remove(&s->by_key, j);
-        pthread_mutex_unlock(&s->ilock);
-    }
+    pvfs_store_open_inode(s, i);      /* unindexes i if stale */
     pvfs_inode_put(s, i);
 }
 
@@ -582,11 +588,12 @@ static void key_of(const struct statx *sx, struct inode_key *k)
     k->mnt_id = sx->stx_mnt_id;
 }
 
-uint64_t pvfs_store_count_known(struct pvfs_store *s, const struct statx *sx)
+uint64_t pvfs_store_count_known(struct pvfs_store *s, const struct statx *sx, int verify)
 {
     struct inode_key k;
     key_of(sx, &k);
-    check_identity(s, &k);
+    if (verify)
+        check_identity(s, &k);
     pthread_mutex_lock(&s->ilock);
     uint64_t nodeid = count_held(s, &k);
     pthread_mutex_unlock(&s->ilock);
@@ -601,7 +608,7 @@ uint64_t pvfs_store_count_or_add(struct pvfs_store *s, int fd, const struct stat
         return lookup(s, fd, &k, sx->stx_mode, NULL, 0);
     /* a handle is made only for a file the store does not hold (a racing lookup of the
      * same file may register it meanwhile: lookup() then counts that one) */
-    uint64_t nodeid = pvfs_store_count_known(s, sx);
+    uint64_t nodeid = pvfs_store_count_known(s, sx, 1);
     if (nodeid) {
         close(fd);
         return nodeid;
@@ -683,8 +690,12 @@ int pvfs_store_open_inode(struct pvfs_store *s, struct pvfs_inode *i)
     h.fh.handle_type = (int)le32toh(t);
     memcpy(h.fh.f_handle, i->handle + HANDLE_HEAD, n);
     fd = open_by_handle_at(mfd, &h.fh, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
+    if (fd < 0) {
+        int e = errno;
+        if (e == ESTALE)
+            unindex(s, i);
+        return -e;
+    }
     int used = pvfs_inode_set_fd(s, i, fd);
     if (used != fd)
         close(fd);

@@ -194,9 +194,12 @@ void pvfs_store_ref(struct pvfs_store *s);
 uint32_t pvfs_store_policy(struct pvfs_store *s);
 int pvfs_store_proc_fd(struct pvfs_store *s);    /* -1 if not set */
 /* Count a lookup of the file with sx's identity if the store holds it: its nodeid, or 0.
- * With file handles it may open a handle (see check_identity in store.c): run it marked
- * busy.  pvfs_store_count_or_add and pvfs_store_lookup do the same check. */
-uint64_t pvfs_store_count_known(struct pvfs_store *s, const struct statx *sx);
+ * verify: with file handles, first make sure the held inode is not a deleted file whose
+ * inode number went to this one -- which may open a handle (check_identity in store.c):
+ * run it marked busy.  LOOKUP verifies; READDIRPLUS records do not (a stale one is found at
+ * its first use, and the guest's retry gets the new file).  pvfs_store_count_or_add and
+ * pvfs_store_lookup always verify. */
+uint64_t pvfs_store_count_known(struct pvfs_store *s, const struct statx *sx, int verify);
 /* As pvfs_store_lookup for a file C opened (fd, identity from sx), registering it if new,
  * with a handle made by pvfs_store_make_handle.  0 with errno if not (fd closed): ENOMEM,
  * or the reason "mandatory" found no handle. */

@@ -252,6 +252,29 @@ def test_an_identity_reused_by_a_new_file_gets_a_new_nodeid(tree):
     s.close()
 
 
+def test_a_stale_handle_found_in_use_gives_up_its_identity(tree):
+    """Without a LOOKUP to check it first (a READDIRPLUS record counts known identities as
+    they are), the first use of the stale inode finds it: ESTALE, and the identity is free
+    for the file that has it now -- the guest's retry of the request gets that one."""
+    root = _open(tree)
+    if file_handle.probe(root) is not None:
+        pytest.skip("no file handles here")
+    os.close(root)
+    s = _store(tree, "prefer", idle_fds=0)
+    (tree / "old").write_bytes(b"old")
+    fd = _open(tree / "old")
+    key, mode = _key(fd), os.fstat(fd).st_mode
+    old = s.inodes.add_lookup(fd, key, mode, s.make_handle(fd, mode))
+    os.unlink(tree / "old")
+    assert s.inodes.find(key) == old
+    with pytest.raises(OSError) as e, s.inodes.borrow(old):
+        pass
+    assert e.value.errno == errno.ESTALE
+    assert s.inodes.find(key) == 0 and s.inodes.lookup_count(old) == 1
+    s.inodes.forget(old, 1)
+    s.close()
+
+
 def test_a_store_that_keeps_fds_makes_no_handles(tree):
     s = _store(tree)
     fd = _open(tree / "a")
