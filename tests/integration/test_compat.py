@@ -217,12 +217,14 @@ def test_every_virtiofsd_option_is_known(tmp_path):
 # --- what the options do, seen from the host ----------------------------------------------
 
 def test_inode_file_handles_hold_no_fd_per_inode(start_daemon, connect, shared):
-    """400 files looked up: one O_PATH fd each without handles, none with them."""
+    """400 files looked up under --rlimit-nofile=1024: one O_PATH fd each without handles;
+    with them, only the idle fds of the ones used last, at most 1024 / 8."""
     for k in range(400):
         (shared / f"f{k:03}").write_bytes(b"")
     counts = {}
     for mode in ("never", "mandatory"):
-        daemon = start_daemon(f"--inode-file-handles={mode}", socket_name=f"{mode}.sock")
+        daemon = start_daemon(f"--inode-file-handles={mode}", "--rlimit-nofile=1024",
+                              socket_name=f"{mode}.sock")
         fuse = connect(daemon)
         pid = daemon.serving_pid()
         before = fd_count(pid)
@@ -231,7 +233,7 @@ def test_inode_file_handles_hold_no_fd_per_inode(start_daemon, connect, shared):
         counts[mode] = fd_count(pid) - before
         assert fuse.getattr(fuse.lookup(1, b"f123")[0].nodeid).ino == os.stat(shared / "f123").st_ino
     print(f"fds held for 400 looked-up inodes: {counts}")
-    assert counts["never"] >= 400 and counts["mandatory"] <= 2
+    assert counts["never"] >= 400 and 0 < counts["mandatory"] <= 1024 // 8 + 2
 
 
 @pytest.mark.parametrize("options,wanted,dropped", [

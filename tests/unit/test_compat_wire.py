@@ -264,7 +264,7 @@ def test_submount_flag_on_a_mount_point(share):
 def test_file_handles_keep_no_fd_per_inode(share):
     for k in range(50):
         (share / f"f{k}").write_bytes(b"%d" % k)
-    fs = PassthroughFs(share, inode_file_handles="mandatory")
+    fs = PassthroughFs(share, inode_file_handles="mandatory", handle_fd_cache=0)
     c, _ = client_for(fs)
     nodes = [c.lookup(1, f"f{k}").nodeid for k in range(50)]
     assert fs.inodes.open_fds() == 1                 # the root only
@@ -272,6 +272,13 @@ def test_file_handles_keep_no_fd_per_inode(share):
     assert c.read(nodes[7], fh, 0, 10) == b"7"
     assert c.getattr(nodes[9]).size == 1
     assert fs.inodes.open_fds() == 1
+    fs.close()
+    fs = PassthroughFs(share, inode_file_handles="mandatory", handle_fd_cache=10)
+    c, _ = client_for(fs)
+    nodes = [c.lookup(1, f"f{k}").nodeid for k in range(50)]
+    assert fs.inodes.open_fds() == 1 + 10            # the root, and the 10 used last
+    assert c.getattr(nodes[0]).size == 1             # reopened from its handle
+    assert fs.inodes.open_fds() == 1 + 10
     fs.close()
     fs = PassthroughFs(share)                         # never: one O_PATH fd each
     c, _ = client_for(fs)
@@ -281,15 +288,21 @@ def test_file_handles_keep_no_fd_per_inode(share):
     fs.close()
 
 
-def test_file_handle_of_a_deleted_file_is_stale(share):
+@pytest.mark.parametrize("idle_fds", [0, 1024])
+def test_file_handle_of_a_deleted_file_is_stale(share, idle_fds):
+    """Nothing keeps a deleted file alive but an fd: without one it is stale, as in
+    virtiofsd; one still kept idle keeps it alive, as an O_PATH fd per inode would."""
     (share / "gone").write_bytes(b"")
-    fs = PassthroughFs(share, inode_file_handles="prefer")
+    fs = PassthroughFs(share, inode_file_handles="prefer", handle_fd_cache=idle_fds)
     c, _ = client_for(fs)
     n = c.lookup(1, "gone").nodeid
     os.unlink(share / "gone")
-    with pytest.raises(FuseError) as ei:
-        c.getattr(n)
-    assert ei.value.errno == errno.ESTALE
+    if idle_fds:
+        assert c.getattr(n).nlink == 0
+    else:
+        with pytest.raises(FuseError) as ei:
+            c.getattr(n)
+        assert ei.value.errno == errno.ESTALE
     fs.close()
 
 
