@@ -106,7 +106,6 @@ class Store:
         if c == ffi.NULL:
             raise MemoryError("cannot allocate the inode store")
         self.c = ffi.gc(c, lib.pvfs_store_unref)
-        self.file_handles = "never"
         self._closed = False
         self.root_fd = root_fd
         self.inodes = Inodes(self)
@@ -120,7 +119,6 @@ class Store:
         rc = lib.pvfs_store_set_file_handles(self.c, _HANDLE_MODES.index(mode), idle_fds)
         if rc < 0:
             raise OSError(-rc, os.strerror(-rc), "file handles of the shared directory")
-        self.file_handles = mode
 
     def make_handle(self, fd: int, mode: int) -> FileHandle | None:
         """The handle a new inode for ``fd`` (file type from ``mode``) keeps instead of the fd;
