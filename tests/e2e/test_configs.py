@@ -166,7 +166,7 @@ def test_hugepages_config_maps_guest_ram_from_hugetlbfs(tmp_path, hugepages):
 # --- booting real guests through launch.sh ----------------------------------------------
 
 def boot(setup: str, share: Path, workdir: Path, command: str, *, tag: str = "share",
-         flavor: str = "bookworm", timeout: float = 600, during=None) -> guest.GuestResult:
+         flavor: str = "bookworm", timeout: float = 300, during=None) -> guest.GuestResult:
     """``launch.sh SETUP`` with a guest that runs ``command`` (see pyvirtiofsd.guest)."""
     assets = guest.prepare(flavor)
     sock = workdir / f"{setup}.sock"
@@ -174,18 +174,23 @@ def boot(setup: str, share: Path, workdir: Path, command: str, *, tag: str = "sh
             "-k", str(assets.boot_image), "-i", str(assets.initrd),
             "-a", guest.kernel_cmdline(command, tag, "/mnt", ""), "--", "-virtfs", HOSTROOT]
     t0 = time.monotonic()
+    # Its own process group: on a timeout QEMU and the daemon, launch.sh's children, hold the
+    # pipe open, so killing launch.sh alone would leave communicate() waiting for ever.
     proc = subprocess.Popen(argv, env=launch_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     watcher = threading.Thread(target=during, args=(proc,), daemon=True) if during else None
     if watcher:
         watcher.start()
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        raise guest.GuestTimeout(f"{setup} guest still running after {timeout} s",
-                                 out.decode(errors="replace"))
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        log = Path(f"{sock}.log")
+        raise guest.GuestTimeout(
+            f"{setup} guest still running after {timeout} s; back-end log:\n"
+            + (log.read_text()[-3000:] if log.exists() else "(none)"), out.decode(errors="replace"))
     if watcher:
         watcher.join(5)
     console = out.decode(errors="replace").replace("\r", "")
