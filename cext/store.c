@@ -185,13 +185,17 @@ static struct pvfs_inode *inode_new(int fd, const struct inode_key *k, uint32_t 
     return i;
 }
 
+static void inode_free(struct pvfs_inode *i)
+{
+    if (i->fd >= 0)
+        close(i->fd);
+    free(i);
+}
+
 static void inode_put(struct pvfs_inode *i)
 {
-    if (__atomic_sub_fetch(&i->refs, 1, __ATOMIC_ACQ_REL) == 0) {
-        if (i->fd >= 0)
-            close(i->fd);
-        free(i);
-    }
+    if (__atomic_sub_fetch(&i->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        inode_free(i);
 }
 
 /* The idle list (ilock held): file-handle inodes with an fd open and no borrower. */
@@ -704,18 +708,25 @@ int pvfs_store_open_inode(struct pvfs_store *s, struct pvfs_inode *i)
 
 void pvfs_inode_put(struct pvfs_store *s, struct pvfs_inode *i)
 {
-    if (i->handle_len) {
-        /* A file-handle inode's fd is open only while borrowed, or idle among the
-         * idle_max used last: the last borrower of one still in the store makes it idle. */
-        int close_fd = -1;
-        pthread_mutex_lock(&s->ilock);
-        if (i->in_store && __atomic_load_n(&i->refs, __ATOMIC_ACQUIRE) == 2 && i->fd >= 0)
-            close_fd = idle_add(s, i);
-        pthread_mutex_unlock(&s->ilock);
-        if (close_fd >= 0)
-            close(close_fd);
+    if (!i->handle_len) {
+        inode_put(i);
+        return;
     }
-    inode_put(i);
+    /* A file-handle inode's fd is open only while borrowed, or idle among the idle_max used
+     * last: the last borrower of one still in the store makes it idle.  "Last" is decided
+     * with the reference given back under ilock (borrowers take theirs under it too): two
+     * borrowers putting it back at once cannot both see the other's reference and leave
+     * its fd open, off the idle list. */
+    int close_fd = -1;
+    pthread_mutex_lock(&s->ilock);
+    unsigned left = __atomic_sub_fetch(&i->refs, 1, __ATOMIC_ACQ_REL);
+    if (left == 1 && i->in_store && i->fd >= 0 && !i->idle)
+        close_fd = idle_add(s, i);
+    pthread_mutex_unlock(&s->ilock);
+    if (close_fd >= 0)
+        close(close_fd);
+    if (left == 0)                /* the store let it go first (FORGET): the fd closes here */
+        inode_free(i);
 }
 
 int pvfs_inode_set_fd(struct pvfs_store *s, struct pvfs_inode *i, int fd)
