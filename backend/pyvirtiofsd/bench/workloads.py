@@ -45,6 +45,11 @@ class Row:
     def data(self) -> bool:
         return self.kind in (lib.PVFS_BENCH_READ, lib.PVFS_BENCH_WRITE)
 
+    @property
+    def dirties(self) -> bool:
+        """Leaves dirty pages on the host (written back after the run, by the kernel)."""
+        return self.kind in (lib.PVFS_BENCH_WRITE, lib.PVFS_BENCH_CREATE_UNLINK)
+
 
 def default_rows() -> list[Row]:
     R, W = lib.PVFS_BENCH_READ, lib.PVFS_BENCH_WRITE
