@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from fdcount import fd_count as _fds
 
 from pyvirtiofsd import _testkit
 from pyvirtiofsd._cext import ffi, lib
@@ -276,10 +277,6 @@ def test_reply_area_too_small_for_write_out_goes_to_python(rig_factory):
                             data=b"x")
     assert reply.error == -errno.EIO     # the server's "reply does not fit"
     assert rig.stats()["writes"] == 0
-
-
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def test_release_racing_reads_never_closes_the_fd_under_them(rig_factory, tmp_path):

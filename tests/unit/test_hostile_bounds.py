@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+from fdcount import fd_count as _fds
 from fusewire import Client, cstr, header, request, run
 from memfs import MemFs
 from pyvirtiofsd.logs import capture as capture_logs
@@ -194,10 +195,6 @@ class FailingKillSuidgid(PassthroughFs):
         if attrs.kill_suidgid:
             raise OSError(errno.EIO, "cannot clear set-user-ID")
         return super().setattr(ctx, inode, attrs, fh)
-
-
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def test_create_whose_kill_suidgid_fails_forgets_its_lookup(tmp_path):

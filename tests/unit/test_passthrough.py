@@ -5,6 +5,7 @@ import stat
 import threading
 
 import pytest
+from fdcount import open_fds
 from fusewire import Client, FuseError, cstr, parse_direntplus, parse_dirents
 
 from pyvirtiofsd.fuse import abi
@@ -14,10 +15,6 @@ from pyvirtiofsd.server import Server, ServerOptions
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
-
-
-def open_fds() -> set[int]:
-    return {int(n) for n in os.listdir("/proc/self/fd")}
 
 
 def fd_flags(fd: int) -> int:

@@ -8,15 +8,12 @@ import os
 import threading
 
 import pytest
+from fdcount import fd_count as _fds
 
 from pyvirtiofsd.passthrough import file_handle
 from pyvirtiofsd.passthrough.store import Store
 
 PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def _key(fd: int) -> tuple[int, int, int]:
