@@ -30,7 +30,6 @@ def pytest_runtest_makereport(item, call):
         rep.longrepr = f"skipped on CI, where nothing may be: {reason}"
 
 
-
 def _hung(config, nodeid: str) -> None:
     capture = config.pluginmanager.getplugin("capturemanager")
     if capture is not None:                 # write past pytest's capture, to the real stderr

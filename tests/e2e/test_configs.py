@@ -165,6 +165,12 @@ def test_hugepages_config_maps_guest_ram_from_hugetlbfs(tmp_path, hugepages):
 
 # --- booting real guests through launch.sh ----------------------------------------------
 
+def _log_end(sock: Path) -> str:
+    """The end of the back-end log launch.sh writes next to the socket."""
+    log = Path(f"{sock}.log")
+    return log.read_text()[-3000:] if log.exists() else "(none)"
+
+
 def boot(setup: str, share: Path, workdir: Path, command: str, *, tag: str = "share",
          flavor: str = "bookworm", timeout: float = 300, during=None) -> guest.GuestResult:
     """``launch.sh SETUP`` with a guest that runs ``command`` (see pyvirtiofsd.guest)."""
@@ -187,10 +193,8 @@ def boot(setup: str, share: Path, workdir: Path, command: str, *, tag: str = "sh
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
-        log = Path(f"{sock}.log")
-        raise guest.GuestTimeout(
-            f"{setup} guest still running after {timeout} s; back-end log:\n"
-            + (log.read_text()[-3000:] if log.exists() else "(none)"), out.decode(errors="replace"))
+        raise guest.GuestTimeout(f"{setup} guest still running after {timeout} s; back-end log:\n"
+                                 + _log_end(sock), out.decode(errors="replace"))
     if watcher:
         watcher.join(5)
     console = out.decode(errors="replace").replace("\r", "")
@@ -198,10 +202,8 @@ def boot(setup: str, share: Path, workdir: Path, command: str, *, tag: str = "sh
     print(f"\n[e2e] launch.sh {setup} ({flavor}): {time.monotonic() - t0:.1f} s")
     exits = re.findall(rf"^{guest.EXIT_MARKER} (\d+)", console, re.M)
     if proc.returncode != 0 or not exits or guest.ERROR_MARKER in console:
-        log = Path(f"{sock}.log")
-        raise guest.GuestError(
-            f"launch.sh {setup} exited {proc.returncode}; back-end log:\n"
-            + (log.read_text()[-3000:] if log.exists() else "(none)"), console)
+        raise guest.GuestError(f"launch.sh {setup} exited {proc.returncode}; back-end log:\n"
+                               + _log_end(sock), console)
     return guest.GuestResult(int(exits[-1]), console, 0.0, time.monotonic() - t0)
 
 

@@ -20,6 +20,7 @@ import struct
 
 from hypothesis import given, strategies as st
 
+from fdcount import fd_count
 from fuzzstats import count_case
 from pyvirtiofsd.frontend.memory import GuestRAM
 from pyvirtiofsd.passthrough import PassthroughFs
@@ -219,14 +220,6 @@ class Session:
         self.ram.close()
 
 
-def _fd_count() -> int:
-    # Collected first, before and after alike: an object an earlier test left to the garbage
-    # collector (a file system, a store) closes its fds whenever a collection runs, and
-    # _ram_mappings runs one -- CI once counted 18 fds before a session and 14 after.
-    gc.collect()
-    return len(os.listdir("/proc/self/fd"))
-
-
 def _ram_mappings() -> int:
     gc.collect()   # a Vring frees its C queue (and the table it holds) when collected
     with open("/proc/self/maps") as f:
@@ -262,18 +255,18 @@ def _run_session(share, seed, specs) -> None:
        msgs=st.lists(messages(), min_size=1, max_size=25))
 def test_hostile_message_sequences(seed, setup, msgs, fresh_dir):
     count_case("backend_sequences")
-    before = _fd_count()
+    before = fd_count()
     _run_session(fresh_dir, seed, (good_setup() if setup else []) + msgs)
     # The session's objects are gone: so must be every fd and mapping it had.
     assert _ram_mappings() == 0, "guest memory is still mapped after the session ended"
-    assert _fd_count() == before, "the back-end leaked file descriptors"
+    assert fd_count() == before, "the back-end leaked file descriptors"
 
 
 def test_backend_channel_fd_that_is_not_a_socket_is_closed(fresh_dir):
     """Found by this fuzzer: SET_BACKEND_REQ_FD with an eventfd was refused (ENOTSOCK) but
     the fd it carried stayed open."""
-    before = _fd_count()
+    before = fd_count()
     _run_session(fresh_dir, 0, [("simple", R.SET_BACKEND_REQ_FD, b"", ["eventfd"], True),
                                 ("simple", R.SET_BACKEND_REQ_FD, b"", ["pipe"], False)])
     assert _ram_mappings() == 0
-    assert _fd_count() == before
+    assert fd_count() == before
